@@ -1,0 +1,50 @@
+# The README's two commands: `make serve` (set up, train if needed, export, serve)
+# and `make test` (set up, lint, tests). .ci/run calls `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PRESET ?= best
+
+.PHONY: help setup data train serve test test-slow lint bench-load clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## Create .venv and install the project (quick when done already)
+
+data: setup ## Make sure verified Fashion-MNIST is on this machine
+	@$(PY) -m fashion ensure-data --no-download 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's dataset-fashion-mnist..."; \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; \
+	  fi; \
+	  $(PY) -m fashion ensure-data; }
+
+train: data ## Train the $(PRESET) preset in both frameworks unless a finished run exists
+	$(PY) -m training --framework both --preset $(PRESET) --if-missing
+
+serve: train ## Set up, train if needed, export, serve on localhost:3000
+	@echo "Training done. Export and serving arrive with the export and service issues."
+
+lint: setup ## ruff
+	$(PY) -m ruff check .
+
+test: data ## Set up, lint, run the test suite (what CI runs)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+test-slow: data ## Long suites kept out of `make test`
+	$(PY) -m pytest -m slow
+
+bench-load: data ## Time loading + verifying all 70,000 images
+	$(PY) -m fashion bench-load
+
+clean: ## Remove the venv and caches (keeps runs/ and data/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

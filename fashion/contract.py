@@ -1,0 +1,83 @@
+"""Class names, the input contract every exported model follows, and softmax.
+
+The contract (also in the README):
+
+* Model input ``images``: ``float32[N, 28, 28]``, values in ``[0, 1]``
+  (raw uint8 pixel / 255), a light object on a dark background, as in
+  Fashion-MNIST. ``N`` is dynamic.
+* Model output ``logits``: ``float32[N, 10]``, in the order of
+  :data:`CLASS_NAMES`. Probabilities come from :func:`softmax`, here and
+  nowhere else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SIZE = 28
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+# Machine-readable form of the contract, written into every manifest.
+INPUT_CONTRACT: dict[str, object] = {
+    "input_name": INPUT_NAME,
+    "shape": [None, IMAGE_SIZE, IMAGE_SIZE],
+    "dtype": "float32",
+    "value_range": [0.0, 1.0],
+    "scaling": "uint8 pixel / 255",
+    "polarity": "light object on dark background",
+    "output_name": OUTPUT_NAME,
+    "output": "logits float32[N, 10]",
+}
+
+
+def preprocess(pixels: np.ndarray) -> np.ndarray:
+    """Turn uint8 pixels into the model input.
+
+    Args:
+        pixels: ``uint8`` array of shape ``(N, 28, 28)`` (or ``(28, 28)``).
+
+    Returns:
+        ``float32`` array of shape ``(N, 28, 28)`` with values in ``[0, 1]``.
+
+    Raises:
+        ValueError: when the dtype or shape is not the contract's.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got dtype {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    if pixels.ndim != 3 or pixels.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"expected shape (N, 28, 28), got {pixels.shape}")
+    # Multiplying by a float32 reciprocal is what every artifact was checked with;
+    # keep it the only place pixels become floats.
+    return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits.
+
+    Args:
+        logits: array of shape ``(N, C)``.
+
+    Returns:
+        ``float32`` probabilities of the same shape; each row sums to 1.
+    """
+    z = np.asarray(logits, dtype=np.float32)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
