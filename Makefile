@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train serve test test-slow lint bench-load clean
+.PHONY: help setup data train export serve test test-slow lint bench-load clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,8 +30,15 @@ data: setup ## Make sure verified Fashion-MNIST is on this machine
 train: data ## Train the $(PRESET) preset in both frameworks unless a finished run exists
 	$(PY) -m training --framework both --preset $(PRESET) --if-missing
 
-serve: train ## Set up, train if needed, export, serve on localhost:3000
-	@echo "Training done. Export and serving arrive with the export and service issues."
+export: train ## Export the latest $(PRESET) runs (ONNX, SavedModel, state dict), verify, register in BentoML
+	$(PY) -m export --framework both --preset $(PRESET) --if-missing
+
+serve: export ## Set up, train if needed, export, serve on localhost:3000
+	@echo
+	@echo "Serving on http://localhost:3000 (OpenAPI page at /). Try it:"
+	@echo "  curl -F images=@fashion/samples/9-ankle-boot-test0.png http://localhost:3000/classify"
+	@echo
+	$(VENV)/bin/bentoml serve service.service:FashionClassifier --host 127.0.0.1 --port 3000
 
 lint: setup ## ruff
 	$(PY) -m ruff check .

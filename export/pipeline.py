@@ -16,6 +16,7 @@ from fashion.contract import CLASS_NAMES, INPUT_CONTRACT, preprocess, softmax
 from fashion.data import FashionMNIST
 from fashion.env import environment_stamp
 from fashion.manifest import checksum_tree, content_version, read_manifest, write_manifest
+from fashion.samples import sample_images
 from training.run import Run, load_trainer
 
 DEFAULT_ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "artifacts"
@@ -153,6 +154,9 @@ def export_run(run: Run, data: FashionMNIST, out_root: Path = DEFAULT_ARTIFACTS_
                              "batch_norm": "folded into the linear layers" if run.config.model.batch_norm else "none"},
             "source_test_accuracy": source_accuracy, "training_test_accuracy": run.metrics["accuracy"],
             "artifacts": entries, "int8": int8, "environment": environment_stamp(),
+            # What the source model predicts for the bundled sample images: the service's
+            # warm-up must reproduce these before it reports ready.
+            "samples_expected": trainer.predict_logits(preprocess(sample_images()[0])).argmax(1).tolist(),
         }
         write_manifest(staging, manifest)
         final = staging.with_name(version)

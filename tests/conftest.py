@@ -57,3 +57,72 @@ def exported(quick_runs, dataset, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("artifacts")
     return {fw: export_run(run, dataset, out) for fw, run in quick_runs.items()}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(home, log_path, extra_env=None):
+    """``bentoml serve`` of the service on a free loopback port; returns (process, base URL)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
+    bentoml_cli = Path(sys.executable).parent / "bentoml"
+    log = open(log_path, "w")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(
+        [str(bentoml_cli), "serve", "service.service:FashionClassifier", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_for(url, path, status=200, timeout=120.0, proc=None):
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == status:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}{path} did not answer {status} within {timeout}s")
+
+
+def stop_server(proc):
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(exported, bentoml_home, tmp_path_factory):
+    """A real ``bentoml serve`` over the quickly trained, exported, registered models."""
+    from export.store import register_model
+
+    for model_dir in exported.values():
+        register_model(model_dir)
+    proc, url = start_server(bentoml_home, tmp_path_factory.mktemp("server") / "server.log")
+    try:
+        wait_for(url, "/readyz", proc=proc)
+        yield url
+    finally:
+        stop_server(proc)

@@ -1,0 +1,1 @@
+"""The BentoML service that classifies Fashion-MNIST images over HTTP."""

@@ -1,0 +1,63 @@
+"""Service settings, read from the environment when the service starts (never at import)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from fashion.backends import BACKENDS
+
+# The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
+DEFAULT_BACKEND = "onnx-torch"
+
+
+class ConfigError(ValueError):
+    """A service setting is invalid."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What the service loads and which limits it enforces.
+
+    Environment variables (all optional): ``FASHION_BACKENDS`` (comma list, default all),
+    ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_THREADS``
+    (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
+    ``FASHION_TOP_K``.
+    """
+
+    backends: tuple[str, ...] = tuple(BACKENDS)
+    default_backend: str = DEFAULT_BACKEND
+    device: str = "auto"
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_images: int = 1024
+    top_k: int = 3
+    explicit_backends: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise ConfigError(f"unknown backend(s) {unknown}; known: {sorted(BACKENDS)}")
+        if self.default_backend not in self.backends:
+            raise ConfigError(f"default backend {self.default_backend!r} is not among {list(self.backends)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+
+    @classmethod
+    def from_env(cls) -> ServiceConfig:
+        """Settings from ``FASHION_*`` environment variables."""
+        env = os.environ
+        listed = env.get("FASHION_BACKENDS")
+        backends = tuple(b.strip() for b in listed.split(",") if b.strip()) if listed else tuple(BACKENDS)
+        default = env.get("FASHION_DEFAULT_BACKEND") or (
+            DEFAULT_BACKEND if DEFAULT_BACKEND in backends else backends[0])
+        try:
+            return cls(
+                backends=backends, default_backend=default, device=env.get("FASHION_DEVICE", "auto"),
+                threads=int(env.get("FASHION_THREADS", os.cpu_count() or 1)),
+                max_body_bytes=int(env.get("FASHION_MAX_BODY_BYTES", cls.max_body_bytes)),
+                max_images=int(env.get("FASHION_MAX_IMAGES", cls.max_images)),
+                top_k=int(env.get("FASHION_TOP_K", cls.top_k)), explicit_backends=bool(listed),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad FASHION_* setting: {exc}") from exc

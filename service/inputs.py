@@ -1,0 +1,230 @@
+"""Request parsing for the service: limits, content types, image decoding and array validation.
+
+Each input model overrides ``from_http_request`` so that the service reads the
+request itself: the body size is capped while it streams in, uploaded files are
+decoded by :func:`fashion.imaging.decode_image` (format allow-list, pixel cap),
+a string where a file belongs is refused rather than fetched as a URL, and
+every client mistake becomes a 4xx with a JSON message before any model runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from pydantic import Field
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from fashion.backends import BACKENDS
+from fashion.contract import IMAGE_SIZE
+from fashion.imaging import ImageError, decode_image
+from service.config import ServiceConfig
+
+BACKEND_NAMES = tuple(BACKENDS)
+# A per-image request travels through BentoML's adaptive batcher as one record per image:
+# the backend it asked for and its pixels. Records from many requests are concatenated
+# into one array, and the batch is then run per backend.
+ITEM_DTYPE = np.dtype([("backend", np.uint8), ("pixels", np.uint8, (IMAGE_SIZE, IMAGE_SIZE))])
+IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
+NPY_CONTENT_TYPES = ("application/x-npy", "application/octet-stream")
+
+
+class RequestError(BentoMLException):
+    """A client mistake, answered with ``status`` and a JSON ``{"error": message}`` body."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message, error_code=HTTPStatus(status))
+
+
+@functools.cache
+def settings() -> ServiceConfig:
+    """The limits in force (read from the environment once per process)."""
+    return ServiceConfig.from_env()
+
+
+def parse_backend(value: Any) -> str:
+    """A known backend name, or the default when none is given."""
+    if value in (None, ""):
+        return settings().default_backend
+    if not isinstance(value, str) or value not in BACKENDS:
+        raise RequestError(f"unknown backend {str(value)[:64]!r}; choose from {sorted(BACKENDS)}", 400)
+    return value
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it grows past ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {int(declared):,} bytes is over the limit of {limit:,}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body is over the limit of {limit:,} bytes", 413)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise RequestError("empty request body", 400)
+    return body
+
+
+async def _parse_form(request: Request, body: bytes, max_files: int):
+    """Multipart form from an already size-checked body."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, replay).form(max_files=max_files + 1, max_fields=16)
+    except Exception as exc:  # starlette raises HTTPException / MultiPartException for malformed forms
+        raise RequestError(f"malformed multipart/form-data body: {getattr(exc, 'detail', exc)}", 400) from None
+
+
+async def read_image_files(request: Request) -> tuple[list[bytes], dict[str, str]]:
+    """Image files from a multipart ``images`` field, or one raw image body; plus other form fields."""
+    config = settings()
+    content_type = _content_type(request)
+    body = await read_body(request, config.max_body_bytes)
+    if content_type.startswith(IMAGE_CONTENT_TYPES):
+        return [body], {}
+    if content_type != "multipart/form-data":
+        raise RequestError(
+            f"unsupported Content-Type {content_type or '(none)'!r}: send multipart/form-data with files in "
+            "the 'images' field, or one raw image body (image/png, image/jpeg, ...)", 415)
+    form = await _parse_form(request, body, config.max_images)
+    unknown = sorted(set(form) - {"images", "backend"})
+    if unknown:
+        raise RequestError(f"unknown form field(s) {unknown}; expected 'images' (files) and optional 'backend'")
+    values = form.getlist("images")
+    if not values:
+        raise RequestError("no files in the 'images' field", 400)
+    if not all(isinstance(v, UploadFile) for v in values):
+        raise RequestError("'images' must be uploaded files; the service does not fetch URLs or read paths", 400)
+    if len(values) > config.max_images:
+        raise RequestError(f"{len(values)} images in one request; at most {config.max_images}", 413)
+    files = [await v.read() for v in values]
+    fields = {k: v for k, v in form.items() if k != "images" and isinstance(v, str)}
+    return files, fields
+
+
+def decode_all(files: list[bytes]) -> np.ndarray:
+    """Decode every file; the first refusal names the image's position."""
+    pixels = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for i, data in enumerate(files):
+        try:
+            pixels[i] = decode_image(data)
+        except ImageError as exc:
+            where = f"image {i}: " if len(files) > 1 else ""
+            raise RequestError(f"{where}{exc}", exc.status) from None
+    return pixels
+
+
+def validate_pixels(array: Any) -> np.ndarray:
+    """``uint8[N, 28, 28]`` from a client array (nested lists or .npy), or a 4xx saying why not."""
+    try:
+        array = np.asarray(array)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(f"pixels are not a rectangular array: {exc}", 422) from None
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise RequestError(f"pixels must have shape (N, 28, 28); got {array.shape}", 422)
+    if array.shape[0] == 0:
+        raise RequestError("pixels hold no images", 400)
+    if array.shape[0] > settings().max_images:
+        raise RequestError(f"{array.shape[0]} images in one request; at most {settings().max_images}", 413)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise RequestError("pixels contain NaN or infinite values", 422)
+    if array.dtype.kind not in "iuf" or not (array == np.round(array)).all() or array.min() < 0 or array.max() > 255:
+        raise RequestError(f"pixels must be whole numbers from 0 to 255 (uint8); got dtype {array.dtype}", 422)
+    return array.astype(np.uint8)
+
+
+def _load_npy(body: bytes) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except ValueError as exc:  # includes "Object arrays cannot be loaded when allow_pickle=False"
+        raise RequestError(f"not a usable .npy array: {exc}", 422) from None
+    except Exception as exc:
+        raise RequestError(f"not a .npy file: {exc}", 400) from None
+
+
+class ImageUpload(bentoml.IODescriptor):
+    """Image file(s) in the multipart field ``images`` (or one raw image body); ``?backend=`` picks the backend."""
+
+    images: list[Path] = Field(description="one or more image files (PNG, JPEG, GIF, BMP, WebP, TIFF)")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
+        files, fields = await read_image_files(request)
+        backend = parse_backend(request.query_params.get("backend") or fields.get("backend"))
+        pixels = await anyio.to_thread.run_sync(decode_all, files)
+        items = np.empty(len(pixels), dtype=ITEM_DTYPE)
+        items["backend"] = BACKEND_NAMES.index(backend)
+        items["pixels"] = pixels
+        return cls.model_construct(images=items)
+
+
+class ImageBatch(bentoml.IODescriptor):
+    """Many image files in the multipart field ``images``, classified in one call, answers in input order."""
+
+    images: list[Path] = Field(description="image files, at most FASHION_MAX_IMAGES (default 1024)")
+    backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)}; default: the fastest")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> ImageBatch:
+        files, fields = await read_image_files(request)
+        backend = parse_backend(request.query_params.get("backend") or fields.get("backend"))
+        pixels = await anyio.to_thread.run_sync(decode_all, files)
+        return cls.model_construct(images=pixels, backend=backend)
+
+
+class PixelArray(bentoml.IODescriptor):
+    """``N x 28 x 28`` uint8 pixels: JSON ``{"pixels": [...], "backend": ...}`` or a raw ``.npy`` body."""
+
+    pixels: Annotated[list[list[list[int]]], Field(description="N x 28 x 28 whole numbers 0-255")]
+    backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)}; default: the fastest")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> PixelArray:
+        content_type = _content_type(request)
+        body = await read_body(request, settings().max_body_bytes)
+        backend = request.query_params.get("backend")
+        if content_type in NPY_CONTENT_TYPES:
+            array = _load_npy(body)
+        elif content_type in ("application/json", ""):
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+            if not isinstance(payload, dict) or "pixels" not in payload:
+                raise RequestError("expected a JSON object with a 'pixels' field", 400)
+            unknown = sorted(set(payload) - {"pixels", "backend"})
+            if unknown:
+                raise RequestError(f"unknown field(s) {unknown}; expected 'pixels' and optional 'backend'", 400)
+            array, backend = payload["pixels"], payload.get("backend", backend)
+        else:
+            raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json or a .npy body "
+                               "(application/x-npy)", 415)
+        pixels = validate_pixels(array)
+        return cls.model_construct(pixels=pixels, backend=parse_backend(backend))

@@ -1,0 +1,130 @@
+"""Loaded backends: verification, warm-up, prediction and the facts the info endpoint reports."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashion.backends import BACKENDS, Predictor, load_artifact
+from fashion.contract import CLASS_NAMES, preprocess, softmax
+from fashion.manifest import read_manifest
+from fashion.samples import sample_images
+from service.config import ServiceConfig
+
+log = logging.getLogger("bentoml.fashion_serve")
+
+
+class WarmupError(RuntimeError):
+    """A backend loaded but did not reproduce its export's predictions on the sample images."""
+
+
+@dataclass
+class LoadedBackend:
+    """One backend, ready to predict."""
+
+    name: str
+    predictor: Predictor
+    manifest: dict[str, Any]
+    load_seconds: float
+
+    def info(self) -> dict[str, Any]:
+        entry = self.manifest["artifacts"][BACKENDS[self.name].artifact]
+        return {
+            "loaded": True, "model": f"{self.manifest['name']}:{self.manifest['version']}",
+            "model_version": self.manifest["version"], "artifact": entry["path"], "format": entry["format"],
+            "sha256": entry["sha256"], "test_accuracy": entry["test_accuracy"],
+            "source_framework": self.manifest["framework"], "preset": self.manifest["preset"],
+            "load_seconds": round(self.load_seconds, 3), **self.predictor.describe(),
+        }
+
+
+class ModelRegistry:
+    """Loads the configured backends once; answers predictions for them."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.backends: dict[str, LoadedBackend] = {}
+        self.skipped: dict[str, str] = {}
+        self.error: str | None = None
+        self.ready = False
+
+    def load_all(self, model_dirs: dict[str, Path]) -> None:
+        """Verify checksums, load, and warm up every configured backend; then mark ready.
+
+        Never raises: a failure is kept in :attr:`error` (shown by the info endpoint
+        and the logs) and the service stays not ready.
+        """
+        try:
+            for name in self.config.backends:
+                spec = BACKENDS[name]
+                model_dir = model_dirs[spec.model]
+                manifest = read_manifest(model_dir)
+                if spec.artifact not in manifest["artifacts"] and not self.config.explicit_backends:
+                    self.skipped[name] = f"{manifest['name']}:{manifest['version']} has no {spec.artifact!r} artifact"
+                    log.info("backend %s skipped: %s", name, self.skipped[name])
+                    continue
+                start = time.perf_counter()
+                predictor = load_artifact(model_dir, spec.artifact, spec.runtime, self.config.device,
+                                          threads=self.config.threads)
+                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start)
+                self.warm_up(backend)
+                self.backends[name] = backend
+                log.info("backend %s ready: %s", name, backend.predictor.describe())
+            self.ready = True
+        except Exception as exc:  # keep serving /livez and the reason; readiness stays false
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("models failed to load, service will not become ready: %s", self.error)
+
+    @staticmethod
+    def warm_up(backend: LoadedBackend) -> None:
+        """Predict the bundled sample images; they must match what the export recorded."""
+        pixels, _ = sample_images()
+        got = backend.predictor.predict(preprocess(pixels)).argmax(1).tolist()
+        expected = backend.manifest["samples_expected"]
+        if got != expected:
+            raise WarmupError(f"{backend.name}: warm-up predicted {got}, export recorded {expected}")
+
+    def get(self, name: str | None) -> LoadedBackend:
+        """A loaded backend by name (``None``: the default). Raises KeyError with a clear message."""
+        name = name or self.config.default_backend
+        if name not in self.backends:
+            if name in BACKENDS:
+                raise KeyError(f"backend {name!r} is not loaded in this server; loaded: {sorted(self.backends)}")
+            raise KeyError(f"unknown backend {name!r}; choose from {sorted(self.backends)}")
+        return self.backends[name]
+
+    def classify(self, name: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
+        """Label, confidence and top-k for ``uint8[N, 28, 28]`` pixels, in input order."""
+        backend = self.get(name)
+        probs = softmax(backend.predictor.predict(preprocess(pixels)))
+        return self.describe_predictions(probs, backend)
+
+    def describe_predictions(self, probs: np.ndarray, backend: LoadedBackend) -> list[dict[str, Any]]:
+        """JSON-ready answers for a batch of probability rows."""
+        top = np.argsort(-probs, axis=1)[:, : self.config.top_k]
+        version = backend.manifest["version"]
+        return [
+            {
+                "class_id": int(row_top[0]), "label": CLASS_NAMES[row_top[0]], "confidence": float(row[row_top[0]]),
+                "top_k": [{"class_id": int(c), "label": CLASS_NAMES[c], "probability": float(row[c])}
+                          for c in row_top],
+                "backend": backend.name, "model_version": version,
+            }
+            for row, row_top in zip(probs, top, strict=True)
+        ]
+
+    def info(self) -> dict[str, Any]:
+        """Per configured backend: loaded or not, device/providers, version, checksums, accuracy."""
+        backends = {}
+        for name in self.config.backends:
+            if name in self.backends:
+                backends[name] = self.backends[name].info()
+            else:
+                backends[name] = {"loaded": False, "reason": self.skipped.get(name) or self.error or "loading"}
+        return {"ready": self.ready, "default_backend": self.config.default_backend, "error": self.error,
+                "class_names": list(CLASS_NAMES), "backends": backends}

@@ -1,0 +1,98 @@
+"""The BentoML service: ``bentoml serve service.service:FashionClassifier``.
+
+Endpoints (all POST, JSON answers):
+
+* ``/classify`` -- one or more uploaded images, adaptively batched across
+  concurrent requests; ``?backend=`` picks the backend (default: the fastest).
+* ``/classify_batch`` -- many uploaded images in one call, answers in input order.
+* ``/classify_array`` -- ``N x 28 x 28`` uint8 pixels as JSON or a ``.npy`` body.
+* ``/model_info`` -- per backend: loaded, device or providers in use, version,
+  checksums, test accuracy.
+
+``/livez``, ``/readyz`` (ready once every configured backend has loaded, passed its
+checksums and its warm-up), ``/metrics`` and the OpenAPI page come from BentoML.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from fashion.backends import MODEL_NAMES
+from service.config import ServiceConfig
+from service.inputs import BACKEND_NAMES, ImageBatch, ImageUpload, PixelArray, RequestError
+from service.registry import ModelRegistry
+
+log = logging.getLogger("bentoml.fashion_serve")
+
+# Adaptive batching of the per-image endpoint; measured in results/ (see README "Serving").
+MAX_BATCH_SIZE = 64
+MAX_LATENCY_MS = 1000
+
+
+@bentoml.service(
+    name="fashion-classifier",
+    workers=1,
+    # One thread runs the models: inference never overlaps, so each runtime may use every core
+    # (FASHION_THREADS) without oversubscribing the CPU.
+    threads=1,
+    traffic={"timeout": 30, "max_concurrency": 256},
+    logging={"access": {"enabled": False}},
+)
+class FashionClassifier:
+    """Classifies 28 x 28 clothing images with every exported backend."""
+
+    torch_model = bentoml.models.BentoModel(f"{MODEL_NAMES['torch']}:latest")
+    tf_model = bentoml.models.BentoModel(f"{MODEL_NAMES['tf']}:latest")
+
+    def __init__(self) -> None:
+        self.config = ServiceConfig.from_env()
+        self.registry = ModelRegistry(self.config)
+        model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
+        # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
+        threading.Thread(target=self.registry.load_all, args=(model_dirs,), name="load-models", daemon=True).start()
+
+    def __is_ready__(self) -> bool:
+        return self.registry.ready
+
+    def _registry(self) -> ModelRegistry:
+        if not self.registry.ready:
+            raise RequestError(f"models are not ready yet ({self.registry.error or 'loading'})", 503)
+        return self.registry
+
+    def _classify(self, backend: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
+        try:
+            return self._registry().classify(backend, pixels)
+        except KeyError as exc:
+            raise RequestError(str(exc.args[0]), 400) from None
+
+    @bentoml.api(route="/classify", input_spec=ImageUpload, batchable=True, max_batch_size=MAX_BATCH_SIZE,
+                 max_latency_ms=MAX_LATENCY_MS)
+    def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Classify uploaded image(s); concurrent requests are batched together per backend."""
+        answers: list[dict[str, Any]] = [{}] * len(images)
+        for code in np.unique(images["backend"]):
+            rows = np.flatnonzero(images["backend"] == code)
+            for row, answer in zip(rows, self._classify(BACKEND_NAMES[code], images["pixels"][rows]), strict=True):
+                answers[row] = answer
+        return answers
+
+    @bentoml.api(route="/classify_batch", input_spec=ImageBatch)
+    def classify_batch(self, images: np.ndarray, backend: str) -> list[dict[str, Any]]:
+        """Classify many uploaded images in one call; answers in input order."""
+        return self._classify(backend, images)
+
+    @bentoml.api(route="/classify_array", input_spec=PixelArray)
+    def classify_array(self, pixels: np.ndarray, backend: str) -> list[dict[str, Any]]:
+        """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
+        return self._classify(backend, pixels)
+
+    @bentoml.api(route="/model_info")
+    def model_info(self) -> dict[str, Any]:
+        """Which backends are loaded, on which device, with which model version and accuracy."""
+        return self.registry.info()
