@@ -81,3 +81,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def describe_predictions(probs: np.ndarray, backend: str, model_version: str, top_k: int = 3) -> list[dict]:
+    """The JSON answer for each row of probabilities: label, confidence, top-k, backend, model version.
+
+    The one place answers are shaped, for the service and for local batch jobs alike.
+    """
+    top = np.argsort(-probs, axis=1)[:, :top_k]
+    return [
+        {
+            "class_id": int(row_top[0]), "label": CLASS_NAMES[row_top[0]], "confidence": float(row[row_top[0]]),
+            "top_k": [{"class_id": int(c), "label": CLASS_NAMES[c], "probability": float(row[c])} for c in row_top],
+            "backend": backend, "model_version": model_version,
+        }
+        for row, row_top in zip(probs, top, strict=True)
+    ]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fashion.backends import BACKENDS, Predictor, load_artifact
-from fashion.contract import CLASS_NAMES, preprocess, softmax
+from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax
 from fashion.manifest import read_manifest
 from fashion.samples import sample_images
 from service.config import ServiceConfig
@@ -102,21 +102,7 @@ class ModelRegistry:
         """Label, confidence and top-k for ``uint8[N, 28, 28]`` pixels, in input order."""
         backend = self.get(name)
         probs = softmax(backend.predictor.predict(preprocess(pixels)))
-        return self.describe_predictions(probs, backend)
-
-    def describe_predictions(self, probs: np.ndarray, backend: LoadedBackend) -> list[dict[str, Any]]:
-        """JSON-ready answers for a batch of probability rows."""
-        top = np.argsort(-probs, axis=1)[:, : self.config.top_k]
-        version = backend.manifest["version"]
-        return [
-            {
-                "class_id": int(row_top[0]), "label": CLASS_NAMES[row_top[0]], "confidence": float(row[row_top[0]]),
-                "top_k": [{"class_id": int(c), "label": CLASS_NAMES[c], "probability": float(row[c])}
-                          for c in row_top],
-                "backend": backend.name, "model_version": version,
-            }
-            for row, row_top in zip(probs, top, strict=True)
-        ]
+        return describe_predictions(probs, backend.name, backend.manifest["version"], self.config.top_k)
 
     def info(self) -> dict[str, Any]:
         """Per configured backend: loaded or not, device/providers, version, checksums, accuracy."""

@@ -1,0 +1,131 @@
+"""Command line for the service: ``python -m clients classify IMAGE...`` and ``python -m clients batch INPUT``.
+
+Exit codes of ``batch``: 0 every input classified; 1 finished, but some inputs
+failed (see the error report); 2 the job failed (service unreachable, too many
+errors, bad arguments) and wrote no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from clients.batch import EXIT_FAILED, JobConfig, JobError, run_job
+from clients.client import AsyncFashionClient, FashionClient, RetryPolicy, ServiceError
+from clients.sources import SourceError, open_source
+from fashion.backends import BACKENDS
+
+DEFAULT_URL = "http://localhost:3000"
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Label and confidence per image, as a table or JSON."""
+    rows = []
+    with FashionClient(args.url, timeout=args.timeout) as client:
+        for image in args.images:
+            try:
+                prediction = client.classify(Path(image), args.backend)
+                rows.append({"image": image, "label": prediction.label, "confidence": prediction.confidence,
+                             "backend": prediction.backend, "model_version": prediction.model_version})
+            except (ServiceError, OSError) as exc:
+                rows.append({"image": image, "error": str(exc)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["image"]) for r in rows)
+        for r in rows:
+            result = f"{r['label']:<12} {r['confidence']:.3f}" if "label" in r else f"error: {r['error']}"
+            print(f"{r['image']:<{width}}  {result}")
+    return 0 if all("label" in r for r in rows) else 1
+
+
+def remote_classifier(args: argparse.Namespace):
+    """An async classify function over HTTP, after checking that the service is ready."""
+    client = AsyncFashionClient(args.url, timeout=args.timeout, retry=RetryPolicy(attempts=args.retries),
+                                max_connections=args.concurrency)
+    if not FashionClient(args.url, timeout=5).is_ready():
+        raise JobError(f"the service at {args.url} is not reachable or not ready (start it with `make serve`)")
+
+    async def classify(pixels):
+        return [dataclasses.asdict(p) for p in await client.classify_array(pixels, args.backend)]
+
+    return classify, lambda: client.retry.retried
+
+
+def local_classifier(args: argparse.Namespace):
+    """The same job without a server: the ONNX model in this process."""
+    from clients.local import LocalClassifier
+
+    model = LocalClassifier.open(args.model, args.backend)
+
+    async def classify(pixels):
+        return await asyncio.to_thread(model.classify, pixels)
+
+    return classify, lambda: 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    out = args.out
+    try:
+        items, total = open_source(args.input, args.labels)
+        classify, retried = local_classifier(args) if args.local else remote_classifier(args)
+        max_errors = 0 if args.fail_fast else args.max_errors
+        config = JobConfig(batch_size=args.batch_size, concurrency=args.concurrency, max_errors=max_errors,
+                           resume=args.resume, progress=not args.quiet)
+        summary = asyncio.run(run_job(items, total, out, classify, config, retried))
+    except (JobError, SourceError, ServiceError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{out}: {summary.line()}")
+    if summary.failed:
+        print(f"errors listed in {out.with_name(out.stem + '.errors.csv')}")
+    if summary.confusion is not None:
+        from fashion.plots import plot_confusion_matrix
+
+        png = out.with_name(out.stem + ".confusion.png")
+        plot_confusion_matrix(summary.confusion, png, f"{args.input}: accuracy {summary.accuracy:.4f}")
+        print(f"confusion matrix: {png}")
+    return summary.exit_code
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m clients", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"service address (default {DEFAULT_URL})")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default=None, help="default: the service's fastest")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("classify", help="classify image files")
+    one.add_argument("images", nargs="+")
+    one.add_argument("--json", action="store_true", help="JSON instead of a table")
+    many = commands.add_parser("batch", help="classify a folder, glob, IDX file or .npy/.npz array",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    many.add_argument("input", help="folder (recursive), glob, IDX images file, .npy or .npz")
+    many.add_argument("--out", type=Path, required=True, help="output file: .csv or .jsonl")
+    many.add_argument("--labels", type=Path, default=None, help="IDX labels file (default: found beside the images)")
+    many.add_argument("--batch-size", type=int, default=512, help="images per request")
+    many.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    many.add_argument("--retries", type=int, default=5, help="attempts per request on 429/503/504/connection errors")
+    many.add_argument("--max-errors", type=int, default=None, help="stop after this many bad inputs (default: never)")
+    many.add_argument("--fail-fast", action="store_true", help="stop at the first bad input")
+    many.add_argument("--resume", action="store_true", help="finish an interrupted job from its journal")
+    many.add_argument("--local", action="store_true", help="run the ONNX model in this process, no server")
+    many.add_argument("--model", default=None, help="with --local: exported model folder or BentoML tag")
+    many.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.command == "batch" and args.out.suffix not in (".csv", ".jsonl"):
+        parser.error("--out must end in .csv or .jsonl")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return cmd_classify(args) if args.command == "classify" else cmd_batch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

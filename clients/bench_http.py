@@ -1,0 +1,147 @@
+"""HTTP benchmark of the service against the bare-Starlette ceiling: ``python -m clients.bench_http``.
+
+Starts the real BentoML service and the bare app (``clients.bare_app``: same decode,
+same ONNX model, same JSON), then drives each with wrk (closed loop, one image per
+request) at each concurrency: requests/s, p50/p90/p99 latency, answers by status.
+Needs ``wrk`` (``apt-get install wrk``) and exported models in the BentoML store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from fashion.backends import BACKENDS, MODEL_NAMES
+from fashion.env import environment_stamp
+from fashion.samples import sample_paths
+
+REPO = Path(__file__).resolve().parents[1]
+LUA = Path(__file__).with_name("wrk_upload.lua")
+
+
+def multipart_body(image: bytes, boundary: str) -> bytes:
+    """One ``images`` file part, as browsers and curl send it."""
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundary: str) -> dict:
+    """One closed-loop wrk run; returns its counts and latency percentiles."""
+    env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary}
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    match = re.search(r"^WRK_JSON (.*)$", result.stdout, re.M)
+    if not match:
+        raise RuntimeError(f"wrk printed no summary:\n{result.stdout}\n{result.stderr}")
+    stats = json.loads(match.group(1))
+    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    return stats
+
+
+def bentoml_onnx_path() -> Path:
+    """The PyTorch export's ONNX file in the BentoML store (what the default backend serves)."""
+    import bentoml
+
+    return Path(bentoml.models.get(f"{MODEL_NAMES['torch']}:latest").path) / "model.onnx"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clients.bench_http", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each target")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    image = sample_paths()[9].read_bytes()
+    boundary = uuid.uuid4().hex
+    workdir = Path(tempfile.mkdtemp(prefix="fashion-bench-"))
+    body_file = workdir / "body.bin"
+    body_file.write_bytes(multipart_body(image, boundary))
+    bento_port, bare_port = 3310, 3311
+    bin_dir = Path(sys.executable).parent
+    servers = {
+        "bare": start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port), "--workers", "1",
+                       "--no-access-log", "--log-level", "warning"],
+                      {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, workdir / "bare.log"),
+        "bentoml": start([str(bin_dir / "bentoml"), "serve", "service.service:FashionClassifier", "--port",
+                          str(bento_port)], {"TF_CPP_MIN_LOG_LEVEL": "3"}, workdir / "bentoml.log"),
+    }
+    results = []
+    try:
+        wait_ready(f"http://127.0.0.1:{bento_port}/readyz", servers["bentoml"])
+        wait_ready(f"http://127.0.0.1:{bare_port}/livez", servers["bare"])
+        targets = [("bare-starlette", "onnx-torch", f"http://127.0.0.1:{bare_port}/classify")] + [
+            ("bentoml", b, f"http://127.0.0.1:{bento_port}/classify?backend={b}") for b in args.backends]
+        for server, backend, url in targets:
+            run_wrk(url, max(args.concurrency), args.warmup, body_file, boundary)
+            for connections in args.concurrency:
+                stats = run_wrk(url, connections, args.seconds, body_file, boundary)
+                results.append({"server": server, "backend": backend, "concurrency": connections, **stats})
+                print(f"{server:<15} {backend:<11} c={connections:<3} {stats['rps']:>8.0f} req/s  "
+                      f"p50 {stats['p50_us'] / 1000:6.2f} ms  p99 {stats['p99_us'] / 1000:7.2f} ms  "
+                      f"status {stats['statuses']}  socket errors {stats['socket_errors']}", flush=True)
+    finally:
+        for proc in servers.values():
+            proc.terminate()
+        for proc in servers.values():
+            proc.wait(30)
+    print_summary(results)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                                        "environment": environment_stamp(), "seconds": args.seconds,
+                                        "results": results}, indent=2) + "\n")
+    return 0
+
+
+def print_summary(results: list[dict]) -> None:
+    """Each BentoML figure as a fraction of the bare app at the same concurrency."""
+    bare = {r["concurrency"]: r["rps"] for r in results if r["server"] == "bare-starlette"}
+    print("\nBentoML single-image throughput as a fraction of the bare Starlette app (same work):")
+    for r in results:
+        if r["server"] == "bentoml":
+            errors = sum(v for k, v in r["statuses"].items() if not k.startswith("2")) + r["socket_errors"]
+            print(f"  {r['backend']:<11} c={r['concurrency']:<3} {r['rps'] / bare[r['concurrency']]:.2f}"
+                  f"  (non-2xx + socket errors: {errors})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

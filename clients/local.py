@@ -1,0 +1,41 @@
+"""In-process classification for ``batch --local``: an exported model, no server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashion.backends import BACKENDS, Predictor, load_artifact
+from fashion.contract import describe_predictions, preprocess, softmax
+from fashion.manifest import read_manifest
+
+LOCAL_DEFAULT = "onnx-torch"
+
+
+@dataclass
+class LocalClassifier:
+    """A verified artifact loaded in this process, answering like the service."""
+
+    predictor: Predictor
+    backend: str
+    version: str
+
+    @classmethod
+    def open(cls, model: str | None, backend: str | None) -> LocalClassifier:
+        """Load ``backend``'s artifact from an exported folder, a BentoML tag, or the store's latest model."""
+        backend = backend or LOCAL_DEFAULT
+        spec = BACKENDS[backend]
+        if model and Path(model).is_dir():
+            model_dir = Path(model)
+        else:
+            import bentoml
+
+            model_dir = Path(bentoml.models.get(model or f"{spec.model}:latest").path)
+        predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device="auto")
+        return cls(predictor, backend, read_manifest(model_dir)["version"])
+
+    def classify(self, pixels: np.ndarray) -> list[dict[str, Any]]:
+        return describe_predictions(softmax(self.predictor.predict(preprocess(pixels))), self.backend, self.version)
