@@ -60,7 +60,7 @@ def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundar
     """One closed-loop wrk run; returns its counts and latency percentiles."""
     env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary}
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url],
         capture_output=True, text=True, env=env, check=True,
     )
     match = re.search(r"^WRK_JSON (.*)$", result.stdout, re.M)

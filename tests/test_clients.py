@@ -208,7 +208,9 @@ class FlakyProxy:
         import uvicorn
 
         port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+        # log_config=None: uvicorn must not bind its loggers to pytest's captured (then closed) stderr.
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         while not self.server.started:

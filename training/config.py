@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+InitName = Literal["shared", "framework"]
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 ScheduleName = Literal["constant", "onecycle"]
 
@@ -20,11 +21,17 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the MLP: 784 inputs, ``hidden_sizes`` ReLU layers, 10 logits."""
+    """Shape of the MLP: 784 inputs, ``hidden_sizes`` ReLU layers, 10 logits.
+
+    ``init``: ``shared`` draws He-uniform weights in numpy from the seed, so both
+    frameworks start from the same weights; ``framework`` keeps each framework's own
+    default initialisation.
+    """
 
     hidden_sizes: tuple[int, ...]
     batch_norm: bool = False
     dropout: float = 0.0
+    init: InitName = "shared"
 
 
 @dataclass(frozen=True)

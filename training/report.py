@@ -20,7 +20,7 @@ from training.config import get_preset
 from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, Run, find_runs, train_run
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
-SEED_PRESETS = ("seed-adam", "seed-sgd", "seed-rmsprop")
+SEED_PRESETS = ("seed-adam", "seed-adam-native-init", "seed-sgd", "seed-rmsprop")
 # The seed project's published figures (its final model used Adam): (validation, test).
 PUBLISHED = {("tf", "seed-adam"): (0.8946, 0.8867), ("torch", "seed-adam"): (0.8858, 0.8759)}
 FRAMEWORK_NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}

@@ -78,7 +78,7 @@ class TfTrainer:
         keras.utils.set_random_seed(config.seed)
         self.config = config
         self.model = model if model is not None else build_model(config.model)
-        if init:
+        if init and config.model.init == "shared":
             dense = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dense)]
             sizes = [IMAGE_SIZE * IMAGE_SIZE, *config.model.hidden_sizes, NUM_CLASSES]
             for layer, (weight, bias) in zip(dense, initial_dense_weights(sizes, config.seed), strict=True):

@@ -74,7 +74,7 @@ class TorchTrainer:
         self.torch_device = resolve_device(device)
         self.device = str(self.torch_device)
         self.model = build_model(config.model)
-        if init:
+        if init and config.model.init == "shared":
             sizes = [IMAGE_SIZE * IMAGE_SIZE, *config.model.hidden_sizes, NUM_CLASSES]
             with torch.no_grad():
                 for linear, (weight, bias) in zip(_linears(self.model), initial_dense_weights(sizes, config.seed),

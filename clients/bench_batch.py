@@ -1,0 +1,91 @@
+"""Throughput of the batch CLI: ``python -m clients.bench_batch``.
+
+Starts the real service (unless ``--url`` is given) and times three jobs through
+the same code as ``python -m clients batch``: the 10,000 test images from IDX
+via the service, a folder of 10,000 PNG files via the service, and the IDX file
+with ``--local`` (ONNX Runtime in-process). Prints images/s for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from clients.__main__ import local_classifier, remote_classifier
+from clients.batch import JobConfig, run_job
+from clients.bench_http import REPO, wait_ready
+from clients.sources import open_source
+from fashion.data import IDX_FILES, _candidate, find_data_dir, load_fashion_mnist
+from fashion.imaging import encode_png
+
+
+def write_png_folder(folder: Path, count: int) -> None:
+    """The first ``count`` test images as PNG files, one folder per class."""
+    from fashion.contract import CLASS_NAMES
+
+    data = load_fashion_mnist()
+    for i in range(count):
+        label = CLASS_NAMES[data.test_labels[i]].replace("/", "-")
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / f"{i:05d}.png").write_bytes(encode_png(data.test_images[i]))
+
+
+def time_job(source: str, out: Path, args: argparse.Namespace, local: bool) -> float:
+    """Best-of-``repeats`` images/s of one job (the first run also warms caches)."""
+    rates = []
+    for _ in range(args.repeats):
+        items, total = open_source(source)
+        job_args = argparse.Namespace(url=args.url, timeout=60.0, retries=5, concurrency=args.concurrency,
+                                      backend=None, model=None)
+        classify, retried = local_classifier(job_args) if local else remote_classifier(job_args)
+        config = JobConfig(batch_size=args.batch_size, concurrency=args.concurrency, progress=False)
+        summary = asyncio.run(run_job(items, total, out, classify, config, retried))
+        assert summary.failed == 0 and summary.ok == summary.total
+        rates.append(summary.images_per_second)
+    print(f"  runs: {', '.join(f'{r:,.0f}' for r in rates)} images/s")
+    return max(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clients.bench_batch", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--url", default=None, help="use this running service instead of starting one")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=10000, help="PNG files in the folder job")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="fashion-bench-batch-"))
+    server = None
+    if args.url is None:
+        args.url = "http://127.0.0.1:3320"
+        server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
+                                   "service.service:FashionClassifier", "--port", "3320"], cwd=REPO,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                                  stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT)
+        wait_ready(f"{args.url}/readyz", server)
+    try:
+        idx = str(_candidate(find_data_dir(), IDX_FILES["test_images"]))
+        write_png_folder(work / "pngs", args.images)
+        results = {}
+        print("IDX (10,000 test images) through the service")
+        results["idx-service"] = time_job(idx, work / "idx.csv", args, local=False)
+        print(f"folder of {args.images:,} PNG files through the service")
+        results["png-folder-service"] = time_job(str(work / "pngs"), work / "png.csv", args, local=False)
+        print("IDX with --local (ONNX Runtime in this process)")
+        results["idx-local"] = time_job(idx, work / "local.csv", args, local=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    print("\nbest of runs, images/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in results.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
