@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from clients.batch import EXIT_FAILED, JobConfig, JobError, run_job
+from clients.batch import EXIT_FAILED, Answers, JobConfig, JobError, run_job
 from clients.client import AsyncFashionClient, FashionClient, RetryPolicy, ServiceError
 from clients.sources import SourceError, open_source
 from fashion.backends import BACKENDS
@@ -50,8 +49,10 @@ def remote_classifier(args: argparse.Namespace):
     if not FashionClient(args.url, timeout=5).is_ready():
         raise JobError(f"the service at {args.url} is not reachable or not ready (start it with `make serve`)")
 
-    async def classify(pixels):
-        return [dataclasses.asdict(p) for p in await client.classify_array(pixels, args.backend)]
+    async def classify(pixels) -> Answers:
+        answers = await client.classify_array_json(pixels, args.backend)
+        return Answers([a["class_id"] for a in answers], [a["confidence"] for a in answers],
+                       answers[0]["backend"], answers[0]["model_version"])
 
     return classify, lambda: client.retry.retried
 
@@ -63,7 +64,7 @@ def local_classifier(args: argparse.Namespace):
     model = LocalClassifier.open(args.model, args.backend)
 
     async def classify(pixels):
-        return await asyncio.to_thread(model.classify, pixels)
+        return await asyncio.to_thread(model.classify_columns, pixels)
 
     return classify, lambda: 0
 

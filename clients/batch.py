@@ -19,17 +19,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from clients.sources import Item
-from fashion.contract import IMAGE_SIZE, NUM_CLASSES
+from fashion.contract import IMAGE_SIZE
 from fashion.imaging import ImageError, decode_image
 
 EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
 COLUMNS = ("id", "label", "class_id", "confidence", "backend", "model_version", "true_label")
-Classifier = Callable[[np.ndarray], Awaitable[list[dict[str, Any]]]]
+Classifier = Callable[[np.ndarray], Awaitable["Answers"]]
 
 
 class JobError(RuntimeError):
@@ -78,6 +77,16 @@ class Summary:
         return text
 
 
+@dataclass(frozen=True)
+class Answers:
+    """What a classifier returns for a chunk: one class id and confidence per image."""
+
+    class_ids: list[int]
+    confidences: list[float]
+    backend: str
+    model_version: str
+
+
 def journal_path(out: Path) -> Path:
     return out.with_name(out.name + ".journal")
 
@@ -86,51 +95,64 @@ def errors_path(out: Path) -> Path:
     return out.with_name(out.stem + ".errors.csv")
 
 
-def read_journal(path: Path) -> dict[int, dict[str, Any]]:
-    """Records by input position; a torn last line (a kill mid-write) is ignored."""
-    records: dict[int, dict[str, Any]] = {}
+def read_journal(path: Path) -> tuple[dict[int, tuple], dict[int, tuple]]:
+    """Finished rows and failed inputs by input position; a torn last line (a kill mid-write) is ignored.
+
+    Each journal line is one chunk, column-wise: ``{"ok": {...}, "failed": {...}}``.
+    """
+    ok: dict[int, tuple] = {}
+    failed: dict[int, tuple] = {}
     if not path.exists():
-        return records
+        return ok, failed
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.endswith(b"\n"):
                 break
-            record = json.loads(raw)
-            records.setdefault(record["seq"], record)
-    return records
+            chunk = json.loads(raw)
+            good, bad = chunk["ok"], chunk["failed"]
+            for row in zip(good["seq"], good["id"], good["class_id"], good["confidence"], good["true_label"],
+                           strict=True):
+                ok.setdefault(row[0], (*row[1:], good["backend"], good["model_version"]))
+            for seq, item_id, reason in zip(bad["seq"], bad["id"], bad["error"], strict=True):
+                failed.setdefault(seq, (item_id, reason))
+    return ok, failed
 
 
-def decode_chunk(chunk: list[tuple[int, Item]]) -> tuple[list[tuple[int, Item]], np.ndarray, list[dict[str, Any]]]:
-    """Pixels of the readable items and an error record for each unreadable one."""
-    good, pixels, errors = [], [], []
+def decode_chunk(chunk: list[tuple[int, Item]]) -> tuple[list[tuple[int, Item]], np.ndarray, dict[str, list]]:
+    """Pixels of the readable items, and the unreadable ones with the reason.
+
+    Array items were validated as a whole when their source was opened; files are decoded here.
+    """
+    good, pixels = [], []
+    failed: dict[str, list] = {"seq": [], "id": [], "error": []}
     for seq, item in chunk:
         try:
-            if item.pixels is not None:
-                array = np.asarray(item.pixels)
-                if array.shape != (IMAGE_SIZE, IMAGE_SIZE) or array.dtype != np.uint8:
-                    raise ImageError(f"expected uint8 28 x 28 pixels, got {array.dtype} {array.shape}")
-            else:
-                array = decode_image(item.path.read_bytes())
+            array = item.pixels if item.pixels is not None else decode_image(item.path.read_bytes())
         except (ImageError, OSError) as exc:
-            errors.append({"seq": seq, "id": item.id, "ok": False, "error": str(exc)})
+            failed["seq"].append(seq)
+            failed["id"].append(item.id)
+            failed["error"].append(str(exc))
             continue
         good.append((seq, item))
         pixels.append(array)
     stacked = np.stack(pixels) if pixels else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    return good, stacked, errors
+    return good, stacked, failed
 
 
-def _records(good: list[tuple[int, Item]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"seq": seq, "id": item.id, "ok": True, "label": a["label"], "class_id": a["class_id"],
-         # Rounded so that a resumed job (other chunk boundaries, other float rounding) writes the same file.
-         "confidence": round(a["confidence"], 6), "backend": a["backend"], "model_version": a["model_version"],
-         "true_label": item.label}
-        for (seq, item), a in zip(good, answers, strict=True)
-    ]
+def journal_line(good: list[tuple[int, Item]], answers: Answers | None, failed: dict[str, list]) -> bytes:
+    """One chunk's results as one JSON line (written with a single write)."""
+    ok = {
+        "seq": [seq for seq, _ in good], "id": [item.id for _, item in good],
+        "class_id": answers.class_ids if answers else [],
+        # Rounded so that a resumed job (other chunk boundaries, other float rounding) writes the same file.
+        "confidence": [round(c, 6) for c in answers.confidences] if answers else [],
+        "true_label": [item.label for _, item in good],
+        "backend": answers.backend if answers else "", "model_version": answers.model_version if answers else "",
+    }
+    return json.dumps({"ok": ok, "failed": failed}).encode() + b"\n"
 
 
-def _chunks(items: Iterator[Item], done: dict[int, Any], size: int) -> Iterator[list[tuple[int, Item]]]:
+def _chunks(items: Iterator[Item], done: set[int], size: int) -> Iterator[list[tuple[int, Item]]]:
     chunk: list[tuple[int, Item]] = []
     for seq, item in enumerate(items):
         if seq in done:
@@ -155,8 +177,9 @@ async def run_job(items: Iterator[Item], total: int | None, out: Path, classify:
     journal = journal_path(out)
     if journal.exists() and not config.resume:
         raise JobError(f"{journal} exists from an interrupted run: pass --resume to finish it, or delete it")
-    done = read_journal(journal)
-    summary = Summary(resumed=len(done), failed=sum(not r["ok"] for r in done.values()))
+    done_ok, done_failed = read_journal(journal)
+    done = set(done_ok) | set(done_failed)
+    summary = Summary(resumed=len(done), failed=len(done_failed))
     bar = tqdm(total=total, initial=len(done), unit="img", disable=not config.progress, dynamic_ncols=True)
     queue: asyncio.Queue = asyncio.Queue(maxsize=config.concurrency * 2)
     start = time.perf_counter()
@@ -172,16 +195,15 @@ async def run_job(items: Iterator[Item], total: int | None, out: Path, classify:
 
         async def consume() -> None:
             while (chunk := await queue.get()) is not None:
-                good, pixels, errors = await loop.run_in_executor(decoders, decode_chunk, chunk)
-                answers = await classify(pixels) if len(pixels) else []
-                records = _records(good, answers) + errors
-                sink.write(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+                good, pixels, failed = await loop.run_in_executor(decoders, decode_chunk, chunk)
+                answers = await classify(pixels) if len(pixels) else None
+                sink.write(journal_line(good, answers, failed))
                 sink.flush()
-                summary.failed += len(errors)
+                summary.failed += len(failed["seq"])
                 bar.update(len(chunk))
                 if config.max_errors is not None and summary.failed > config.max_errors:
                     raise JobError(f"{summary.failed} inputs failed, more than --max-errors {config.max_errors}; "
-                                   f"first: {errors[0]['id']}: {errors[0]['error']}")
+                                   f"first: {failed['id'][0]}: {failed['error'][0]}")
 
         tasks = [asyncio.create_task(produce())] + [asyncio.create_task(consume()) for _ in range(config.concurrency)]
         try:
@@ -207,31 +229,30 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def finish(out: Path, summary: Summary) -> None:
     """Write the sorted output and the error report from the journal, atomically; then drop the journal."""
-    records = [r for _, r in sorted(read_journal(journal_path(out)).items())]
-    ok = [r for r in records if r["ok"]]
-    failed = [r for r in records if not r["ok"]]
-    summary.total, summary.ok, summary.failed = len(records), len(ok), len(failed)
+    from fashion.contract import CLASS_NAMES
+
+    ok, failed = read_journal(journal_path(out))
+    summary.total, summary.ok, summary.failed = len(ok) + len(failed), len(ok), len(failed)
+    rows = [(item_id, CLASS_NAMES[class_id], class_id, confidence, backend, version, true_label)
+            for _, (item_id, class_id, confidence, true_label, backend, version) in sorted(ok.items())]
     buffer = io.StringIO()
     if out.suffix == ".jsonl":
-        for r in ok:
-            buffer.write(json.dumps({k: r[k] for k in COLUMNS}) + "\n")
+        buffer.writelines(json.dumps(dict(zip(COLUMNS, row, strict=True))) + "\n" for row in rows)
     else:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(COLUMNS)
-        writer.writerows([r[k] if r[k] is not None else "" for k in COLUMNS] for r in ok)
+        writer.writerows(rows)
     _atomic_write(out, buffer.getvalue())
     report = io.StringIO()
     writer = csv.writer(report, lineterminator="\n")
     writer.writerow(("id", "reason"))
-    writer.writerows((r["id"], r["error"]) for r in failed)
+    writer.writerows(reason for _, reason in sorted(failed.items()))
     _atomic_write(errors_path(out), report.getvalue())
-    labelled = [r for r in ok if r["true_label"] is not None]
+    labelled = [(row[2], row[6]) for row in rows if row[6] is not None]
     if labelled:
         from fashion.metrics import confusion_matrix
 
-        truth = np.array([r["true_label"] for r in labelled])
-        predicted = np.array([r["class_id"] for r in labelled])
+        predicted, truth = (np.array(column) for column in zip(*labelled, strict=True))
         summary.accuracy = float((truth == predicted).mean())
         summary.confusion = confusion_matrix(truth, predicted)
-        assert summary.confusion.shape == (NUM_CLASSES, NUM_CLASSES)
     journal_path(out).unlink()

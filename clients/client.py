@@ -273,7 +273,11 @@ class AsyncFashionClient(_Requests):
         return [Prediction.from_json(p) for p in await self._send(self.files_request(images, backend))]
 
     async def classify_array(self, pixels: np.ndarray, backend: str | None = None) -> list[Prediction]:
-        return [Prediction.from_json(p) for p in await self._send(self.array_request(pixels, backend))]
+        return [Prediction.from_json(p) for p in await self.classify_array_json(pixels, backend)]
+
+    async def classify_array_json(self, pixels: np.ndarray, backend: str | None = None) -> list[dict[str, Any]]:
+        """The answers as the service sent them (no objects built: the cheaper path for bulk jobs)."""
+        return await self._send(self.array_request(pixels, backend))
 
     async def classify_many(self, pixels: np.ndarray, backend: str | None = None, chunk_size: int = 1024,
                             concurrency: int = 4) -> list[Prediction]:

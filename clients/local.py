@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from clients.batch import Answers
 from fashion.backends import BACKENDS, Predictor, load_artifact
 from fashion.contract import describe_predictions, preprocess, softmax
 from fashion.manifest import read_manifest
@@ -38,4 +39,12 @@ class LocalClassifier:
         return cls(predictor, backend, read_manifest(model_dir)["version"])
 
     def classify(self, pixels: np.ndarray) -> list[dict[str, Any]]:
+        """Full answers (label, confidence, top-k...), as the service gives them."""
         return describe_predictions(softmax(self.predictor.predict(preprocess(pixels))), self.backend, self.version)
+
+    def classify_columns(self, pixels: np.ndarray) -> Answers:
+        """Class ids and confidences only, vectorised (what a batch job writes)."""
+        probs = softmax(self.predictor.predict(preprocess(pixels)))
+        class_ids = probs.argmax(axis=1)
+        return Answers(class_ids.tolist(), probs[np.arange(len(probs)), class_ids].astype(float).tolist(),
+                       self.backend, self.version)
