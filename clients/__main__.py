@@ -108,7 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     many.add_argument("input", help="folder (recursive), glob, IDX images file, .npy or .npz")
     many.add_argument("--out", type=Path, required=True, help="output file: .csv or .jsonl")
     many.add_argument("--labels", type=Path, default=None, help="IDX labels file (default: found beside the images)")
-    many.add_argument("--batch-size", type=int, default=512, help="images per request")
+    many.add_argument("--batch-size", type=int, default=1024,
+                      help="images per request (the service accepts up to 1,024); with --local, per model call")
     many.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     many.add_argument("--retries", type=int, default=5, help="attempts per request on 429/503/504/connection errors")
     many.add_argument("--max-errors", type=int, default=None, help="stop after this many bad inputs (default: never)")

@@ -44,7 +44,8 @@ def time_job(source: str, out: Path, args: argparse.Namespace, local: bool, back
         job_args = argparse.Namespace(url=args.url, timeout=60.0, retries=5, concurrency=args.concurrency,
                                       backend=backend, model=None)
         classify, retried = local_classifier(job_args) if local else remote_classifier(job_args)
-        config = JobConfig(batch_size=args.batch_size, concurrency=args.concurrency, progress=False)
+        batch_size = args.local_batch_size if local else args.batch_size
+        config = JobConfig(batch_size=batch_size, concurrency=args.concurrency, progress=False)
         summary = asyncio.run(run_job(items, total, out, classify, config, retried))
         assert summary.failed == 0 and summary.ok == summary.total
         rates.append(summary.images_per_second)
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.bench_batch", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--url", default=None, help="use this running service instead of starting one")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=1024, help="images per request (the service takes 1,024)")
+    parser.add_argument("--local-batch-size", type=int, default=2048, help="images per model call with --local")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per job (after one warm-up)")
     parser.add_argument("--images", type=int, default=10000, help="PNG files in the folder job")

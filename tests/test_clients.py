@@ -228,7 +228,9 @@ def test_injected_503s_are_retried_until_every_input_is_classified(server, expor
     np.save(source, dataset.test_images[:2000])
     out = tmp_path / "preds.csv"
     with FlakyProxy(server) as url:
-        code = cli(["--url", url, "batch", str(source), "--out", str(out), "--quiet", "--batch-size", "100"])
+        # Every third request fails, so one chunk could meet a few 503s in a row: allow 10 attempts.
+        code = cli(["--url", url, "batch", str(source), "--out", str(out), "--quiet", "--batch-size", "100",
+                    "--retries", "10"])
     assert code == 0
     rows = read_rows(out)
     assert np.array_equal([int(r["class_id"]) for r in rows], offline(exported, dataset.test_images[:2000]))
