@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test test-slow lint bench-load clean
+.PHONY: help setup data train export serve test lint bench-load bench-http bench-batch clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,11 +47,14 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-test-slow: data ## Long suites kept out of `make test`
-	$(PY) -m pytest -m slow
-
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load
+
+bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
+	$(PY) -m clients.bench_http --out results/service-bench-cpu.json
+
+bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
+	$(PY) -m clients.bench_batch
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -62,6 +62,24 @@ def parse_backend(value: Any) -> str:
     return value
 
 
+def check_loaded(backend: str) -> str:
+    """Refuse, while parsing, a backend this server has not loaded or a server not yet ready.
+
+    Done before the adaptive batcher merges requests: a refusal inside a merged batch
+    would fail every request in it.
+    """
+    registry = getattr(bentoml.get_current_service(), "registry", None)
+    if registry is None:
+        return backend
+    if not registry.ready:
+        raise RequestError(f"models are not ready yet ({registry.error or 'loading'})", 503)
+    try:
+        registry.get(backend)
+    except KeyError as exc:
+        raise RequestError(str(exc.args[0]), 400) from None
+    return backend
+
+
 def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -198,7 +216,7 @@ class ImageUpload(bentoml.IODescriptor):
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
         files, fields = await read_image_files(request)
-        backend = parse_backend(request.query_params.get("backend") or fields.get("backend"))
+        backend = check_loaded(parse_backend(request.query_params.get("backend") or fields.get("backend")))
         pixels = await decode_files(files)
         items = np.empty(len(pixels), dtype=ITEM_DTYPE)
         items["backend"] = BACKEND_NAMES.index(backend)

@@ -204,3 +204,25 @@ def test_bentoml_build_packages_the_service(server, bentoml_home, tmp_path):
     [service] = bento.info.services
     assert {m.tag.name for m in service.models} == {"fashion-mlp-torch", "fashion-mlp-tf"}
     assert service.config["logging"]["access"]["enabled"] is False
+
+
+def test_a_backend_not_loaded_is_refused_without_failing_other_requests(exported, tmp_path):
+    home = tmp_path / "store"
+    subprocess.run([sys.executable, "-c", "import sys; from export.store import register_model as r; "
+                    "[r(p) for p in sys.argv[1:]]", *map(str, exported.values())],
+                   env={**os.environ, "BENTOML_HOME": str(home)}, check=True, cwd=REPO)
+    proc, url = start_server(home, tmp_path / "server.log", {"FASHION_BACKENDS": "onnx-torch"})
+    try:
+        wait_for(url, "/readyz", proc=proc)
+        files = {"images": ("a.png", SAMPLE, "image/png")}
+
+        def send(backend: str) -> int:
+            return httpx.post(f"{url}/classify", params={"backend": backend}, files=files, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(send, ["torch", "onnx-torch"] * 40))
+        assert statuses == [400, 200] * 40
+        info = httpx.post(f"{url}/model_info").json()
+        assert info["backends"]["onnx-torch"]["loaded"] and list(info["backends"]) == ["onnx-torch"]
+    finally:
+        stop_server(proc)
