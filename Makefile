@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench-load bench-http bench-batch clean
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load
+
+bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<machine>.md (needs wrk)
+	$(PY) -m benchmark
 
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
 	$(PY) -m clients.bench_http --out results/service-bench-cpu.json

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clients.__main__ import local_classifier, remote_classifier
 from clients.batch import JobConfig, run_job
-from clients.bench_http import REPO, wait_ready
+from clients.bench_http import REPO, free_port, wait_ready
 from clients.sources import open_source
 from fashion.data import IDX_FILES, _candidate, find_data_dir, load_fashion_mnist
 from fashion.imaging import encode_png
@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fashion-bench-batch-"))
     server = None
     if args.url is None:
-        args.url = "http://127.0.0.1:3320"
+        port = free_port()
+        args.url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
-                                   "service.service:FashionClassifier", "--port", "3320"], cwd=REPO,
+                                   "service.service:FashionClassifier", "--port", str(port)], cwd=REPO,
                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                                   stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT)
         wait_ready(f"{args.url}/readyz", server)

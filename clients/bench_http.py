@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def multipart_body(image: bytes, boundary: str) -> bytes:
             f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
 
 
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -56,9 +66,13 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundary: str) -> dict:
-    """One closed-loop wrk run; returns its counts and latency percentiles."""
+def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundary: str = "",
+            content_type: str | None = None) -> dict:
+    """One closed-loop wrk run; returns its counts, latency percentiles and wrk's own CPU use (cores)."""
     env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary}
+    if content_type:
+        env["WRK_CONTENT_TYPE"] = content_type
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url],
         capture_output=True, text=True, env=env, check=True,
@@ -67,7 +81,10 @@ def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundar
     if not match:
         raise RuntimeError(f"wrk printed no summary:\n{result.stdout}\n{result.stderr}")
     stats = json.loads(match.group(1))
-    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds_run = stats["duration_us"] / 1e6
+    stats["rps"] = stats["requests"] / seconds_run
+    stats["wrk_cpu_cores"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds_run
     return stats
 
 
@@ -95,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fashion-bench-"))
     body_file = workdir / "body.bin"
     body_file.write_bytes(multipart_body(image, boundary))
-    bento_port, bare_port = 3310, 3311
+    bento_port, bare_port = free_port(), free_port()
     bin_dir = Path(sys.executable).parent
     servers = {
         "bare": start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port), "--workers", "1",

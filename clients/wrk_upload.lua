@@ -1,12 +1,13 @@
--- wrk script: POST one multipart image upload per request; count answers by status.
--- Used by `python -m clients.bench_http`; the body is built there and passed in WRK_BODY_FILE.
+-- wrk script: POST the same body (WRK_BODY_FILE) with every request; count answers by status.
+-- Used by `python -m clients.bench_http` and `python -m benchmark`, which build the body. The
+-- Content-Type is WRK_CONTENT_TYPE, or multipart with boundary WRK_BOUNDARY.
 local body_file = os.getenv("WRK_BODY_FILE")
-local boundary = os.getenv("WRK_BOUNDARY")
+local content_type = os.getenv("WRK_CONTENT_TYPE") or ("multipart/form-data; boundary=" .. os.getenv("WRK_BOUNDARY"))
 local f = assert(io.open(body_file, "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+wrk.headers["Content-Type"] = content_type
 
 local threads = {}
 function setup(thread)

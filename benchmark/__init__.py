@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of every backend: in-process, over HTTP, with accuracy (``python -m benchmark``)."""

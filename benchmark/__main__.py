@@ -1,0 +1,130 @@
+"""Compare every backend side by side: ``python -m benchmark`` (``make bench``).
+
+Writes ``results/benchmark-<machine>.md`` with the same data as JSON and PNG
+plots: the machine's matmul ceiling; every backend in-process at batch sizes
+1 to 1,024; accuracy and top-1 agreement on the 10,000 test images; and, with
+the real service, a concurrency sweep, batch requests, payload formats and an
+open-loop run against the bare-Starlette ceiling. ``--quick`` runs in under a
+minute; ``--skip-http`` runs only the in-process part (for a GPU machine with
+torch and onnxruntime but no TensorFlow or BentoML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmark.inprocess import model_dirs_from, run_inprocess
+from benchmark.report import machine_name, write_report
+from benchmark.timing import FULL, QUICK
+from fashion.backends import BACKENDS
+from fashion.data import load_fashion_mnist
+from fashion.env import environment_stamp
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def gpu_name() -> str | None:
+    """The CUDA device's name, if torch sees one."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def conclusions(results: dict[str, Any]) -> list[str]:
+    """Two or three sentences drawn from the numbers."""
+    inproc = results["inprocess"]
+    at_1024 = [r for r in inproc["sweep"] if r["batch"] == 1024]
+    fp32 = max((r for r in at_1024 if r["backend"] != "onnx-int8"), key=lambda r: r["images_per_s"])
+    one = min((r for r in inproc["sweep"] if r["batch"] == 1), key=lambda r: r["median_s"])
+    text = [
+        f"In-process, the fastest float32 backend at batch 1,024 is {fp32['backend']} "
+        f"({fp32['images_per_s']:,.0f} images/s, {fp32['fraction_of_ceiling']:.2f} of the float32 matmul ceiling); "
+        f"the fastest at batch 1 is {one['backend']} ({one['median_s'] * 1e6:.0f} µs per call)."
+    ]
+    int8 = next((r for r in at_1024 if r["backend"] == "onnx-int8"), None)
+    if int8:
+        text[0] += (f" The int8 model is not bound by that ceiling: {int8['images_per_s']:,.0f} images/s at batch "
+                    "1,024 with the CPU's integer dot-product instructions.")
+    check = inproc["correctness"]
+    accuracy, agreement = check["accuracy"], check["agreement"]
+    source = {name: BACKENDS[name].model for name in accuracy if name in BACKENDS}
+    same = [agreement[a][b] for a in source for b in source if a < b and source[a] == source[b]
+            and "int8" not in a + b]
+    cross = [agreement[a][b] for a in source for b in source if source[a] != source[b] and "int8" not in a + b]
+    sentence = (f"Test accuracy ranges from {min(accuracy.values()):.4f} to {max(accuracy.values()):.4f}. "
+                f"Backends of the same exported model agree on at least {min(same):.2%} of the test images"
+                if same else f"Test accuracy ranges from {min(accuracy.values()):.4f} to {max(accuracy.values()):.4f}")
+    if cross:
+        sentence += f"; the PyTorch- and TensorFlow-trained models agree on {min(cross):.2%}"
+    if "onnx-int8" in agreement and "onnx-torch" in agreement:
+        sentence += f"; int8 agrees with its float32 source on {agreement['onnx-int8']['onnx-torch']:.2%}"
+    text.append(sentence + ".")
+    http = results.get("http")
+    if http:
+        top = max(r["concurrency"] for r in http["rows"])
+        bare = next(r for r in http["rows"] if r["target"] == "bare-starlette" and r["concurrency"] == top)
+        best = max((r for r in http["rows"] if r["kind"] == "single" and r["concurrency"] == top
+                    and r["target"] != "bare-starlette"), key=lambda r: r["rps"])
+        batch = max((r for r in http["rows"] if r["kind"] == "batch"), key=lambda r: r["images_per_s"])
+        text.append(
+            f"Over HTTP with {top} clients and one image per request, {best['target']} serves {best['rps']:,.0f} "
+            f"req/s ({best['rps'] / bare['rps']:.2f} of the bare Starlette app); sending {http['batch_images']} "
+            f"images per request as .npy lifts throughput to {batch['images_per_s']:,.0f} images/s ({batch['target']})."
+        )
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short timings, one backend over HTTP (< 1 min)")
+    parser.add_argument("--skip-http", action="store_true", help="in-process part only")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="folder of exported models (<model>/<version>/); default: the BentoML store")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=None,
+                        help="backends over HTTP (default: all; --quick: onnx-torch)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the report")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="only rebuild the report (Markdown, plots) from a benchmark JSON file")
+    args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        print(f"report: {write_report(results, args.out, conclusions(results))}")
+        return 0
+    start = time.perf_counter()
+    gpu = gpu_name()
+    device = ("cuda" if gpu else "cpu") if args.device == "auto" else args.device
+    data = load_fashion_mnist()
+    budget = QUICK if args.quick else FULL
+    print(f"in-process on {device}", flush=True)
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "gpu": gpu,
+        "environment": environment_stamp(),
+        "inprocess": run_inprocess(model_dirs_from(args.models), data.test_images, data.test_labels, device, budget,
+                                   512 if args.quick else 2048),
+    }
+    results["machine"] = machine_name(results["environment"], gpu)
+    if not args.skip_http:
+        from benchmark.http import HttpPlan, run_http
+
+        backends = tuple(args.backends or (["onnx-torch"] if args.quick else list(BACKENDS)))
+        plan = HttpPlan(backends=backends, concurrency=(1, 16) if args.quick else (1, 4, 16, 64),
+                        seconds=1 if args.quick else 5, warmup=1, open_loop_seconds=2 if args.quick else 10)
+        results["http"] = run_http(data.test_images, plan)
+    results["seconds"] = time.perf_counter() - start
+    path = write_report(results, args.out, conclusions(results))
+    print(f"report: {path} ({results['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
