@@ -58,7 +58,7 @@ def verify_artifact(model_dir: Path, artifact: dict[str, Any]) -> Path:
     Raises:
         IntegrityError: naming the missing or mismatching file.
     """
-    model_dir = Path(model_dir)
+    model_dir = Path(model_dir).resolve()
     for relative, expected in artifact["sha256"].items():
         path = _inside(model_dir, relative)
         if not path.is_file():

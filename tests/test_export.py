@@ -82,6 +82,12 @@ def test_flipped_byte_refuses_to_load(exported, tmp_path, framework, artifact, r
         load_artifact(copy, artifact, runtime, device="cpu")
 
 
+def test_a_relative_model_folder_loads(exported, monkeypatch):
+    monkeypatch.chdir(exported["tf"].parent)
+    predictor = load_artifact(Path(exported["tf"].name), "savedmodel", "savedmodel", device="cpu")
+    assert predictor.predict(np.zeros((2, 28, 28), np.float32)).shape == (2, 10)
+
+
 def test_missing_or_escaping_files_are_refused(exported, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(exported["torch"], copy)
