@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import httpx
 import numpy as np
 
 from benchmark.openloop import open_loop
-from clients.bench_http import bentoml_onnx_path, free_port, multipart_body, run_wrk, start, wait_ready
+from clients.bench_http import multipart_body, run_wrk, start_servers, stop_servers
 from fashion.imaging import encode_png
 
 BATCH_METRIC = re.compile(r'^bentoml_service_adaptive_batch_size_(sum|count)\{[^}]*method_name="classify"[^}]*\} (\S+)',
@@ -79,22 +78,10 @@ def run_http(images: np.ndarray, plan: HttpPlan) -> dict[str, Any]:
     """Start the service and the bare app, measure, stop them; JSON-ready results."""
     work = Path(tempfile.mkdtemp(prefix="fashion-benchmark-"))
     bodies = _bodies(images[: plan.batch_images], work)
-    bento_port, bare_port = free_port(), free_port()
-    bin_dir = Path(sys.executable).parent
-    servers = {
-        "bare": start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port), "--workers", "1",
-                       "--no-access-log", "--log-level", "warning"],
-                      {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, work / "bare.log"),
-        "bentoml": start([str(bin_dir / "bentoml"), "serve", "service.service:FashionClassifier", "--port",
-                          str(bento_port)], {"TF_CPP_MIN_LOG_LEVEL": "3", "FASHION_BACKENDS": ",".join(plan.backends)},
-                         work / "bentoml.log"),
-    }
-    bento, bare = f"http://127.0.0.1:{bento_port}", f"http://127.0.0.1:{bare_port}"
+    servers = start_servers(work, plan.backends)
+    bento, bare = servers["bentoml"][1], servers["bare"][1]
     rows: list[dict[str, Any]] = []
     try:
-        wait_ready(f"{bento}/readyz", servers["bentoml"])
-        wait_ready(f"{bare}/livez", servers["bare"])
-
         def measure(kind, target, url, body, concurrency, images_per_request=1, batches=False):
             path, content_type = bodies[body]
             run_wrk(url, concurrency, plan.warmup, path, content_type=content_type)
@@ -133,10 +120,7 @@ def run_http(images: np.ndarray, plan: HttpPlan) -> dict[str, Any]:
         print(f"  p50 {loop['p50_s'] * 1e3:.2f} ms, p99 {loop['p99_s'] * 1e3:.2f} ms, {loop['statuses']}, "
               f"generator {loop['generator_cpu_cores']:.2f} cores", flush=True)
     finally:
-        for proc in servers.values():
-            proc.terminate()
-        for proc in servers.values():
-            proc.wait(30)
+        stop_servers(servers)
     return {"rows": rows, "open_loop": {**loop, "backend": plan.backends[0]}, "batch_images": plan.batch_images}
 
 

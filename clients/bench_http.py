@@ -88,6 +88,35 @@ def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundar
     return stats
 
 
+def start_servers(workdir: Path, backends: tuple[str, ...] | None = None) -> dict[str, tuple[subprocess.Popen, str]]:
+    """The real service and the bare app on free loopback ports, ready: ``{name: (process, base URL)}``."""
+    bin_dir = Path(sys.executable).parent
+    bento_port, bare_port = free_port(), free_port()
+    service_env = {"TF_CPP_MIN_LOG_LEVEL": "3", **({"FASHION_BACKENDS": ",".join(backends)} if backends else {})}
+    servers = {
+        "bare": (start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port), "--workers", "1",
+                        "--no-access-log", "--log-level", "warning"],
+                       {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, workdir / "bare.log"),
+                 f"http://127.0.0.1:{bare_port}"),
+        "bentoml": (start([str(bin_dir / "bentoml"), "serve", "service.service:FashionClassifier", "--port",
+                           str(bento_port)], service_env, workdir / "bentoml.log"), f"http://127.0.0.1:{bento_port}"),
+    }
+    try:
+        wait_ready(f"{servers['bentoml'][1]}/readyz", servers["bentoml"][0])
+        wait_ready(f"{servers['bare'][1]}/livez", servers["bare"][0])
+    except BaseException:
+        stop_servers(servers)
+        raise
+    return servers
+
+
+def stop_servers(servers: dict[str, tuple[subprocess.Popen, str]]) -> None:
+    for proc, _ in servers.values():
+        proc.terminate()
+    for proc, _ in servers.values():
+        proc.wait(30)
+
+
 def bentoml_onnx_path() -> Path:
     """The PyTorch export's ONNX file in the BentoML store (what the default backend serves)."""
     import bentoml
@@ -112,21 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fashion-bench-"))
     body_file = workdir / "body.bin"
     body_file.write_bytes(multipart_body(image, boundary))
-    bento_port, bare_port = free_port(), free_port()
-    bin_dir = Path(sys.executable).parent
-    servers = {
-        "bare": start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port), "--workers", "1",
-                       "--no-access-log", "--log-level", "warning"],
-                      {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, workdir / "bare.log"),
-        "bentoml": start([str(bin_dir / "bentoml"), "serve", "service.service:FashionClassifier", "--port",
-                          str(bento_port)], {"TF_CPP_MIN_LOG_LEVEL": "3"}, workdir / "bentoml.log"),
-    }
+    servers = start_servers(workdir)
+    bento, bare = servers["bentoml"][1], servers["bare"][1]
     results = []
     try:
-        wait_ready(f"http://127.0.0.1:{bento_port}/readyz", servers["bentoml"])
-        wait_ready(f"http://127.0.0.1:{bare_port}/livez", servers["bare"])
-        targets = [("bare-starlette", "onnx-torch", f"http://127.0.0.1:{bare_port}/classify")] + [
-            ("bentoml", b, f"http://127.0.0.1:{bento_port}/classify?backend={b}") for b in args.backends]
+        targets = [("bare-starlette", "onnx-torch", f"{bare}/classify")] + [
+            ("bentoml", b, f"{bento}/classify?backend={b}") for b in args.backends]
         for server, backend, url in targets:
             run_wrk(url, max(args.concurrency), args.warmup, body_file, boundary)
             for connections in args.concurrency:
@@ -136,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"p50 {stats['p50_us'] / 1000:6.2f} ms  p99 {stats['p99_us'] / 1000:7.2f} ms  "
                       f"status {stats['statuses']}  socket errors {stats['socket_errors']}", flush=True)
     finally:
-        for proc in servers.values():
-            proc.terminate()
-        for proc in servers.values():
-            proc.wait(30)
+        stop_servers(servers)
     print_summary(results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
