@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -141,11 +141,13 @@ def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray) -> tuple[
     return cross_entropy(logits, labels), float((logits.argmax(axis=1) == labels).mean())
 
 
-def fit(trainer: Trainer, data: TrainData, config: TrainConfig, progress: bool = True) -> list[dict[str, float]]:
+def fit(trainer: Trainer, data: TrainData, config: TrainConfig, progress: bool = True,
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train for ``config.epochs`` epochs with early stopping on validation loss.
 
     When early stopping is configured, the weights of the epoch with the lowest
-    validation loss are restored at the end.
+    validation loss are restored at the end. ``on_epoch`` sees each epoch's row
+    (a tuner reports to its pruner there, and may stop the run by raising).
 
     Returns:
         Per-epoch history: train/val loss and accuracy, learning rate, seconds.
@@ -180,6 +182,8 @@ def fit(trainer: Trainer, data: TrainData, config: TrainConfig, progress: bool =
             "seconds": time.perf_counter() - start,
         }
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         if progress:
             tqdm.write(
                 f"{trainer.framework} epoch {epoch:>3}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
