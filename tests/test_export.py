@@ -128,3 +128,15 @@ def test_no_pickle_based_loading_in_the_project():
                     or ("torch.load(" in line and "weights_only=True" not in line)):
                 offenders.append(f"{path.relative_to(REPO)}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_int8_records_its_own_sample_labels_for_the_warm_up(exported):
+    from fashion.samples import sample_images
+
+    manifest = read_manifest(exported["torch"])
+    if "onnx-int8" not in manifest["artifacts"]:
+        pytest.skip("int8 model dropped by the export for exceeding its accuracy bound (see manifest)")
+    pixels, _ = sample_images()
+    predictor = load_artifact(exported["torch"], "onnx-int8", "onnx", device="cpu")
+    got = predictor.predict(preprocess(pixels)).argmax(1).tolist()
+    assert manifest["artifacts"]["onnx-int8"]["samples_expected"] == got
