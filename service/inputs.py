@@ -65,8 +65,8 @@ def parse_backend(value: Any) -> str:
 def check_loaded(backend: str) -> str:
     """Refuse, while parsing, a backend this server has not loaded or a server not yet ready.
 
-    Done before the adaptive batcher merges requests: a refusal inside a merged batch
-    would fail every request in it.
+    The one place these are checked, for every endpoint; on ``/classify`` it must happen
+    before the adaptive batcher merges requests, where a refusal would fail them all.
     """
     registry = getattr(bentoml.get_current_service(), "registry", None)
     if registry is None:
@@ -235,7 +235,7 @@ class ImageBatch(bentoml.IODescriptor):
         files, fields = await read_image_files(request)
         backend = parse_backend(request.query_params.get("backend") or fields.get("backend"))
         pixels = await decode_files(files)
-        return cls.model_construct(images=pixels, backend=backend)
+        return cls.model_construct(images=pixels, backend=check_loaded(backend))
 
 
 class PixelArray(bentoml.IODescriptor):
@@ -266,4 +266,4 @@ class PixelArray(bentoml.IODescriptor):
             raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json or a .npy body "
                                "(application/x-npy)", 415)
         pixels = validate_pixels(array)
-        return cls.model_construct(pixels=pixels, backend=parse_backend(backend))
+        return cls.model_construct(pixels=pixels, backend=check_loaded(parse_backend(backend)))

@@ -25,7 +25,7 @@ import numpy as np
 
 from fashion.backends import MODEL_NAMES
 from service.config import ServiceConfig
-from service.inputs import BACKEND_NAMES, ImageBatch, ImageUpload, JSONAnswer, PixelArray, RequestError
+from service.inputs import BACKEND_NAMES, ImageBatch, ImageUpload, JSONAnswer, PixelArray
 from service.registry import ModelRegistry
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -64,17 +64,6 @@ class FashionClassifier:
     def __is_ready__(self) -> bool:
         return self.registry.ready
 
-    def _registry(self) -> ModelRegistry:
-        if not self.registry.ready:
-            raise RequestError(f"models are not ready yet ({self.registry.error or 'loading'})", 503)
-        return self.registry
-
-    def _classify(self, backend: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
-        try:
-            return self._registry().classify(backend, pixels)
-        except KeyError as exc:
-            raise RequestError(str(exc.args[0]), 400) from None
-
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer, batchable=True,
                  max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
@@ -82,19 +71,20 @@ class FashionClassifier:
         answers: list[dict[str, Any]] = [{}] * len(images)
         for code in np.unique(images["backend"]):
             rows = np.flatnonzero(images["backend"] == code)
-            for row, answer in zip(rows, self._classify(BACKEND_NAMES[code], images["pixels"][rows]), strict=True):
+            group = self.registry.classify(BACKEND_NAMES[code], images["pixels"][rows])
+            for row, answer in zip(rows, group, strict=True):
                 answers[row] = answer
         return answers
 
     @bentoml.api(route="/classify_batch", input_spec=ImageBatch, output_spec=JSONAnswer)
     def classify_batch(self, images: np.ndarray, backend: str) -> list[dict[str, Any]]:
         """Classify many uploaded images in one call; answers in input order."""
-        return self._classify(backend, images)
+        return self.registry.classify(backend, images)
 
     @bentoml.api(route="/classify_array", input_spec=PixelArray, output_spec=JSONAnswer)
     def classify_array(self, pixels: np.ndarray, backend: str) -> list[dict[str, Any]]:
         """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
-        return self._classify(backend, pixels)
+        return self.registry.classify(backend, pixels)
 
     @bentoml.api(route="/model_info", output_spec=JSONAnswer)
     def model_info(self) -> dict[str, Any]:
