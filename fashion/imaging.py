@@ -6,7 +6,12 @@ Policy (also in the README):
   which formats it may use (``Image.open(..., formats=...)``); a file's name or
   Content-Type never chooses the parser.
 * Size: at most :data:`MAX_PIXELS` pixels (checked from the header, before any
-  pixel is decoded) and a decompression-bomb warning is an error.
+  pixel is decoded) and a decompression-bomb warning is an error. Work that
+  grows with a header field rather than with the pixels is capped too: at most
+  :data:`MAX_JPEG_SCANS` JPEG scans and :data:`MAX_TIFF_CHUNKS` TIFF strips or
+  tiles. Only the first frame of an animated or multi-page file is decoded.
+* Errors: :class:`ImageError` is the only exception that escapes, whatever the
+  bytes (``tests/fuzz_imaging.py`` fuzzes this).
 * Colour: converted to 8-bit grayscale; transparent pixels become black.
 * Shape: the longest side is scaled to 28 pixels (aspect ratio kept, Lanczos),
   the image is centred on a black 28 x 28 canvas.
@@ -19,6 +24,7 @@ Policy (also in the README):
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -28,6 +34,15 @@ from fashion.contract import IMAGE_SIZE
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 # Pillow's own bomb limit is ~89 MP; a 28 x 28 classifier never needs more than 4 MP.
 MAX_PIXELS = 4_000_000
+# libjpeg decodes every block of the frame once per scan, so scans multiply the work of a tiny file: 5,000 empty
+# 14-byte scans over a 2000 x 2000 frame took 1.1 s (an 8 MB upload would take minutes). Encoders write about
+# 10; libtiff refuses more than 100 in a JPEG-in-TIFF strip (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), so do we.
+MAX_JPEG_SCANS = 100
+# Pillow builds a Python object per TIFF strip or tile while *opening* the file (~300 bytes, ~1 us each): 1,000,000
+# two-byte strip offsets cost 1.3 s and 300 MB before any size check could run. 16,384 covers a 4 MP image in the
+# smallest tiles the TIFF spec allows (16 x 16 pixels: 15,625 tiles).
+MAX_TIFF_CHUNKS = 16_384
+_TIFF_STRIP_OFFSETS, _TIFF_TILE_OFFSETS = 273, 324
 
 
 class ImageError(ValueError):
@@ -38,18 +53,68 @@ class ImageError(ValueError):
         self.status = status
 
 
+def _count_tiff_chunks(data: bytes) -> int:
+    """The most strips or tiles declared in the first directory of a TIFF (0 if ``data`` is not one).
+
+    Read here, without Pillow, because Pillow spends the memory while opening the file (see
+    :data:`MAX_TIFF_CHUNKS`). Only counts are read; anything malformed is left for Pillow to refuse.
+    """
+    if data[:2] not in (b"II", b"MM") or data[2:4] not in (b"*\0", b"\0*", b"+\0", b"\0+"):
+        return 0
+    endian = "<" if data[:2] == b"II" else ">"
+    big = data[2] == 0x2B  # BigTIFF, decided as Pillow decides it
+    try:
+        (offset,) = struct.unpack_from(endian + ("Q" if big else "L"), data, 8 if big else 4)
+        (count,) = struct.unpack_from(endian + ("Q" if big else "H"), data, offset)
+    except struct.error:
+        return 0
+    entry = struct.Struct(endian + ("HHQ8x" if big else "HHL4x"))
+    first = offset + (8 if big else 2)
+    entries = data[first:first + min(count, len(data)) * entry.size]
+    entries = entries[:len(entries) - len(entries) % entry.size]
+    counts = [n for tag, _, n in entry.iter_unpack(entries) if tag in (_TIFF_STRIP_OFFSETS, _TIFF_TILE_OFFSETS)]
+    return max(counts, default=0)
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The allowed format whose signature ``data`` starts with, by Pillow's own checks; ``None`` if none.
+
+    Tells a GIF cut off in its colour table (422, corrupt) from a file of another kind (415): without this,
+    Pillow reports both as "cannot identify image file".
+    """
+    from PIL import Image
+
+    Image.init()
+    for name in ALLOWED_FORMATS:
+        _, accept = Image.OPEN.get(name, (None, None))
+        if accept is not None and accept(data[:16]) is True:  # a string instead means "not in this build"
+            return name
+    return None
+
+
 def _open(data: bytes):
+    """Parse the header only (no pixels yet) with the allowed plugins; refuse too many pixels, scans or tiles."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageError("empty image file", 400)
+    if (chunks := _count_tiff_chunks(data)) > MAX_TIFF_CHUNKS:
+        raise ImageError(f"TIFF declares {chunks:,} strips or tiles; at most {MAX_TIFF_CHUNKS:,} are accepted", 413)
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
+        if claimed := _claimed_format(data):
+            raise ImageError(f"the image could not be decoded (a {claimed} signature, then no readable {claimed} "
+                             "header); it is truncated or corrupt", 422) from None
         raise ImageError(f"not an image in an allowed format ({', '.join(ALLOWED_FORMATS)})", 415) from None
     width, height = image.size
     if width * height > MAX_PIXELS or width <= 0 or height <= 0:
         raise ImageError(f"image is {width} x {height} pixels; at most {MAX_PIXELS:,} pixels are accepted", 413)
+    # Every start of scan is the marker FF DA, which entropy-coded data never contains (an FF there is followed by
+    # 00 or a restart marker), so counting it bounds the scans from above; Pillow (JPEG, or MPO for a JPEG with
+    # several pictures) stops parsing at the first scan and cannot tell.
+    if image.format in ("JPEG", "MPO") and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise ImageError(f"JPEG has {scans:,} scans; at most {MAX_JPEG_SCANS} are accepted", 413)
     return image
 
 
@@ -99,16 +164,26 @@ def decode_image(data: bytes, invert: bool | None = None) -> np.ndarray:
     """
     from PIL import Image
 
-    image = _open(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+    # Image.open already decompression-bomb-checks the header: a warning there is as much an error as in load().
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = _open(data)
+            # Only the first frame is decoded (Image.open leaves every format on frame 0); nothing here
+            # asks for n_frames or seeks, which would walk every frame of a GIF/TIFF/APNG with thousands.
             image.load()
             gray = _to_gray(image)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(f"refused as a decompression bomb: {exc}", 413) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"the image could not be decoded ({exc}); it is truncated or corrupt", 422) from None
+        except ImageError:
+            raise
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ImageError(f"refused as a decompression bomb: {exc}", 413) from None
+        except MemoryError:
+            raise ImageError("the image needs more memory to decode than is allowed", 413) from None
+        # Pillow's parsers are Python code running on hostile bytes: beside the errors it documents (OSError,
+        # SyntaxError, ValueError) they trip over struct.error, IndexError, KeyError, AssertionError, ... (see
+        # tests/fuzz_imaging.py). The list is open-ended, so whatever Pillow raises on a file is "corrupt".
+        except Exception as exc:
+            raise ImageError(f"the image could not be decoded ({exc}); it is truncated or corrupt", 422) from None
     if invert if invert is not None else has_light_background(gray):
         gray = 255 - gray
     return _fit(gray)
