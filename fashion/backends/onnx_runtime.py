@@ -9,6 +9,7 @@ import numpy as np
 
 from fashion.contract import INPUT_NAME, OUTPUT_NAME
 from fashion.env import has_nvidia_gpu
+from fashion.manifest import IntegrityError
 
 
 class OnnxPredictor:
@@ -27,8 +28,54 @@ class OnnxPredictor:
                 "device": "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"}
 
 
+def external_data_tensors(message) -> list[tuple[str, str]]:
+    """``(tensor name, location)`` of every tensor anywhere in an ONNX message whose data lives in another file.
+
+    Walks every nested message rather than naming the places tensors can sit (initializers,
+    sparse initializers, ``Constant`` attributes, subgraphs of ``If``/``Loop``, functions,
+    training info), so a place added to ONNX later is still covered.
+    """
+    import onnx
+    from google.protobuf.message import Message
+
+    if isinstance(message, onnx.TensorProto):
+        if message.data_location != onnx.TensorProto.EXTERNAL:
+            return []
+        location = next((e.value for e in message.external_data if e.key == "location"), "")
+        return [(message.name, location)]
+    found = []
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                found += external_data_tensors(item)
+    return found
+
+
+def refuse_external_data(path: Path, model_bytes: bytes) -> None:
+    """Refuse a model that would make ONNX Runtime open any file besides itself.
+
+    Our exports (``torch.onnx.export``, tf2onnx, ``quantize_dynamic``) write one self-contained
+    file far below protobuf's 2 GB limit, and the manifest lists only that file; so any external
+    data is foreign. Refusing it outright, rather than allowing files inside the folder, keeps
+    the whole feature out of reach: whoever can rewrite the model can rewrite the manifest too.
+    ONNX Runtime 1.31 itself refuses locations that resolve outside the model's folder, but that
+    guard is recent and has needed follow-ups (microsoft/onnxruntime#26776, #27430 for models
+    loaded from bytes, #28408 for sparse tensors), and it still reads unlisted files inside the folder.
+
+    Raises:
+        IntegrityError: naming the tensor and the location it points to.
+    """
+    import onnx
+
+    external = external_data_tensors(onnx.ModelProto.FromString(model_bytes))
+    if external:
+        listed = ", ".join(f"{name!r} -> {location!r}" for name, location in external[:5])
+        raise IntegrityError(f"{path}: {len(external)} tensor(s) keep their data in external files ({listed}); "
+                             "fashion-serve models never use external data; refusing the model")
+
+
 def load(path: Path, device: str = "auto", threads: int = 0, manifest: dict | None = None) -> OnnxPredictor:
-    """Load an ONNX model.
+    """Load an ONNX model, refusing one that references external data files.
 
     Args:
         path: the ``.onnx`` file (already verified against its manifest).
@@ -45,5 +92,8 @@ def load(path: Path, device: str = "auto", threads: int = 0, manifest: dict | No
     # Ask for CUDA only where a GPU exists: onnxruntime-gpu logs CUDA errors otherwise.
     use_cuda = device == "cuda" or (device == "auto" and has_nvidia_gpu())
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    # Hand ONNX Runtime the very bytes that were checked, not the path: the file cannot change between the two.
+    model_bytes = Path(path).read_bytes()
+    refuse_external_data(path, model_bytes)
+    session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     return OnnxPredictor(session)

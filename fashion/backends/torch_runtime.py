@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import zipfile
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fashion.manifest import IntegrityError
+
+# torch's own advice in its refusal ("re-run with weights_only=False") is exactly what must not be done here.
+TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def build_mlp(layer_sizes: list[int]):
@@ -57,6 +63,33 @@ class TorchPredictor:
         return facts
 
 
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Tensors of a ``torch.save`` zip checkpoint, unpickled by torch's weights-only unpickler.
+
+    A pickle can name any callable to run while it loads (``__reduce__``); ``weights_only=True``
+    allows only tensors and plain containers and refuses anything else before calling it.
+    Only the zip format (``torch.save``'s default since 1.6, what our export writes) is accepted, so
+    the legacy loaders' code paths stay out of reach: that unpickler has been bypassed before
+    (https://github.com/pytorch/pytorch/security/advisories/GHSA-53q9-r3pm-6pq6, fixed in torch 2.6).
+
+    Raises:
+        IntegrityError: the file is not a zip checkpoint, or holds something other than tensors.
+    """
+    from pickle import UnpicklingError  # the exception torch raises; nothing here unpickles with pickle
+
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        raise IntegrityError(f"{path}: not a torch.save zip checkpoint (legacy or raw pickle formats are refused)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except UnpicklingError as exc:
+        reason = " ".join(line.strip() for line in str(exc).splitlines()
+                          if line.strip() and not line.strip().startswith(TORCH_BOILERPLATE))
+        raise IntegrityError(f"{path}: checkpoint holds objects other than tensors (code could run as it loads); "
+                             f"refused without loading them. torch: {reason or exc}") from exc
+
+
 def load(path: Path, device: str = "auto", threads: int = 0, manifest: dict | None = None) -> TorchPredictor:
     """Load the folded state dict with ``weights_only=True`` (no code runs from the file).
 
@@ -73,5 +106,5 @@ def load(path: Path, device: str = "auto", threads: int = 0, manifest: dict | No
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_mlp(manifest["architecture"]["layer_sizes"])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_state_dict(path))
     return TorchPredictor(model.eval().to(device), torch.device(device))
