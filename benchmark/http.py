@@ -18,7 +18,7 @@ from benchmark.openloop import open_loop
 from clients.bench_http import multipart_body, run_wrk, start_servers, stop_servers
 from fashion.imaging import encode_png
 
-BATCH_METRIC = re.compile(r'^bentoml_service_adaptive_batch_size_(sum|count)\{[^}]*method_name="classify"[^}]*\} (\S+)',
+BATCH_METRIC = re.compile(r"^fashion_batch_size_(sum|count)(?:\{[^}]*\})? (\S+)",
                           re.M)
 
 
@@ -35,7 +35,7 @@ class HttpPlan:
 
 
 def batch_size_counters(url: str) -> tuple[float, float]:
-    """(sum, count) of the adaptive batcher's batch-size histogram for ``/classify``."""
+    """(sum, count) of the batcher's batch-size histogram (images per model call)."""
     found = dict.fromkeys(("sum", "count"), 0.0)
     for kind, value in BATCH_METRIC.findall(httpx.get(f"{url}/metrics", timeout=10).text):
         found[kind] += float(value)

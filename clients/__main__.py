@@ -11,7 +11,10 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 from clients.batch import EXIT_FAILED, Answers, JobConfig, JobError, run_job
 from clients.client import AsyncFashionClient, FashionClient, RetryPolicy, ServiceError
@@ -42,12 +45,32 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0 if all("label" in r for r in rows) else 1
 
 
+def wait_until_ready(url: str, timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``/readyz`` while the server is busy or starting; fail at once if none listens.
+
+    A server under heavy load may take seconds to answer a new connection: that is
+    no reason to give up a job the retries would carry through.
+    """
+    deadline = time.monotonic() + timeout
+    with FashionClient(url, timeout=min(timeout, 10.0)) as client:
+        while True:
+            try:
+                if client.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.ConnectError:
+                raise JobError(f"the service at {url} is not reachable (start it with `make serve`)") from None
+            except httpx.TransportError:
+                pass  # slow to answer: busy, keep waiting
+            if time.monotonic() > deadline:
+                raise JobError(f"the service at {url} did not become ready within {timeout:g} s")
+            time.sleep(0.5)
+
+
 def remote_classifier(args: argparse.Namespace):
     """An async classify function over HTTP, after checking that the service is ready."""
     client = AsyncFashionClient(args.url, timeout=args.timeout, retry=RetryPolicy(attempts=args.retries),
                                 max_connections=args.concurrency)
-    if not FashionClient(args.url, timeout=5).is_ready():
-        raise JobError(f"the service at {args.url} is not reachable or not ready (start it with `make serve`)")
+    wait_until_ready(args.url, args.timeout)
 
     async def classify(pixels) -> Answers:
         answers = await client.classify_array_json(pixels, args.backend)

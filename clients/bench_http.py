@@ -67,14 +67,15 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 
 def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundary: str = "",
-            content_type: str | None = None) -> dict:
+            content_type: str | None = None, timeout: float = 10.0, threads: int = 1) -> dict:
     """One closed-loop wrk run; returns its counts, latency percentiles and wrk's own CPU use (cores)."""
     env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary}
     if content_type:
         env["WRK_CONTENT_TYPE"] = content_type
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", f"{timeout:g}s",
+         "-s", str(LUA), url],
         capture_output=True, text=True, env=env, check=True,
     )
     match = re.search(r"^WRK_JSON (.*)$", result.stdout, re.M)

@@ -16,15 +16,21 @@ end
 
 function init(args)
   statuses = {}
+  no_retry_after = 0
 end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  if (status == 429 or status == 503) and not (headers["retry-after"] or headers["Retry-After"]) then
+    no_retry_after = no_retry_after + 1
+  end
 end
 
 function done(summary, latency, requests)
   local merged = {}
+  local missing = 0
   for _, thread in ipairs(threads) do
+    missing = missing + thread:get("no_retry_after")
     for status, count in pairs(thread:get("statuses")) do
       merged[status] = (merged[status] or 0) + count
     end
@@ -35,8 +41,10 @@ function done(summary, latency, requests)
   end
   io.write(string.format(
     'WRK_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
-    '"socket_errors": %d, "statuses": {%s}}\n',
+    '"max_us": %d, "socket_errors": %d, "errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}, ' ..
+    '"retry_after_missing": %d, "statuses": {%s}}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency.max, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout, missing,
     table.concat(parts, ", ")))
 end

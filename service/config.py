@@ -22,7 +22,8 @@ class ServiceConfig:
     Environment variables (all optional): ``FASHION_BACKENDS`` (comma list, default all),
     ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_THREADS``
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
-    ``FASHION_TOP_K``.
+    ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
+    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503).
     """
 
     backends: tuple[str, ...] = tuple(BACKENDS)
@@ -32,6 +33,8 @@ class ServiceConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 1024
     top_k: int = 3
+    max_in_flight: int = 256
+    max_queued_images: int = 16384
     explicit_backends: bool = False
 
     def __post_init__(self) -> None:
@@ -42,6 +45,8 @@ class ServiceConfig:
             raise ConfigError(f"default backend {self.default_backend!r} is not among {list(self.backends)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images) < 1:
+            raise ConfigError("limits must be positive")
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -58,6 +63,8 @@ class ServiceConfig:
                 max_body_bytes=int(env.get("FASHION_MAX_BODY_BYTES", cls.max_body_bytes)),
                 max_images=int(env.get("FASHION_MAX_IMAGES", cls.max_images)),
                 top_k=int(env.get("FASHION_TOP_K", cls.top_k)), explicit_backends=bool(listed),
+                max_in_flight=int(env.get("FASHION_MAX_IN_FLIGHT", cls.max_in_flight)),
+                max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc

@@ -30,11 +30,6 @@ from fashion.contract import IMAGE_SIZE
 from fashion.imaging import ImageError, decode_image
 from service.config import ServiceConfig
 
-BACKEND_NAMES = tuple(BACKENDS)
-# A per-image request travels through BentoML's adaptive batcher as one record per image:
-# the backend it asked for and its pixels. Records from many requests are concatenated
-# into one array, and the batch is then run per backend.
-ITEM_DTYPE = np.dtype([("backend", np.uint8), ("pixels", np.uint8, (IMAGE_SIZE, IMAGE_SIZE))])
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
 NPY_CONTENT_TYPES = ("application/x-npy", "application/octet-stream")
 INLINE_DECODE_BYTES = 64 * 1024
@@ -62,17 +57,22 @@ def parse_backend(value: Any) -> str:
     return value
 
 
-def check_loaded(backend: str) -> str:
-    """Refuse, while parsing, a backend this server has not loaded or a server not yet ready.
-
-    The one place these are checked, for every endpoint; on ``/classify`` it must happen
-    before the adaptive batcher merges requests, where a refusal would fail them all.
-    """
+def not_ready_reason() -> str | None:
+    """``None`` once every configured backend has loaded and warmed up; else why not (for admission)."""
     registry = getattr(bentoml.get_current_service(), "registry", None)
     if registry is None:
+        return "starting"
+    return None if registry.ready else registry.error or "loading"
+
+
+def check_loaded(backend: str) -> str:
+    """Refuse, while parsing, a backend this server has not loaded (the one place, for every endpoint).
+
+    A server that is not ready never gets here: admission answers 503 first (service.admission).
+    """
+    registry = getattr(bentoml.get_current_service(), "registry", None)
+    if registry is None or not registry.ready:
         return backend
-    if not registry.ready:
-        raise RequestError(f"models are not ready yet ({registry.error or 'loading'})", 503)
     try:
         registry.get(backend)
     except KeyError as exc:
@@ -209,33 +209,18 @@ class JSONAnswer(IORootModel[Any]):
 
 
 class ImageUpload(bentoml.IODescriptor):
-    """Image file(s) in the multipart field ``images`` (or one raw image body); ``?backend=`` picks the backend."""
+    """Image file(s) in the multipart field ``images`` (or one raw image body); answers in input order."""
 
-    images: list[Path] = Field(description="one or more image files (PNG, JPEG, GIF, BMP, WebP, TIFF)")
+    images: list[Path] = Field(description="image files (PNG, JPEG, GIF, BMP, WebP, TIFF), at most "
+                                           "FASHION_MAX_IMAGES (default 1024)")
+    backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)} (form field or ?backend=); "
+                                                  "default: the fastest")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
         files, fields = await read_image_files(request)
         backend = check_loaded(parse_backend(request.query_params.get("backend") or fields.get("backend")))
-        pixels = await decode_files(files)
-        items = np.empty(len(pixels), dtype=ITEM_DTYPE)
-        items["backend"] = BACKEND_NAMES.index(backend)
-        items["pixels"] = pixels
-        return cls.model_construct(images=items)
-
-
-class ImageBatch(bentoml.IODescriptor):
-    """Many image files in the multipart field ``images``, classified in one call, answers in input order."""
-
-    images: list[Path] = Field(description="image files, at most FASHION_MAX_IMAGES (default 1024)")
-    backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)}; default: the fastest")
-
-    @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> ImageBatch:
-        files, fields = await read_image_files(request)
-        backend = parse_backend(request.query_params.get("backend") or fields.get("backend"))
-        pixels = await decode_files(files)
-        return cls.model_construct(images=pixels, backend=check_loaded(backend))
+        return cls.model_construct(images=await decode_files(files), backend=backend)
 
 
 class PixelArray(bentoml.IODescriptor):

@@ -245,7 +245,7 @@ def test_server_down_at_start_is_a_clear_failure(tmp_path, dataset, capsys):
     out = tmp_path / "preds.csv"
     code = cli(["--url", f"http://127.0.0.1:{free_port()}", "batch", str(source), "--out", str(out), "--quiet"])
     assert code == 2 and not out.exists()
-    assert "not reachable or not ready" in capsys.readouterr().err
+    assert "is not reachable" in capsys.readouterr().err
 
 
 def test_local_mode_writes_the_same_output_as_the_service(server, exported, dataset, tmp_path):

@@ -82,9 +82,10 @@ def test_concurrent_single_images_are_batched_and_answered_correctly(server, exp
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         assert list(pool.map(send, range(len(pixels)))) == expected
     metrics = httpx.get(f"{server}/metrics").text
-    counts = [line for line in metrics.splitlines()
-              if line.startswith("bentoml_service_adaptive_batch_size_count") and 'method_name="classify"' in line]
-    assert counts and float(counts[0].rsplit(" ", 1)[1]) > 0
+    # Batches formed: fewer model calls than requests (32 clients, one image each).
+    calls = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("fashion_batch_size_count")]
+    images = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("fashion_batch_size_sum")]
+    assert calls and images and images[0] > calls[0] > 0
 
 
 def test_model_info_tells_what_runs_where(server, exported):

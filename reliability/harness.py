@@ -1,0 +1,177 @@
+"""What every reliability scenario needs: a real server to hurt, probes, and its process's vital signs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from benchmark.timing import percentile
+from clients.bench_http import free_port, multipart_body
+from fashion.samples import sample_paths
+
+REPO = Path(__file__).resolve().parents[1]
+BOUNDARY = "fashionserveboundary"
+
+
+@dataclass
+class Server:
+    """A ``bentoml serve`` process of the service on a loopback port."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def worker(self):
+        """The worker process (``psutil.Process``) serving requests; BentoML's arbiter is ``proc``."""
+        import psutil
+
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            if "_bentoml_impl.worker.service" in " ".join(child.cmdline()):
+                return child
+        raise RuntimeError("no BentoML worker process found")
+
+    def vitals(self) -> dict[str, float]:
+        """The worker's resident memory (MiB), open file descriptors and TCP connections."""
+        worker = self.worker()
+        return {"rss_mib": worker.memory_info().rss / 2**20, "open_fds": worker.num_fds(),
+                "connections": len(worker.net_connections(kind="tcp"))}
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Seconds until ``/readyz`` answers 200."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url} not ready within {timeout}s; see {self.log}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def launch(workdir: Path, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+    """Start the service (models from ``BENTOML_HOME`` or ``~/bentoml``) and wait until it is ready."""
+    port = free_port()
+    log = workdir / f"server-{port}.log"
+    bentoml_cli = Path(sys.executable).parent / "bentoml"
+    proc = subprocess.Popen(
+        [str(bentoml_cli), "serve", "service.service:FashionClassifier", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    if wait:
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def upload_body(workdir: Path) -> tuple[Path, bytes]:
+    """A one-image multipart body (a real test image) on disk for wrk, and its bytes."""
+    body = multipart_body(sample_paths()[9].read_bytes(), BOUNDARY)
+    path = workdir / "upload.bin"
+    path.write_bytes(body)
+    return path, body
+
+
+def content_type() -> str:
+    return f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def timed_request(client: httpx.Client, url: str, body: bytes) -> tuple[float, int | str]:
+    """(seconds, status or exception name) of one upload."""
+    start = time.perf_counter()
+    try:
+        status: int | str = client.post(url, content=body, headers={"Content-Type": content_type()}).status_code
+    except httpx.HTTPError as exc:
+        status = type(exc).__name__
+    return time.perf_counter() - start, status
+
+
+def baseline_latency(url: str, body: bytes, requests: int = 200) -> dict[str, float]:
+    """Sequential single-image requests on an idle server: median and p99 seconds."""
+    with httpx.Client(timeout=30) as client:
+        for _ in range(20):
+            timed_request(client, f"{url}/classify", body)
+        times = [timed_request(client, f"{url}/classify", body)[0] for _ in range(requests)]
+    return {"p50_s": statistics.median(times), "p99_s": percentile(times, 99)}
+
+
+def recovery_seconds(url: str, body: bytes, normal_s: float, window: int = 20, limit_s: float = 30.0) -> float:
+    """Seconds until ``window`` requests in a row (one at a time) each take at most ``normal_s``."""
+    start = time.perf_counter()
+    streak = 0
+    with httpx.Client(timeout=30) as client:
+        while time.perf_counter() - start < limit_s:
+            seconds, status = timed_request(client, f"{url}/classify", body)
+            streak = streak + 1 if status == 200 and seconds <= normal_s else 0
+            if streak == window:
+                return time.perf_counter() - start
+            time.sleep(0.01)
+    return float("inf")
+
+
+@dataclass
+class Prober:
+    """Polls ``/livez`` and ``/readyz`` in a thread every ``interval`` seconds; keeps every answer."""
+
+    url: str
+    interval: float = 0.2
+    answers: list[tuple[float, str, int | str, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Prober:
+        self._thread = threading.Thread(target=self._poll, name="prober", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set():
+                for path in ("/livez", "/readyz"):
+                    start = time.perf_counter()
+                    try:
+                        status: int | str = client.get(self.url + path).status_code
+                    except httpx.HTTPError as exc:
+                        status = type(exc).__name__
+                    self.answers.append((time.time(), path, status, time.perf_counter() - start))
+                self._stop.wait(self.interval)
+
+    def summary(self) -> dict[str, object]:
+        """Probe count, answers by status, and the slowest answer."""
+        statuses: dict[str, int] = {}
+        for _, path, status, _ in self.answers:
+            key = f"{path} {status}"
+            statuses[key] = statuses.get(key, 0) + 1
+        return {"probes": len(self.answers), "statuses": statuses,
+                "max_s": max((s for *_, s in self.answers), default=0.0)}

@@ -1,0 +1,75 @@
+"""Admission control in front of the API routes: what an overloaded or starting server answers.
+
+* More than ``max_in_flight`` requests in progress: ``429`` at once, with ``Retry-After``
+  (BentoML's own ``max_concurrency`` limit answers 429 without it, so it is turned off).
+* Models not loaded yet, or failed to load: ``503`` with the reason and ``Retry-After``
+  (BentoML hides the message of any 5xx it builds from an exception).
+* Every other 429 or 503 that passes through gets ``Retry-After`` too.
+
+Health, readiness and metrics routes are never refused, so probes answer during a flood.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+RETRY_STATUSES = frozenset({429, 503})
+
+
+class AdmissionMiddleware:
+    """ASGI middleware; BentoML adds it with ``add_asgi_middleware`` (see service.service)."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int | None = None, retry_after_s: int = 1,
+                 readiness: Callable[[], str | None] | None = None) -> None:
+        """
+        Args:
+            app: the wrapped application.
+            max_in_flight: API requests allowed in progress at once (default: ``FASHION_MAX_IN_FLIGHT``).
+            retry_after_s: the ``Retry-After`` seconds sent with 429 and 503.
+            readiness: ``None`` when ready, else why not (checked per API request).
+        """
+        from service.inputs import settings  # the worker's settings, read when the app is built
+
+        self.app = app
+        self.max_in_flight = max_in_flight or settings().max_in_flight
+        self.retry_after = str(retry_after_s).encode()
+        self.readiness = readiness
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            return await self.refuse(send, 429, f"over {self.max_in_flight} requests in progress; retry shortly")
+        not_ready = self.readiness() if self.readiness and scope["path"] not in ("/", "/docs.json") else None
+        if not_ready:
+            return await self.refuse(send, 503, f"models are not ready yet ({not_ready})")
+
+        async def send_with_retry_after(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in RETRY_STATUSES:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    message = {**message, "headers": [*headers, (b"retry-after", self.retry_after)]}
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send_with_retry_after)
+        finally:
+            self.in_flight -= 1
+
+    async def refuse(self, send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
+        """Answer ``status`` with a JSON error and ``Retry-After``, without reading the body."""
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"retry-after", self.retry_after)]})
+        await send({"type": "http.response.body", "body": body})

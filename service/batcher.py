@@ -1,0 +1,167 @@
+"""Batching for every endpoint: whatever arrived while the model was busy runs as the next batch.
+
+Requests queue as jobs (a backend and ``uint8[k, 28, 28]`` pixels). One worker
+coroutine takes the queued jobs, up to :attr:`MicroBatcher.max_batch_images`
+images, runs them in one model thread and hands each job its slice of the
+answers. There is no timer: an idle server answers a lone request at once,
+and under load the batches grow by themselves (Triton's dynamic batcher with
+no queue delay works the same way).
+
+Why not BentoML's adaptive batcher (``batchable=True``): it learns how long to
+hold requests from the waits it has seen. After a burst it keeps holding a lone
+request for tens of milliseconds, and every held request feeds that wait back
+into its estimate, so latency stayed high for minutes after an overload here
+(README "Reliability"). It also answers 503 without ``Retry-After``.
+
+The queue is bounded (:class:`OverloadedError`, answered 503 with ``Retry-After``),
+and a job whose client has gone away is dropped before it reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Answer = dict[str, Any]
+RunBatch = Callable[[str, np.ndarray], list[Answer]]
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class OverloadedError(RuntimeError):
+    """The queue is full; the request was refused before it could wait."""
+
+
+@dataclass
+class Job:
+    """One request's images, waiting for the model."""
+
+    backend: str
+    pixels: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@functools.cache
+def metrics() -> dict[str, Any]:
+    """Prometheus series for the batcher, created once per process (BentoML serves them on /metrics)."""
+    from prometheus_client import Counter, Histogram
+
+    return {
+        "batch": Histogram("fashion_batch_size", "Images per model call", buckets=BATCH_BUCKETS),
+        "wait": Histogram("fashion_queue_wait_seconds", "Time from queueing to the model call",
+                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)),
+        "refused": Counter("fashion_queue_refused", "Requests refused because the queue was full"),
+    }
+
+
+class MicroBatcher:
+    """Queues classification jobs and runs them in batches on one model thread."""
+
+    def __init__(self, run_batch: RunBatch, max_batch_images: int = 256, max_queued_images: int = 16384) -> None:
+        """
+        Args:
+            run_batch: ``(backend, uint8[n, 28, 28]) -> n answers``; runs in the model thread.
+            max_batch_images: images per model call; one larger job still runs, alone.
+            max_queued_images: images allowed to wait; past this, :meth:`classify` raises OverloadedError.
+        """
+        self.run_batch = run_batch
+        self.max_batch_images = max_batch_images
+        self.max_queued_images = max_queued_images
+        self.queue: deque[Job] = deque()
+        self.queued_images = 0
+        # One thread runs every model call, so runtimes may use all cores without oversubscribing them.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def classify(self, backend: str, pixels: np.ndarray) -> list[Answer]:
+        """Answers for ``pixels`` in input order, once their batch has run.
+
+        Raises:
+            OverloadedError: the queue already holds :attr:`max_queued_images` images.
+        """
+        if self.queued_images and self.queued_images + len(pixels) > self.max_queued_images:
+            metrics()["refused"].inc()
+            raise OverloadedError(f"{self.queued_images:,} images are already queued; try again shortly")
+        self._start()
+        job = Job(backend, pixels, asyncio.get_running_loop().create_future())
+        self.queue.append(job)
+        self.queued_images += len(pixels)
+        self._wake.set()
+        # A cancelled wait (client gone, server timeout) cancels the job; the worker then skips it.
+        return await job.future
+
+    def _start(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._wake = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher")
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.queue:
+                jobs = self._take()
+                if jobs:
+                    await self._run(loop, jobs)
+
+    def _take(self) -> list[Job]:
+        """Queued jobs, oldest first, up to the batch limit (the first job always fits)."""
+        jobs: list[Job] = []
+        images = 0
+        while self.queue and (not jobs or images + len(self.queue[0].pixels) <= self.max_batch_images):
+            job = self.queue.popleft()
+            self.queued_images -= len(job.pixels)
+            if not job.future.done():
+                jobs.append(job)
+                images += len(job.pixels)
+        return jobs
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        now = time.perf_counter()
+        series = metrics()
+        for job in jobs:
+            series["wait"].observe(now - job.enqueued)
+        series["batch"].observe(sum(len(job.pixels) for job in jobs))
+        try:
+            answers = await loop.run_in_executor(self._executor, run_jobs, self.run_batch, jobs)
+        except Exception as exc:  # a model failure fails this batch's requests, never the worker
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        for job, answer in zip(jobs, answers, strict=True):
+            if not job.future.done():
+                job.future.set_result(answer)
+
+    def close(self) -> None:
+        """Stop the worker; queued requests are cancelled."""
+        if self._worker is not None:
+            self._worker.cancel()
+        for job in self.queue:
+            job.future.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def run_jobs(run_batch: RunBatch, jobs: list[Job]) -> list[list[Answer]]:
+    """Run ``jobs`` with one model call per backend; each job's answers, in job order."""
+    answers: list[list[Answer]] = [[] for _ in jobs]
+    for backend in dict.fromkeys(job.backend for job in jobs):
+        group = [i for i, job in enumerate(jobs) if job.backend == backend]
+        pixels = np.concatenate([jobs[i].pixels for i in group]) if len(group) > 1 else jobs[group[0]].pixels
+        results = run_batch(backend, pixels)
+        start = 0
+        for i in group:
+            count = len(jobs[i].pixels)
+            answers[i] = results[start:start + count]
+            start += count
+    return answers
