@@ -83,8 +83,9 @@ def test_concurrent_single_images_are_batched_and_answered_correctly(server, exp
         assert list(pool.map(send, range(len(pixels)))) == expected
     metrics = httpx.get(f"{server}/metrics").text
     # Batches formed: fewer model calls than requests (32 clients, one image each).
-    calls = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("fashion_batch_size_count")]
-    images = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("fashion_batch_size_sum")]
+    series = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("fashion_batch_size_")}
+    calls, images = [series.get("fashion_batch_size_count")], [series.get("fashion_batch_size_sum")]
     assert calls and images and images[0] > calls[0] > 0
 
 
