@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-Answer = dict[str, Any]
-RunBatch = Callable[[str, np.ndarray], list[Answer]]
+RunBatch = Callable[[str, np.ndarray], np.ndarray]
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -63,14 +62,14 @@ def metrics() -> dict[str, Any]:
 
 
 class MicroBatcher:
-    """Queues classification jobs and runs them in batches on one model thread."""
+    """Queues prediction jobs and runs them in batches on one model thread."""
 
     def __init__(self, run_batch: RunBatch, max_batch_images: int = 256, max_queued_images: int = 16384) -> None:
         """
         Args:
-            run_batch: ``(backend, uint8[n, 28, 28]) -> n answers``; runs in the model thread.
+            run_batch: ``(backend, uint8[n, 28, 28]) -> float32[n, 10]`` logits; runs in the model thread.
             max_batch_images: images per model call; one larger job still runs, alone.
-            max_queued_images: images allowed to wait; past this, :meth:`classify` raises OverloadedError.
+            max_queued_images: images allowed to wait; past this, :meth:`predict` raises OverloadedError.
         """
         self.run_batch = run_batch
         self.max_batch_images = max_batch_images
@@ -82,8 +81,8 @@ class MicroBatcher:
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
-    async def classify(self, backend: str, pixels: np.ndarray) -> list[Answer]:
-        """Answers for ``pixels`` in input order, once their batch has run.
+    async def predict(self, backend: str, pixels: np.ndarray) -> np.ndarray:
+        """Logits for ``pixels`` in input order, once their batch has run.
 
         Raises:
             OverloadedError: the queue already holds :attr:`max_queued_images` images.
@@ -152,9 +151,9 @@ class MicroBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def run_jobs(run_batch: RunBatch, jobs: list[Job]) -> list[list[Answer]]:
-    """Run ``jobs`` with one model call per backend; each job's answers, in job order."""
-    answers: list[list[Answer]] = [[] for _ in jobs]
+def run_jobs(run_batch: RunBatch, jobs: list[Job]) -> list[np.ndarray]:
+    """Run ``jobs`` with one model call per backend; each job's logits, in job order."""
+    answers: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(jobs)
     for backend in dict.fromkeys(job.backend for job in jobs):
         group = [i for i, job in enumerate(jobs) if job.backend == backend]
         pixels = np.concatenate([jobs[i].pixels for i in group]) if len(group) > 1 else jobs[group[0]].pixels

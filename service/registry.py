@@ -100,11 +100,18 @@ class ModelRegistry:
             raise KeyError(f"unknown backend {name!r}; choose from {sorted(self.backends)}")
         return self.backends[name]
 
+    def logits(self, name: str | None, pixels: np.ndarray) -> np.ndarray:
+        """``float32[N, 10]`` logits for ``uint8[N, 28, 28]`` pixels (runs the model)."""
+        return self.get(name).predictor.predict(preprocess(pixels))
+
+    def describe(self, name: str | None, logits: np.ndarray) -> list[dict[str, Any]]:
+        """Label, confidence and top-k per row of ``logits``, in input order."""
+        backend = self.get(name)
+        return describe_predictions(softmax(logits), backend.name, backend.manifest["version"], self.config.top_k)
+
     def classify(self, name: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
         """Label, confidence and top-k for ``uint8[N, 28, 28]`` pixels, in input order."""
-        backend = self.get(name)
-        probs = softmax(backend.predictor.predict(preprocess(pixels)))
-        return describe_predictions(probs, backend.name, backend.manifest["version"], self.config.top_k)
+        return self.describe(name, self.logits(name, pixels))
 
     def info(self) -> dict[str, Any]:
         """Per configured backend: loaded or not, device/providers, version, checksums, accuracy."""

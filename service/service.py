@@ -63,7 +63,7 @@ class FashionClassifier:
     def __init__(self) -> None:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
-        self.batcher = MicroBatcher(self.registry.classify, MAX_BATCH_IMAGES, self.config.max_queued_images)
+        self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images)
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
         threading.Thread(target=self.registry.load_all, args=(model_dirs,), name="load-models", daemon=True).start()
@@ -74,7 +74,7 @@ class FashionClassifier:
     async def classify_pixels(self, backend: str, pixels: np.ndarray) -> list[dict[str, Any]] | JSONResponse:
         """Answers from the batcher, or 503 with ``Retry-After`` when its queue is full."""
         try:
-            return await self.batcher.classify(backend, pixels)
+            return self.registry.describe(backend, await self.batcher.predict(backend, pixels))
         except OverloadedError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
