@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch clean
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
+	reliability-tests soak fuzz clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +59,18 @@ bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get in
 
 bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
 	$(PY) -m clients.bench_batch
+
+reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
+	$(PY) -m reliability
+
+reliability-tests: export ## The same scenarios at full length as tests (pytest -m long)
+	$(PY) -m pytest -m long tests/test_reliability.py
+
+soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md (not in CI)
+	$(PY) -m reliability soak
+
+fuzz: setup ## Coverage-guided fuzzing of the image decoder for 5 minutes (atheris)
+	$(PY) -m tests.fuzz_imaging -max_total_time=300
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

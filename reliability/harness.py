@@ -29,6 +29,7 @@ class Server:
     proc: subprocess.Popen
     url: str
     log: Path
+    health_url: str | None = None
 
     def worker(self):
         """The worker process (``psutil.Process``) serving requests; BentoML's arbiter is ``proc``."""
@@ -72,16 +73,20 @@ class Server:
 
 
 def launch(workdir: Path, env: dict[str, str] | None = None, wait: bool = True) -> Server:
-    """Start the service (models from ``BENTOML_HOME`` or ``~/bentoml``) and wait until it is ready."""
-    port = free_port()
+    """Start the service (models from ``BENTOML_HOME`` or ``~/bentoml``) and wait until it is ready.
+
+    Its probes are also served on a port of their own (service.health), as a deployment should.
+    """
+    port, health_port = free_port(), free_port()
     log = workdir / f"server-{port}.log"
     bentoml_cli = Path(sys.executable).parent / "bentoml"
     proc = subprocess.Popen(
         [str(bentoml_cli), "serve", "service.service:FashionClassifier", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FASHION_HEALTH_PORT": str(health_port),
+                       "FASHION_HEALTH_HOST": "127.0.0.1", **(env or {})},
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    server = Server(proc, f"http://127.0.0.1:{port}", log, f"http://127.0.0.1:{health_port}")
     if wait:
         try:
             server.wait_ready()
@@ -138,9 +143,9 @@ def recovery_seconds(url: str, body: bytes, normal_s: float, window: int = 20, l
 
 @dataclass
 class Prober:
-    """Polls ``/livez`` and ``/readyz`` in a thread every ``interval`` seconds; keeps every answer."""
+    """Polls ``/livez`` and ``/readyz`` at each base URL in a thread every ``interval`` s; keeps every answer."""
 
-    url: str
+    urls: tuple[str, ...]
     interval: float = 0.2
     answers: list[tuple[float, str, int | str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -158,20 +163,23 @@ class Prober:
     def _poll(self) -> None:
         with httpx.Client(timeout=5) as client:
             while not self._stop.is_set():
-                for path in ("/livez", "/readyz"):
-                    start = time.perf_counter()
-                    try:
-                        status: int | str = client.get(self.url + path).status_code
-                    except httpx.HTTPError as exc:
-                        status = type(exc).__name__
-                    self.answers.append((time.time(), path, status, time.perf_counter() - start))
+                for url in self.urls:
+                    for path in ("/livez", "/readyz"):
+                        start = time.perf_counter()
+                        try:
+                            status: int | str = client.get(url + path).status_code
+                        except httpx.HTTPError as exc:
+                            status = type(exc).__name__
+                        self.answers.append((time.time(), url + path, status, time.perf_counter() - start))
                 self._stop.wait(self.interval)
 
-    def summary(self) -> dict[str, object]:
-        """Probe count, answers by status, and the slowest answer."""
+    def summary(self, url: str) -> dict[str, object]:
+        """For probes of ``url``: count, answers by path and status, the slowest answer and the p99."""
+        mine = [(path.removeprefix(url), status, seconds) for _, path, status, seconds in self.answers
+                if path.startswith(url + "/")]
         statuses: dict[str, int] = {}
-        for _, path, status, _ in self.answers:
-            key = f"{path} {status}"
-            statuses[key] = statuses.get(key, 0) + 1
-        return {"probes": len(self.answers), "statuses": statuses,
-                "max_s": max((s for *_, s in self.answers), default=0.0)}
+        for path, status, _ in mine:
+            statuses[f"{path} {status}"] = statuses.get(f"{path} {status}", 0) + 1
+        seconds = [s for *_, s in mine]
+        return {"probes": len(mine), "statuses": statuses, "max_s": max(seconds, default=0.0),
+                "p99_s": percentile(seconds, 99) if seconds else 0.0}

@@ -82,7 +82,7 @@ def overload(server: Server, workdir: Path, seconds: float = 30.0, connections: 
     capacity = sustainable_rate(server, workdir)
     before = server.vitals()
     result: dict[str, Any] = {}
-    with Prober(server.url) as prober:
+    with Prober((server.url, server.health_url)) as prober:
         flood_thread = threading.Thread(target=lambda: result.update(flood=run_wrk(
             f"{server.url}/classify", connections, seconds, body_file, BOUNDARY, timeout=60, threads=2)))
         flood_thread.start()
@@ -109,7 +109,8 @@ def overload(server: Server, workdir: Path, seconds: float = 30.0, connections: 
         "unexpected_statuses": {k: v for k, v in flood["statuses"].items() if k not in ALLOWED_UNDER_LOAD},
         "socket_errors": flood["errors"], "retry_after_missing": flood["retry_after_missing"],
         "p50_ms": flood["p50_us"] / 1e3, "p99_ms": flood["p99_us"] / 1e3, "max_ms": flood["max_us"] / 1e3,
-        "probes": prober.summary(), "baseline_p50_ms": baseline["p50_s"] * 1e3, "normal_ms": normal_s * 1e3,
+        "probes": prober.summary(server.url), "probes_health_port": prober.summary(server.health_url),
+        "baseline_p50_ms": baseline["p50_s"] * 1e3, "normal_ms": normal_s * 1e3,
         "recovery_s": recovery, "batch_job": batch, "vitals_before": before, "vitals_after": server.vitals(),
     }
 
@@ -171,10 +172,13 @@ def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_
 
     in_flight = [o for o in outcomes if o[0] < signalled < o[1]]
     not_ready = [t for t, status in probes if t >= signalled and status != 200]
+    stopped = min(not_ready) if not_ready else float("inf")
     return {
         "exit_code": server.proc.returncode, "exit_after_s": exited - signalled,
         "in_flight_at_signal": tally(in_flight), "sent_before_signal": tally([o for o in outcomes if o[0] < signalled]),
         "sent_after_signal": tally([o for o in outcomes if o[0] >= signalled]),
+        # The arbiter passes the signal on to the worker: requests in that gap are still served.
+        "sent_after_readiness_failed": tally([o for o in outcomes if o[0] >= stopped]),
         "readiness_failed_after_s": (min(not_ready) - signalled) if not_ready else None,
         "last_answer_after_s": max(o[1] for o in outcomes) - signalled,
     }

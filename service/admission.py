@@ -2,7 +2,8 @@
 
 * More than ``max_in_flight`` requests in progress: ``429`` at once, with ``Retry-After``
   (BentoML's own ``max_concurrency`` limit answers 429 without it, so it is turned off).
-* Models not loaded yet, or failed to load: ``503`` with the reason and ``Retry-After``
+* Models not loaded yet, or failed to load: ``503`` for model work (POST routes but ``/model_info``),
+  with the reason and ``Retry-After``
   (BentoML hides the message of any 5xx it builds from an exception).
 * Every other 429 or 503 that passes through gets ``Retry-After`` too.
 
@@ -20,6 +21,9 @@ Message = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+# Only work that needs the models waits for readiness: POST routes (inference, tasks), except the
+# info route that says why the models are not ready. Pages, metadata and health checks are GETs.
+ANSWERS_BEFORE_READY = frozenset({"/model_info"})
 RETRY_STATUSES = frozenset({429, 503})
 
 
@@ -49,7 +53,8 @@ class AdmissionMiddleware:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             return await self.refuse(send, 429, f"over {self.max_in_flight} requests in progress; retry shortly")
-        not_ready = self.readiness() if self.readiness and scope["path"] not in ("/", "/docs.json") else None
+        gated = scope["method"] == "POST" and scope["path"] not in ANSWERS_BEFORE_READY
+        not_ready = self.readiness() if self.readiness and gated else None
         if not_ready:
             return await self.refuse(send, 503, f"models are not ready yet ({not_ready})")
 

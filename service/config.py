@@ -23,7 +23,8 @@ class ServiceConfig:
     ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_THREADS``
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
-    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503).
+    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
+    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off).
     """
 
     backends: tuple[str, ...] = tuple(BACKENDS)
@@ -35,6 +36,8 @@ class ServiceConfig:
     top_k: int = 3
     max_in_flight: int = 256
     max_queued_images: int = 16384
+    health_port: int = 0
+    health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +68,8 @@ class ServiceConfig:
                 top_k=int(env.get("FASHION_TOP_K", cls.top_k)), explicit_backends=bool(listed),
                 max_in_flight=int(env.get("FASHION_MAX_IN_FLIGHT", cls.max_in_flight)),
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
+                health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
+                health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc

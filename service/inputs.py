@@ -59,10 +59,8 @@ def parse_backend(value: Any) -> str:
 
 def not_ready_reason() -> str | None:
     """``None`` once every configured backend has loaded and warmed up; else why not (for admission)."""
-    registry = getattr(bentoml.get_current_service(), "registry", None)
-    if registry is None:
-        return "starting"
-    return None if registry.ready else registry.error or "loading"
+    service = bentoml.get_current_service()
+    return service.not_ready_reason() if hasattr(service, "not_ready_reason") else "starting"
 
 
 def check_loaded(backend: str) -> str:
@@ -221,6 +219,15 @@ class ImageUpload(bentoml.IODescriptor):
         files, fields = await read_image_files(request)
         backend = check_loaded(parse_backend(request.query_params.get("backend") or fields.get("backend")))
         return cls.model_construct(images=await decode_files(files), backend=backend)
+
+
+class NoInput(bentoml.IODescriptor):
+    """No input: the body, whatever its Content-Type, is never parsed (BentoML's default parser answers 500
+    to a malformed multipart body)."""
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> NoInput:
+        return cls.model_construct()
 
 
 class PixelArray(bentoml.IODescriptor):

@@ -31,7 +31,8 @@ from fashion.backends import MODEL_NAMES
 from service.admission import AdmissionMiddleware
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
-from service.inputs import ImageUpload, JSONAnswer, PixelArray, not_ready_reason
+from service.health import start_health_server
+from service.inputs import ImageUpload, JSONAnswer, NoInput, PixelArray, not_ready_reason
 from service.registry import ModelRegistry
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -65,11 +66,17 @@ class FashionClassifier:
         self.registry = ModelRegistry(self.config)
         self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images)
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
+        if self.config.health_port:
+            start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason)
         # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
         threading.Thread(target=self.registry.load_all, args=(model_dirs,), name="load-models", daemon=True).start()
 
     def __is_ready__(self) -> bool:
         return self.registry.ready
+
+    def not_ready_reason(self) -> str | None:
+        """``None`` once ready; else why not (loading, or the error that stopped loading)."""
+        return None if self.registry.ready else self.registry.error or "loading"
 
     async def classify_pixels(self, backend: str, pixels: np.ndarray) -> list[dict[str, Any]] | JSONResponse:
         """Answers from the batcher, or 503 with ``Retry-After`` when its queue is full."""
@@ -93,7 +100,7 @@ class FashionClassifier:
         """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
         return await self.classify_pixels(backend, pixels)
 
-    @bentoml.api(route="/model_info", output_spec=JSONAnswer)
+    @bentoml.api(route="/model_info", input_spec=NoInput, output_spec=JSONAnswer)
     def model_info(self) -> dict[str, Any]:
         """Which backends are loaded, on which device, with which model version and accuracy."""
         return self.registry.info()

@@ -188,7 +188,8 @@ def test_not_ready_until_models_load_and_never_with_a_tampered_model(exported, t
         assert "model.onnx" in info["error"] and "SHA-256" in info["error"]
         assert httpx.get(f"{url}/readyz").status_code == 503
         reply = httpx.post(f"{url}/classify", files={"images": ("a.png", SAMPLE, "image/png")})
-        assert reply.status_code == 503  # BentoML hides the message of 5xx answers
+        assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
+        assert "not ready" in reply.json()["error"] and "SHA-256" in reply.json()["error"]
     finally:
         stop_server(proc)
 
