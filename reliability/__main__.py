@@ -119,14 +119,18 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", default=list(DEFAULT),
-                        choices=[*DEFAULT, "soak"], help="which to run (default: all but soak)")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join([*DEFAULT, 'soak'])} (default: all but soak)")
     parser.add_argument("--seconds", type=float, default=30.0, help="overload flood length (default: 30)")
     parser.add_argument("--connections", type=int, default=1024, help="flood connections (default: 1024)")
     parser.add_argument("--minutes", type=float, default=30.0, help="soak length (default: 30)")
     parser.add_argument("--load", type=float, default=0.7, help="soak rate as a share of capacity (default: 0.7)")
     parser.add_argument("--out", type=Path, default=RESULTS / "reliability.json", help="JSON results file")
     args = parser.parse_args(argv)
+    args.scenarios = args.scenarios or list(DEFAULT)
+    unknown = sorted(set(args.scenarios) - {*DEFAULT, "soak"})
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}")
 
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     stamp = environment_stamp()

@@ -149,28 +149,31 @@ class Prober:
     interval: float = 0.2
     answers: list[tuple[float, str, int | str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def __enter__(self) -> Prober:
-        self._thread = threading.Thread(target=self._poll, name="prober", daemon=True)
-        self._thread.start()
+        # One thread per URL: a probe stuck on one port must not delay the probes of another.
+        self._threads = [threading.Thread(target=self._poll, args=(url,), name="prober", daemon=True)
+                         for url in self.urls]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
-    def _poll(self) -> None:
+    def _poll(self, url: str) -> None:
         with httpx.Client(timeout=5) as client:
             while not self._stop.is_set():
-                for url in self.urls:
-                    for path in ("/livez", "/readyz"):
-                        start = time.perf_counter()
-                        try:
-                            status: int | str = client.get(url + path).status_code
-                        except httpx.HTTPError as exc:
-                            status = type(exc).__name__
-                        self.answers.append((time.time(), url + path, status, time.perf_counter() - start))
+                for path in ("/livez", "/readyz"):
+                    start = time.perf_counter()
+                    try:
+                        status: int | str = client.get(url + path).status_code
+                    except httpx.HTTPError as exc:
+                        status = type(exc).__name__
+                    self.answers.append((time.time(), url + path, status, time.perf_counter() - start))
                 self._stop.wait(self.interval)
 
     def summary(self, url: str) -> dict[str, object]:
