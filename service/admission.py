@@ -49,7 +49,9 @@ class AdmissionMiddleware:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             return await self.refuse(send, 429, f"over {self.max_in_flight} requests in progress; retry shortly")
-        not_ready = self.readiness() if self.readiness and scope["path"] not in ("/", "/docs.json") else None
+        # The OpenAPI page and the web page (service.web) need no model; the web page shows why /classify waits.
+        needs_models = scope["path"] not in ("/", "/docs.json") and not scope["path"].startswith("/ui/")
+        not_ready = self.readiness() if self.readiness and needs_models else None
         if not_ready:
             return await self.refuse(send, 503, f"models are not ready yet ({not_ready})")
 
