@@ -36,7 +36,7 @@ export: train ## Export the latest $(PRESET) runs (ONNX, SavedModel, state dict)
 
 serve: export ## Set up, train if needed, export, serve on localhost:3000
 	@echo
-	@echo "Serving on http://localhost:3000 (OpenAPI page at /). Try it:"
+	@echo "Serving on http://localhost:3000 (web page at /ui/, OpenAPI page at /). Try it:"
 	@echo "  curl -F images=@fashion/samples/9-ankle-boot-test0.png http://localhost:3000/classify"
 	@echo
 	$(VENV)/bin/bentoml serve service.service:FashionClassifier --host 127.0.0.1 --port 3000

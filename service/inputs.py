@@ -26,13 +26,15 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from fashion.backends import BACKENDS
-from fashion.contract import IMAGE_SIZE
+from fashion.contract import IMAGE_SIZE, NUM_CLASSES
 from fashion.imaging import ImageError, decode_image
 from service.config import ServiceConfig
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
 NPY_CONTENT_TYPES = ("application/x-npy", "application/octet-stream")
 INLINE_DECODE_BYTES = 64 * 1024
+# Form fields (or query parameters) an image upload may carry besides its files.
+UPLOAD_OPTIONS = ("backend", "top_k", "return_input")
 
 
 class RequestError(BentoMLException):
@@ -55,6 +57,24 @@ def parse_backend(value: Any) -> str:
     if not isinstance(value, str) or value not in BACKENDS:
         raise RequestError(f"unknown backend {str(value)[:64]!r}; choose from {sorted(BACKENDS)}", 400)
     return value
+
+
+def parse_top_k(value: Any) -> int | None:
+    """How many classes each answer lists, 1 to 10 (``None``: the configured default)."""
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if not text.isdigit() or not 1 <= int(text) <= NUM_CLASSES:
+        raise RequestError(f"top_k must be a whole number from 1 to {NUM_CLASSES}; got {text[:16]!r}", 400)
+    return int(text)
+
+
+def parse_flag(name: str, value: Any) -> bool:
+    """A yes/no option: ``1``/``true`` or ``0``/``false`` (absent: no)."""
+    text = str(value).lower() if value is not None else ""
+    if text not in ("", "0", "1", "false", "true"):
+        raise RequestError(f"{name} must be 0, 1, false or true; got {text[:16]!r}", 400)
+    return text in ("1", "true")
 
 
 def not_ready_reason() -> str | None:
@@ -128,9 +148,10 @@ async def read_image_files(request: Request) -> tuple[list[bytes], dict[str, str
             f"unsupported Content-Type {content_type or '(none)'!r}: send multipart/form-data with files in "
             "the 'images' field, or one raw image body (image/png, image/jpeg, ...)", 415)
     form = await _parse_form(request, body, config.max_images)
-    unknown = sorted(set(form) - {"images", "backend"})
+    unknown = sorted(set(form) - {"images", *UPLOAD_OPTIONS})
     if unknown:
-        raise RequestError(f"unknown form field(s) {unknown}; expected 'images' (files) and optional 'backend'")
+        raise RequestError(f"unknown form field(s) {unknown}; expected 'images' (files) and optional "
+                           f"{', '.join(repr(o) for o in UPLOAD_OPTIONS)}")
     values = form.getlist("images")
     if not values:
         raise RequestError("no files in the 'images' field", 400)
@@ -213,12 +234,19 @@ class ImageUpload(bentoml.IODescriptor):
                                            "FASHION_MAX_IMAGES (default 1024)")
     backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)} (form field or ?backend=); "
                                                   "default: the fastest")
+    top_k: int | None = Field(None, ge=1, le=NUM_CLASSES, description="classes listed per answer, 1-10 (form "
+                              "field or ?top_k=); default FASHION_TOP_K (3); 10 gives every probability")
+    return_input: bool = Field(False, description="add 'pixels' to each answer: the 28 x 28 uint8 image the "
+                                                  "model received (form field or ?return_input=1)")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
         files, fields = await read_image_files(request)
-        backend = check_loaded(parse_backend(request.query_params.get("backend") or fields.get("backend")))
-        return cls.model_construct(images=await decode_files(files), backend=backend)
+        option = {name: request.query_params.get(name) or fields.get(name) for name in UPLOAD_OPTIONS}
+        backend = check_loaded(parse_backend(option["backend"]))
+        top_k, return_input = parse_top_k(option["top_k"]), parse_flag("return_input", option["return_input"])
+        return cls.model_construct(images=await decode_files(files), backend=backend, top_k=top_k,
+                                   return_input=return_input)
 
 
 class NoInput(bentoml.IODescriptor):

@@ -104,10 +104,24 @@ class ModelRegistry:
         """``float32[N, 10]`` logits for ``uint8[N, 28, 28]`` pixels (runs the model)."""
         return self.get(name).predictor.predict(preprocess(pixels))
 
-    def describe(self, name: str | None, logits: np.ndarray) -> list[dict[str, Any]]:
-        """Label, confidence and top-k per row of ``logits``, in input order."""
+    def describe(self, name: str | None, logits: np.ndarray, top_k: int | None = None,
+                 pixels: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Label, confidence and top-k per row of ``logits``, in input order.
+
+        Args:
+            name: the backend that computed ``logits`` (``None``: the default).
+            logits: ``float32[N, 10]``.
+            top_k: classes per answer (``None``: the configured number).
+            pixels: when given, the ``uint8[N, 28, 28]`` input; each answer then carries its image as
+                ``pixels`` (28 lists of 28 ints), so a client can see what the model received.
+        """
         backend = self.get(name)
-        return describe_predictions(softmax(logits), backend.name, backend.manifest["version"], self.config.top_k)
+        answers = describe_predictions(softmax(logits), backend.name, backend.manifest["version"],
+                                       top_k or self.config.top_k)
+        if pixels is not None:
+            for answer, image in zip(answers, pixels, strict=True):
+                answer["pixels"] = image.tolist()
+        return answers
 
     def classify(self, name: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
         """Label, confidence and top-k for ``uint8[N, 28, 28]`` pixels, in input order."""

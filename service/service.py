@@ -8,6 +8,7 @@ Endpoints (all POST, JSON answers, one answer per image in input order):
 * ``/classify_array`` -- ``N x 28 x 28`` uint8 pixels as JSON or a ``.npy`` body.
 * ``/model_info`` -- per backend: loaded, device or providers in use, version,
   checksums, test accuracy.
+* ``/ui/`` (GET) -- a web page to try the classifier and see the benchmark (service.web).
 
 Every classification goes through one batcher (service.batcher): requests that
 arrive while the model is busy run together. ``/livez``, ``/readyz`` (ready once
@@ -34,6 +35,7 @@ from service.config import ServiceConfig
 from service.health import start_health_server
 from service.inputs import ImageUpload, JSONAnswer, NoInput, PixelArray, not_ready_reason
 from service.registry import ModelRegistry
+from service.web import build_web_app
 
 log = logging.getLogger("bentoml.fashion_serve")
 
@@ -78,22 +80,30 @@ class FashionClassifier:
         """``None`` once ready; else why not (loading, or the error that stopped loading)."""
         return None if self.registry.ready else self.registry.error or "loading"
 
-    async def classify_pixels(self, backend: str, pixels: np.ndarray) -> list[dict[str, Any]] | JSONResponse:
-        """Answers from the batcher, or 503 with ``Retry-After`` when its queue is full."""
+    async def classify_pixels(self, backend: str, pixels: np.ndarray, top_k: int | None = None,
+                              return_input: bool = False) -> list[dict[str, Any]] | JSONResponse:
+        """Answers from the batcher (with the input pixels if asked), or 503 with ``Retry-After`` when its
+        queue is full."""
         try:
-            return self.registry.describe(backend, await self.batcher.predict(backend, pixels))
+            logits = await self.batcher.predict(backend, pixels)
+            return self.registry.describe(backend, logits, top_k, pixels if return_input else None)
         except OverloadedError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer)
-    async def classify(self, images: np.ndarray, backend: str) -> list[dict[str, Any]]:
-        """Classify uploaded image(s); requests arriving together are batched per backend."""
-        return await self.classify_pixels(backend, images)
+    async def classify(self, images: np.ndarray, backend: str, top_k: int | None = None,
+                       return_input: bool = False) -> list[dict[str, Any]]:
+        """Classify uploaded image(s); requests arriving together are batched per backend.
+
+        Try it in a browser: [/ui/](/ui/).
+        """
+        return await self.classify_pixels(backend, images, top_k, return_input)
 
     @bentoml.api(route="/classify_batch", input_spec=ImageUpload, output_spec=JSONAnswer)
-    async def classify_batch(self, images: np.ndarray, backend: str) -> list[dict[str, Any]]:
+    async def classify_batch(self, images: np.ndarray, backend: str, top_k: int | None = None,
+                             return_input: bool = False) -> list[dict[str, Any]]:
         """Classify many uploaded images in one call (the same as /classify); answers in input order."""
-        return await self.classify_pixels(backend, images)
+        return await self.classify_pixels(backend, images, top_k, return_input)
 
     @bentoml.api(route="/classify_array", input_spec=PixelArray, output_spec=JSONAnswer)
     async def classify_array(self, pixels: np.ndarray, backend: str) -> list[dict[str, Any]]:
@@ -107,3 +117,4 @@ class FashionClassifier:
 
 
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)
+FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")
