@@ -6,7 +6,8 @@
   (BentoML hides the message of any 5xx it builds from an exception).
 * Every other 429 or 503 that passes through gets ``Retry-After`` too.
 
-Health, readiness and metrics routes are never refused, so probes answer during a flood.
+Health, readiness and metrics routes (the v2 protocol's too) are never refused, so probes answer
+during a flood; the OpenAPI page and v2 server metadata answer while the models load.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
-EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+ANSWERED_WHILE_LOADING = frozenset({"/", "/docs.json", "/v2"})
 RETRY_STATUSES = frozenset({429, 503})
 
 
@@ -49,7 +51,7 @@ class AdmissionMiddleware:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             return await self.refuse(send, 429, f"over {self.max_in_flight} requests in progress; retry shortly")
-        not_ready = self.readiness() if self.readiness and scope["path"] not in ("/", "/docs.json") else None
+        not_ready = self.readiness() if self.readiness and scope["path"] not in ANSWERED_WHILE_LOADING else None
         if not_ready:
             return await self.refuse(send, 503, f"models are not ready yet ({not_ready})")
 

@@ -33,6 +33,7 @@ from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
 from service.inputs import ImageUpload, JSONAnswer, PixelArray, not_ready_reason
 from service.registry import ModelRegistry
+from service.v2 import app as v2_app
 
 log = logging.getLogger("bentoml.fashion_serve")
 
@@ -99,4 +100,6 @@ class FashionClassifier:
         return self.registry.info()
 
 
+# Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
+FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)
