@@ -3,7 +3,8 @@
 Sends the same test images, one request at a time over one kept-alive connection,
 as a native ``.npy`` body and JSON list (``/classify_array``) and as a v2 request
 with binary and with JSON tensors (raw HTTP), and through tritonclient (binary).
-Prints the median milliseconds per request and images/s of each, after a warm-up.
+The formats take turns request by request; prints the median milliseconds per
+request and images/s of each, after a warm-up.
 """
 
 from __future__ import annotations
@@ -67,16 +68,22 @@ def triton_sender(url: str, pixels: np.ndarray, backend: str) -> Send:
     return lambda: client.infer(backend, [tensor])
 
 
-def median_ms(send: Send, repeats: int, warmup: int) -> float:
-    """Median milliseconds of ``repeats`` requests after ``warmup`` unmeasured ones."""
-    for _ in range(warmup):
-        send()
-    times = []
+def median_ms(senders: dict[str, Send], repeats: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds per request of each sender, after ``warmup`` unmeasured requests each.
+
+    The formats take turns, one request each, so that load from elsewhere on a shared
+    machine falls on all of them alike instead of on whichever ran at the time.
+    """
+    for send in senders.values():
+        for _ in range(warmup):
+            send()
+    times: dict[str, list[float]] = {name: [] for name in senders}
     for _ in range(repeats):
-        start = time.perf_counter()
-        send()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for name, send in senders.items():
+            start = time.perf_counter()
+            send()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(spent) for name, spent in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             pixels = np.ascontiguousarray(test_images[:size])
             senders = {**native_senders(client, pixels, args.backend), **v2_senders(client, pixels, args.backend),
                        "tritonclient": triton_sender(args.url, pixels, args.backend)}
-            for name, send in senders.items():
-                ms = median_ms(send, args.repeats, args.warmup)
+            for name, ms in median_ms(senders, args.repeats, args.warmup).items():
                 print(f"{size:>14}  {name:<12} {ms:>10.2f} {size / ms * 1000:>10,.0f}")
     return 0
 
