@@ -7,7 +7,8 @@
   (BentoML hides the message of any 5xx it builds from an exception).
 * Every other 429 or 503 that passes through gets ``Retry-After`` too.
 
-Health, readiness and metrics routes are never refused, so probes answer during a flood.
+Health, readiness and metrics routes (the v2 protocol's too) are never refused, so probes answer
+during a flood; the OpenAPI page and v2 server metadata answer while the models load.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
-EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # Only work that needs the models waits for readiness: POST routes (inference, tasks), except the
 # info route that says why the models are not ready. Pages, metadata and health checks are GETs.
 ANSWERS_BEFORE_READY = frozenset({"/model_info"})

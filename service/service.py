@@ -35,6 +35,7 @@ from service.config import ServiceConfig
 from service.health import start_health_server
 from service.inputs import ImageUpload, JSONAnswer, NoInput, PixelArray, not_ready_reason
 from service.registry import ModelRegistry
+from service.v2 import app as v2_app
 from service.web import build_web_app
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -116,5 +117,7 @@ class FashionClassifier:
         return self.registry.info()
 
 
+# Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
+FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)
 FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")

@@ -1,0 +1,425 @@
+"""Open Inference Protocol (KServe v2) over REST, beside the native endpoints.
+
+Mounted on the BentoML service (service.service), so v2 clients (tritonclient,
+KServe's client, perf_analyzer) work unchanged. One v2 model per backend
+(``onnx-torch``, ``onnx-tf``, ``torch``, ``savedmodel``, ``onnx-int8``); its one
+version is the content version of the exported model it loads.
+
+* ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]/ready``:
+  200 when true; an empty body, as the specification asks.
+* ``GET /v2`` (server metadata), ``GET /v2/models/{name}[/versions/{v}]`` (model metadata),
+  ``GET /v2/models/{name}[/versions/{v}]/config`` (Triton's model configuration, read by perf_analyzer).
+* ``POST /v2/models/{name}[/versions/{v}]/infer``: input ``images``, ``UINT8[N, 28, 28]``,
+  as JSON ``data`` (flat or nested) or as binary data after the JSON header
+  (``Inference-Header-Content-Length``); outputs ``logits`` and ``probabilities``,
+  ``FP32[N, 10]``, as JSON or binary, or as Triton's ``classification`` strings.
+
+Inference goes through the service's batcher, so v2 and native requests share
+batches, limits and admission control. Errors are ``{"error": "..."}``: 400 for a
+bad request, 404 for an unknown model or version, 413 over the size limits, 503
+while not ready or overloaded (with ``Retry-After``).
+
+Specification: https://github.com/kserve/kserve/blob/master/docs/predict-api/v2/required_api.md;
+binary data, classification and model configuration are Triton's extensions,
+https://github.com/triton-inference-server/server/tree/main/docs/protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import struct
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fashion.backends import BACKENDS
+from fashion.contract import CLASS_NAMES, IMAGE_SIZE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, softmax
+from service.batcher import OverloadedError
+from service.inputs import RequestError, not_ready_reason, read_body, settings
+from service.registry import LoadedBackend
+
+log = logging.getLogger("bentoml.fashion_serve")
+
+SERVER_NAME = "fashion-serve"
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+PROBABILITIES = "probabilities"
+OUTPUTS = (OUTPUT_NAME, PROBABILITIES)
+INPUT_DATATYPE = "UINT8"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Platform names follow the specification's "<project>_<format>"; a state dict has no listed name.
+PLATFORMS = {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel", "torch": "pytorch_statedict"}
+CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class V2Error(Exception):
+    """A request the protocol refuses, answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One output the client asked for, and how to send it."""
+
+    name: str
+    binary: bool
+    class_count: int = 0
+
+
+def answers_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Turn :class:`V2Error` and the native parser's RequestError into the protocol's JSON error."""
+
+    @functools.wraps(handler)
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except V2Error as exc:
+            return error_response(exc.message, exc.status)
+        except RequestError as exc:  # body limits from service.inputs.read_body
+            return error_response(exc.message, int(exc.error_code))
+
+    return handle
+
+
+def error_response(message: str, status: int) -> JSONResponse:
+    """The protocol's error object; tritonclient raises it as ``InferenceServerException(message)``."""
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def current_service() -> Any:
+    """The running FashionClassifier instance, or 503 while it is being created."""
+    try:
+        return bentoml.get_current_service()
+    except BentoMLException:
+        raise V2Error("the service is starting", 503) from None
+
+
+@functools.cache
+def server_version() -> str:
+    """The installed fashion-serve version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(SERVER_NAME)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def resolve_model(request: Request) -> LoadedBackend:
+    """The loaded backend named in the path, at the version asked for; 404 when there is none."""
+    registry = getattr(current_service(), "registry", None)
+    if registry is None or not registry.ready:  # admission answers first; this covers a race
+        raise V2Error("models are not ready yet", 503)
+    name = request.path_params["model"]
+    if name not in registry.backends:
+        raise V2Error(f"unknown model {name[:64]!r}; models here: {sorted(registry.backends)}", 404)
+    backend = registry.backends[name]
+    version = request.path_params.get("version")
+    if version is not None and version != backend.manifest["version"]:
+        raise V2Error(f"model {name!r} has no version {version[:64]!r}; "
+                      f"it serves version {backend.manifest['version']!r}", 404)
+    return backend
+
+
+async def server_live(request: Request) -> Response:
+    """200 while the process runs (admission never refuses this path)."""
+    return Response(status_code=200)
+
+
+async def server_ready(request: Request) -> Response:
+    """200 once every configured backend is loaded and warmed up; 503 before, like ``/readyz``."""
+    return Response(status_code=200 if not_ready_reason() is None else 503)
+
+
+@answers_errors
+async def server_metadata(request: Request) -> Response:
+    """Name, version and the protocol extensions this server implements."""
+    return JSONResponse({"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)})
+
+
+@answers_errors
+async def model_ready(request: Request) -> Response:
+    """200 when the model (and version) is loaded here; 404 with the reason otherwise."""
+    resolve_model(request)
+    return Response(status_code=200)
+
+
+@answers_errors
+async def model_metadata(request: Request) -> Response:
+    """The model's version, platform, input and outputs."""
+    return JSONResponse(describe_model(resolve_model(request)))
+
+
+@answers_errors
+async def model_config(request: Request) -> Response:
+    """Triton's model configuration (perf_analyzer reads the batch limit and tensors from it)."""
+    return JSONResponse(configure_model(resolve_model(request)))
+
+
+def configure_model(backend: LoadedBackend) -> dict[str, Any]:
+    """The configuration Triton would report: dims without the batch dimension, batched up to the request limit."""
+    return {
+        "name": backend.name, "platform": PLATFORMS[BACKENDS[backend.name].runtime],
+        "max_batch_size": settings().max_images,
+        "input": [{"name": INPUT_NAME, "data_type": f"TYPE_{INPUT_DATATYPE}", "dims": [IMAGE_SIZE, IMAGE_SIZE]}],
+        "output": [{"name": name, "data_type": "TYPE_FP32", "dims": [NUM_CLASSES]} for name in OUTPUTS],
+        # Requests are batched together (service.batcher), as Triton's dynamic batcher would.
+        "dynamic_batching": {},
+    }
+
+
+def describe_model(backend: LoadedBackend) -> dict[str, Any]:
+    """The specification's model metadata object for one loaded backend."""
+    classes = [-1, NUM_CLASSES]
+    return {
+        "name": backend.name, "versions": [backend.manifest["version"]],
+        "platform": PLATFORMS[BACKENDS[backend.name].runtime],
+        "inputs": [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, IMAGE_SIZE, IMAGE_SIZE]}],
+        "outputs": [{"name": name, "datatype": "FP32", "shape": classes} for name in OUTPUTS],
+    }
+
+
+@answers_errors
+async def infer(request: Request) -> Response:
+    """Run the batch through the shared batcher and answer the outputs asked for."""
+    backend = resolve_model(request)
+    header, binary = split_body(await read_request(request), request.headers.get(HEADER_LENGTH))
+    payload = parse_header(header)
+    pixels = read_input(payload["inputs"], binary)
+    outputs = requested_outputs(payload)
+    try:
+        logits = await current_service().batcher.predict(backend.name, pixels)
+    except OverloadedError as exc:
+        raise V2Error(str(exc), 503) from None
+    except Exception:  # a model failure: JSON like every other error, the details in the log
+        log.exception("v2 inference on %s failed", backend.name)
+        raise V2Error("inference failed; the server log has the details", 500) from None
+    answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
+    if "id" in payload:
+        answer["id"] = payload["id"]
+    return encode_response(answer, [output_tensor(output, logits) for output in outputs])
+
+
+async def read_request(request: Request) -> bytes:
+    """The body within the size limit, inflated when the client compressed it (tritonclient can)."""
+    limit = settings().max_body_bytes
+    body = await read_body(request, limit)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in CONTENT_ENCODINGS:
+        raise V2Error(f"unsupported Content-Encoding {encoding[:32]!r}; use gzip, deflate or none", 415)
+    inflater = zlib.decompressobj(CONTENT_ENCODINGS[encoding])
+    try:
+        # Inflate at most one byte past the limit: a small bomb never grows in memory.
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise V2Error(f"body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit:
+        raise V2Error(f"inflated request body is over the limit of {limit:,} bytes", 413)
+    if not inflater.eof:
+        raise V2Error(f"{encoding} body is truncated")
+    return data
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensor data after it (binary data extension)."""
+    if header_length is None:
+        return body, b""
+    digits = header_length.strip()
+    if not (digits.isascii() and digits.isdigit()) or not 0 < int(digits) <= len(body):
+        raise V2Error(f"{HEADER_LENGTH} must be the JSON header's size in bytes, from 1 to the body's "
+                      f"{len(body):,}; got {header_length[:32]!r}")
+    size = int(digits)
+    return body[:size], body[size:]
+
+
+def parse_header(header: bytes) -> dict[str, Any]:
+    """The inference request object, checked for the fields the specification defines."""
+    try:
+        payload = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise V2Error(f"the inference request is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: json gives up before the size limit does
+        raise V2Error("the inference request is nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise V2Error("the inference request must be a JSON object")
+    require_known(payload, {"id", "parameters", "inputs", "outputs"}, "inference request")
+    if "id" in payload and not isinstance(payload["id"], str):
+        raise V2Error("'id' must be a string")
+    if not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
+        raise V2Error(f"'inputs' must be a list holding the input {INPUT_NAME!r}")
+    parameters(payload, "inference request")
+    return payload
+
+
+def require_known(obj: dict[str, Any], known: set[str], what: str) -> None:
+    """Refuse fields the specification does not define (a typo would otherwise be ignored)."""
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise V2Error(f"unknown field(s) {unknown} in the {what}; expected {sorted(known)}")
+
+
+def parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    """An object's ``parameters`` (empty when absent); shared memory is refused, not ignored."""
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict):
+        raise V2Error(f"'parameters' of the {what} must be a JSON object")
+    if any(key.startswith("shared_memory") for key in params):
+        raise V2Error("shared memory is not supported by this server; send the tensor in the request")
+    return params
+
+
+def read_input(inputs: list[Any], binary: bytes) -> np.ndarray:
+    """``uint8[N, 28, 28]`` pixels from the one input ``images``, as JSON data or binary data."""
+    if len(inputs) != 1 or not isinstance(inputs[0], dict) or inputs[0].get("name") != INPUT_NAME:
+        names = [i.get("name") if isinstance(i, dict) else i for i in inputs][:4]
+        raise V2Error(f"expected exactly one input named {INPUT_NAME!r}; got {names}")
+    tensor = inputs[0]
+    require_known(tensor, {"name", "shape", "datatype", "parameters", "data"}, "input")
+    if tensor.get("datatype") != INPUT_DATATYPE:
+        raise V2Error(f"input {INPUT_NAME!r} must have datatype {INPUT_DATATYPE} (pixels 0-255); "
+                      f"got {str(tensor.get('datatype'))[:16]!r}")
+    shape = check_shape(tensor.get("shape"))
+    size = math.prod(shape)
+    binary_size = parameters(tensor, "input").get("binary_data_size")
+    if binary_size is None:
+        if binary:
+            raise V2Error(f"{len(binary):,} bytes of binary data follow the JSON header, but no input "
+                          "declares 'binary_data_size'")
+        if "data" not in tensor:
+            raise V2Error(f"input {INPUT_NAME!r} has neither 'data' nor 'binary_data_size'")
+        return json_tensor(tensor["data"], shape)
+    if "data" in tensor:
+        raise V2Error(f"input {INPUT_NAME!r} has both 'data' and 'binary_data_size'")
+    if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size != size:
+        raise V2Error(f"'binary_data_size' of {INPUT_NAME!r} must be {size:,} (shape {shape}, 1 byte per "
+                      f"UINT8); got {binary_size!r}")
+    if len(binary) != binary_size:
+        raise V2Error(f"{len(binary):,} bytes of binary data follow the JSON header; the input declares "
+                      f"{binary_size:,}")
+    return np.frombuffer(binary, dtype=np.uint8).reshape(shape)
+
+
+def check_shape(shape: Any) -> list[int]:
+    """``[N, 28, 28]`` with ``1 <= N <= max_images``."""
+    if (not isinstance(shape, list) or len(shape) != 3 or shape[1:] != [IMAGE_SIZE, IMAGE_SIZE]
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+        raise V2Error(f"input {INPUT_NAME!r} must have shape [N, {IMAGE_SIZE}, {IMAGE_SIZE}]; "
+                      f"got {str(shape)[:64]}")
+    if shape[0] < 1:
+        raise V2Error(f"input {INPUT_NAME!r} holds no images")
+    if shape[0] > settings().max_images:
+        raise V2Error(f"{shape[0]} images in one request; at most {settings().max_images}", 413)
+    return shape
+
+
+def json_tensor(data: Any, shape: list[int]) -> np.ndarray:
+    """JSON ``data`` (flat or nested, row-major) as ``uint8`` of ``shape``; whole numbers 0-255 only."""
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise V2Error(f"'data' of {INPUT_NAME!r} is not a rectangular array: {exc}") from None
+    if array.size != math.prod(shape):
+        raise V2Error(f"'data' of {INPUT_NAME!r} holds {array.size:,} values; shape {shape} needs "
+                      f"{math.prod(shape):,}")
+    # Integers only, as Triton reads UINT8 from JSON: a float or a boolean is a client's mistake.
+    if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() > 255)):
+        raise V2Error(f"'data' of {INPUT_NAME!r} must hold whole numbers from 0 to 255 (UINT8)")
+    return array.astype(np.uint8).reshape(shape)
+
+
+def requested_outputs(payload: dict[str, Any]) -> list[RequestedOutput]:
+    """The outputs asked for; all of them when none are named (binary if ``binary_data_output``)."""
+    default_binary = parameters(payload, "inference request").get("binary_data_output", False)
+    if not isinstance(default_binary, bool):
+        raise V2Error("'binary_data_output' must be true or false")
+    asked = payload.get("outputs")
+    if asked is None:
+        return [RequestedOutput(name, default_binary) for name in OUTPUTS]
+    if not isinstance(asked, list) or not asked:
+        raise V2Error(f"'outputs' must be a non-empty list of outputs from {list(OUTPUTS)}")
+    outputs = []
+    for output in asked:
+        if not isinstance(output, dict) or output.get("name") not in OUTPUTS:
+            name = output.get("name") if isinstance(output, dict) else output
+            raise V2Error(f"unknown output {str(name)[:64]!r}; the model's outputs are {list(OUTPUTS)}")
+        require_known(output, {"name", "parameters"}, "output")
+        params = parameters(output, "output")
+        binary = params.get("binary_data", default_binary)
+        class_count = params.get("classification", 0)
+        if not isinstance(binary, bool):
+            raise V2Error("'binary_data' must be true or false")
+        if isinstance(class_count, bool) or not isinstance(class_count, int) or not 0 <= class_count <= NUM_CLASSES:
+            raise V2Error(f"'classification' must be a whole number from 0 (off) to {NUM_CLASSES}")
+        outputs.append(RequestedOutput(output["name"], binary, class_count))
+    if len({o.name for o in outputs}) != len(outputs):
+        raise V2Error("each output may be asked for once")
+    return outputs
+
+
+def output_tensor(output: RequestedOutput, logits: np.ndarray) -> tuple[dict[str, Any], bytes | None]:
+    """One response output (and its binary data when asked for binary)."""
+    values = logits if output.name == OUTPUT_NAME else softmax(logits)
+    if output.class_count:
+        return classification_tensor(output, values)
+    tensor: dict[str, Any] = {"name": output.name, "datatype": "FP32", "shape": list(values.shape)}
+    if output.binary:
+        raw = values.astype("<f4").tobytes()
+        return {**tensor, "parameters": {"binary_data_size": len(raw)}}, raw
+    return {**tensor, "data": values.ravel().tolist()}, None
+
+
+def classification_tensor(output: RequestedOutput, values: np.ndarray) -> tuple[dict[str, Any], bytes | None]:
+    """Triton's classification extension: the top classes as ``BYTES`` ``"value:index:label"``, best first."""
+    top = np.argsort(-values, axis=1, kind="stable")[:, :output.class_count]
+    strings = [f"{row[c]:f}:{c}:{CLASS_NAMES[c]}" for row, classes in zip(values, top, strict=True) for c in classes]
+    tensor: dict[str, Any] = {"name": output.name, "datatype": "BYTES", "shape": list(top.shape)}
+    if output.binary:
+        # BYTES elements in binary form: a 4-byte little-endian length, then the bytes.
+        raw = b"".join(struct.pack("<I", len(s)) + s for s in (s.encode() for s in strings))
+        return {**tensor, "parameters": {"binary_data_size": len(raw)}}, raw
+    return {**tensor, "data": strings}, None
+
+
+def encode_response(answer: dict[str, Any], tensors: list[tuple[dict[str, Any], bytes | None]]) -> Response:
+    """JSON, or the JSON header followed by the binary outputs in order (binary data extension)."""
+    answer = {**answer, "outputs": [tensor for tensor, _ in tensors]}
+    raw = [data for _, data in tensors if data is not None]
+    if not raw:
+        return JSONResponse(answer)
+    header = json.dumps(answer, separators=(",", ":")).encode()
+    return Response(header + b"".join(raw), media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(header))})
+
+
+MODEL = "/v2/models/{model}"
+VERSION = "/v2/models/{model}/versions/{version}"
+
+# Full paths, mounted at "/": BentoML's mount does not match the bare "/v2" of server metadata
+# when the app is mounted at "/v2" (it would redirect to "/v2/", which v2 clients do not follow).
+app = Starlette(routes=[
+    Route("/v2", server_metadata),
+    Route("/v2/health/live", server_live),
+    Route("/v2/health/ready", server_ready),
+    *(Route(base, model_metadata) for base in (MODEL, VERSION)),
+    *(Route(f"{base}/ready", model_ready) for base in (MODEL, VERSION)),
+    *(Route(f"{base}/config", model_config) for base in (MODEL, VERSION)),
+    *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (MODEL, VERSION)),
+])
