@@ -61,6 +61,20 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def private_bentoml_home(workdir: Path) -> Path:
+    """A BentoML home of this server's own that sees the current store's models.
+
+    ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, so a
+    second server on the same home silently breaks the first one's ``/metrics``. The models
+    are shared through a link, so nothing is copied.
+    """
+    import bentoml
+
+    home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=workdir))
+    (home / "models").symlink_to(Path(bentoml.models.get(f"{MODEL_NAMES['torch']}:latest").path).parents[1])
+    return home
+
+
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -93,7 +107,8 @@ def start_servers(workdir: Path, backends: tuple[str, ...] | None = None) -> dic
     """The real service and the bare app on free loopback ports, ready: ``{name: (process, base URL)}``."""
     bin_dir = Path(sys.executable).parent
     bento_port, bare_port = free_port(), free_port()
-    service_env = {"TF_CPP_MIN_LOG_LEVEL": "3", **({"FASHION_BACKENDS": ",".join(backends)} if backends else {})}
+    service_env = {"TF_CPP_MIN_LOG_LEVEL": "3", "BENTOML_HOME": str(private_bentoml_home(workdir)),
+                   **({"FASHION_BACKENDS": ",".join(backends)} if backends else {})}
     servers = {
         "bare": (start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port), "--workers", "1",
                         "--no-access-log", "--log-level", "warning"],

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from benchmark.timing import percentile
-from clients.bench_http import free_port, multipart_body
+from clients.bench_http import free_port, multipart_body, private_bentoml_home
 from fashion.samples import sample_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,8 @@ def launch(workdir: Path, env: dict[str, str] | None = None, wait: bool = True) 
     proc = subprocess.Popen(
         [str(bentoml_cli), "serve", "service.service:FashionClassifier", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FASHION_HEALTH_PORT": str(health_port),
-                       "FASHION_HEALTH_HOST": "127.0.0.1", **(env or {})},
+                       "FASHION_HEALTH_HOST": "127.0.0.1", "BENTOML_HOME": str(private_bentoml_home(workdir)),
+                       **(env or {})},
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     server = Server(proc, f"http://127.0.0.1:{port}", log, f"http://127.0.0.1:{health_port}")

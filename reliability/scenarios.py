@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import io
 import signal
 import socket
 import statistics
@@ -28,6 +27,7 @@ import numpy as np
 from benchmark.openloop import open_loop
 from benchmark.timing import percentile
 from clients.bench_http import run_wrk
+from clients.client import npy_bytes
 from reliability.harness import (
     BOUNDARY,
     REPO,
@@ -115,30 +115,31 @@ def overload(server: Server, workdir: Path, seconds: float = 30.0, connections: 
     }
 
 
+async def post_npy(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[int | str, float, float]:
+    """(status or exception name, start, end) of one ``/classify_array`` request."""
+    start = time.monotonic()
+    try:
+        status: int | str = (await client.post(f"{url}/classify_array", content=body,
+                                               headers={"Content-Type": "application/x-npy"})).status_code
+    except httpx.HTTPError as exc:
+        status = type(exc).__name__
+    return status, start, time.monotonic()
+
+
 def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_s: float = 1.5) -> dict[str, Any]:
     """SIGTERM to ``bentoml serve`` while ``clients`` keep sending large requests.
 
     Returns the answers of requests sent before and after the signal, when readiness
     first failed and when the process exited, and its exit code.
     """
-    buffer = io.BytesIO()
-    np.save(buffer, batch_pixels)
-    body = buffer.getvalue()
+    body = npy_bytes(batch_pixels)
     outcomes: list[tuple[float, float, int | str]] = []
     probes: list[tuple[float, int | str]] = []
 
-    async def send(client: httpx.AsyncClient) -> None:
-        start = time.monotonic()
-        try:
-            status: int | str = (await client.post(f"{server.url}/classify_array", content=body,
-                                                   headers={"Content-Type": "application/x-npy"})).status_code
-        except httpx.HTTPError as exc:
-            status = type(exc).__name__
-        outcomes.append((start, time.monotonic(), status))
-
     async def keep_sending(client: httpx.AsyncClient, until: float) -> None:
         while time.monotonic() < until:
-            await send(client)
+            status, start, end = await post_npy(client, server.url, body)
+            outcomes.append((start, end, status))
 
     async def probe(client: httpx.AsyncClient, until: float) -> None:
         while time.monotonic() < until:
@@ -188,19 +189,12 @@ def crash(server: Server, batch_pixels: np.ndarray, in_flight: int = 8, timeout:
     """SIGKILL the worker while ``in_flight`` requests run; then keep a retrying client going."""
     from clients.client import FashionClient, RetryPolicy
 
-    buffer = io.BytesIO()
-    np.save(buffer, batch_pixels)
-    body = buffer.getvalue()
+    body = npy_bytes(batch_pixels)
     worker = server.worker()
 
     async def one(client: httpx.AsyncClient) -> tuple[int | str, float]:
-        start = time.monotonic()
-        try:
-            status: int | str = (await client.post(f"{server.url}/classify_array", content=body,
-                                                   headers={"Content-Type": "application/x-npy"})).status_code
-        except httpx.HTTPError as exc:
-            status = type(exc).__name__
-        return status, time.monotonic() - start
+        status, start, end = await post_npy(client, server.url, body)
+        return status, end - start
 
     async def run() -> tuple[list[tuple[int | str, float]], float]:
         async with httpx.AsyncClient(timeout=timeout) as client:

@@ -80,6 +80,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        metrics()  # the series exist (at zero) from the start, so /metrics always shows them
 
     async def predict(self, backend: str, pixels: np.ndarray) -> np.ndarray:
         """Logits for ``pixels`` in input order, once their batch has run.

@@ -85,6 +85,33 @@ def start_server(home, log_path, extra_env=None):
     return proc, f"http://127.0.0.1:{port}"
 
 
+def store_with(exported, tmp_path, tamper: str | None = None):
+    """A BentoML store (a new home under ``tmp_path``) holding copies of the exported models.
+
+    ``tamper``: ``"<framework>/<file>"`` whose byte 100 is flipped first (e.g. ``"tf/model.onnx"``).
+    Registered from a separate process: this session's BentoML store is already bound to another home.
+    """
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    copies = []
+    for framework, model_dir in exported.items():
+        copies.append(tmp_path / framework)
+        shutil.copytree(model_dir, copies[-1])
+    if tamper:
+        target = tmp_path / tamper
+        payload = bytearray(target.read_bytes())
+        payload[100] ^= 0xFF
+        target.write_bytes(bytes(payload))
+    home = tmp_path / "store"
+    subprocess.run([sys.executable, "-c", "import sys; from export.store import register_model as r; "
+                    "[r(p) for p in sys.argv[1:]]", *map(str, copies)],
+                   env={**os.environ, "BENTOML_HOME": str(home)}, check=True, cwd=Path(__file__).resolve().parents[1])
+    return home
+
+
 def wait_for(url, path, status=200, timeout=120.0, proc=None):
     import time
 

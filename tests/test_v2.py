@@ -5,10 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,7 +14,7 @@ import pytest
 from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, softmax
 from fashion.manifest import read_manifest
-from tests.conftest import start_server, stop_server, wait_for
+from tests.conftest import start_server, stop_server, store_with, wait_for
 
 triton = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra) is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402 (after the skip above)
@@ -266,19 +262,7 @@ def test_v2_and_native_requests_share_the_batcher(server, client, pixels):
 
 
 def test_not_ready_server_is_live_and_says_not_ready(exported, tmp_path):
-    copies = []
-    for framework, model_dir in exported.items():
-        copies.append(tmp_path / framework)
-        shutil.copytree(model_dir, copies[-1])
-    onnx_path = tmp_path / "torch" / "model.onnx"
-    payload = bytearray(onnx_path.read_bytes())
-    payload[100] ^= 0xFF
-    onnx_path.write_bytes(bytes(payload))
-    home = tmp_path / "store"
-    # Registered from a separate process: this session's BentoML store is already bound to another home.
-    subprocess.run([sys.executable, "-c", "import sys; from export.store import register_model as r; "
-                    "[r(p) for p in sys.argv[1:]]", *map(str, copies)],
-                   env={**os.environ, "BENTOML_HOME": str(home)}, check=True, cwd=REPO)
+    home = store_with(exported, tmp_path, tamper="torch/model.onnx")
     proc, url = start_server(home, tmp_path / "server.log")
     try:
         wait_for(url, "/v2/health/live", proc=proc)

@@ -1,0 +1,133 @@
+"""The batcher on its own: merging, order, per-backend grouping, cancellation, overload, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batcher import MicroBatcher, OverloadedError
+
+
+class SlowModel:
+    """Logits that encode each image's first pixel; every call waits on a gate, and is recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.gate = threading.Event()
+
+    def __call__(self, backend: str, pixels: np.ndarray) -> np.ndarray:
+        self.gate.wait(5)
+        self.calls.append((backend, len(pixels)))
+        logits = np.zeros((len(pixels), 10), np.float32)
+        logits[:, 0] = pixels[:, 0, 0]
+        return logits
+
+
+def images(*firsts: int) -> np.ndarray:
+    pixels = np.zeros((len(firsts), 28, 28), np.uint8)
+    pixels[:, 0, 0] = firsts
+    return pixels
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_requests_arriving_while_the_model_is_busy_share_one_call_per_backend():
+    model = SlowModel()
+    batcher = MicroBatcher(model, max_batch_images=256)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict("a", images(1)))
+        await asyncio.sleep(0.05)  # the model is now busy with the first request (gate closed)
+        rest = [asyncio.create_task(batcher.predict(backend, images(i, i + 100)))
+                for i, backend in zip(range(2, 8), "abab" "ab", strict=True)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = run(scenario())
+    assert first[:, 0].tolist() == [1]
+    assert [r[:, 0].tolist() for r in rest] == [[i, i + 100] for i in range(2, 8)]  # each gets its own rows
+    assert model.calls == [("a", 1), ("a", 6), ("b", 6)]  # six queued requests, one call per backend
+
+
+def test_a_lone_request_is_not_held_back():
+    model = SlowModel()
+    model.gate.set()
+    batcher = MicroBatcher(model)
+    answers = run(batcher.predict("a", images(7)))
+    assert answers[:, 0].tolist() == [7] and model.calls == [("a", 1)]
+
+
+def test_batches_stop_at_the_image_limit_but_a_large_request_runs_alone():
+    model = SlowModel()
+    batcher = MicroBatcher(model, max_batch_images=4)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict("a", images(0)))
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(batcher.predict("a", images(*[i] * size))) for i, size in
+                 enumerate((3, 2, 9, 1), start=1)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await first
+        return await asyncio.gather(*tasks)
+
+    answers = run(scenario())
+    assert [len(a) for a in answers] == [3, 2, 9, 1]
+    assert [n for _, n in model.calls] == [1, 3, 2, 9, 1]
+
+
+def test_a_cancelled_request_never_reaches_the_model():
+    model = SlowModel()
+    batcher = MicroBatcher(model)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict("a", images(1)))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.predict("a", images(2, 3)))
+        kept = asyncio.create_task(batcher.predict("a", images(4)))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client went away
+        model.gate.set()
+        await first
+        return await kept
+
+    assert run(scenario())[:, 0].tolist() == [4]
+    assert model.calls == [("a", 1), ("a", 1)]
+
+
+def test_a_full_queue_refuses_at_once_and_a_model_error_fails_only_its_batch():
+    model = SlowModel()
+    batcher = MicroBatcher(model, max_queued_images=3)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict("a", images(1)))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.predict("a", images(2, 3)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError):
+            await batcher.predict("a", images(4, 5))
+        model.gate.set()
+        return await first, await queued
+
+    first, queued = run(scenario())
+    assert first[:, 0].tolist() == [1] and queued[:, 0].tolist() == [2, 3]
+
+    def broken(backend: str, pixels: np.ndarray) -> np.ndarray:
+        raise RuntimeError("model failed")
+
+    failing = MicroBatcher(broken)
+
+    async def after_failure():
+        with pytest.raises(RuntimeError, match="model failed"):
+            await failing.predict("a", images(1))
+        failing.run_batch = SlowModel()
+        failing.run_batch.gate.set()
+        return await failing.predict("a", images(9))  # the worker survived
+
+    assert run(after_failure())[:, 0].tolist() == [9]
