@@ -8,6 +8,7 @@ Endpoints (all POST, JSON answers, one answer per image in input order):
 * ``/classify_array`` -- ``N x 28 x 28`` uint8 pixels as JSON or a ``.npy`` body.
 * ``/model_info`` -- per backend: loaded, device or providers in use, version,
   checksums, test accuracy.
+* ``/parity`` -- every loaded backend on the same images, compared (service.parity).
 
 Every classification goes through one batcher (service.batcher): requests that
 arrive while the model is busy run together. ``/livez``, ``/readyz`` (ready once
@@ -31,7 +32,8 @@ from fashion.backends import MODEL_NAMES
 from service.admission import AdmissionMiddleware
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
-from service.inputs import ImageUpload, JSONAnswer, PixelArray, not_ready_reason
+from service.inputs import ImageUpload, JSONAnswer, ParityInput, PixelArray, not_ready_reason
+from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -92,6 +94,11 @@ class FashionClassifier:
     async def classify_array(self, pixels: np.ndarray, backend: str) -> list[dict[str, Any]]:
         """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
         return await self.classify_pixels(backend, pixels)
+
+    @bentoml.api(route="/parity", input_spec=ParityInput, output_spec=JSONAnswer)
+    async def parity(self, pixels: np.ndarray | None) -> dict[str, Any] | JSONResponse:
+        """Every loaded backend on the same images (no body: the bundled samples), compared pair by pair."""
+        return await check_loaded_backends(self.batcher, self.registry, pixels)
 
     @bentoml.api(route="/model_info", output_spec=JSONAnswer)
     def model_info(self) -> dict[str, Any]:
