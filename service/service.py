@@ -8,6 +8,8 @@ Endpoints (all POST, JSON answers, one answer per image in input order):
 * ``/classify_array`` -- ``N x 28 x 28`` uint8 pixels as JSON or a ``.npy`` body.
 * ``/model_info`` -- per backend: loaded, device or providers in use, version,
   checksums, test accuracy.
+* ``/classify_dataset/submit`` (then ``progress``, ``status``, ``get``, ``cancel``) -- a
+  whole dataset file as a BentoML task (service.tasks).
 * ``/parity`` -- every loaded backend on the same images, compared (service.parity).
 
 Every classification goes through one batcher (service.batcher): requests that
@@ -26,7 +28,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
 from service.admission import AdmissionMiddleware
@@ -35,6 +37,7 @@ from service.config import ServiceConfig
 from service.inputs import ImageUpload, JSONAnswer, ParityInput, PixelArray, not_ready_reason
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
+from service.tasks import TASK_ROUTE, DatasetUpload, TaskBoard, TaskMiddleware, run_dataset_task, task_limits
 
 log = logging.getLogger("bentoml.fashion_serve")
 
@@ -66,6 +69,7 @@ class FashionClassifier:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
         self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images)
+        self.tasks = TaskBoard(task_limits())
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
         threading.Thread(target=self.registry.load_all, args=(model_dirs,), name="load-models", daemon=True).start()
@@ -95,6 +99,11 @@ class FashionClassifier:
         """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
         return await self.classify_pixels(backend, pixels)
 
+    @bentoml.task(route=TASK_ROUTE, input_spec=DatasetUpload, output_spec=JSONAnswer)
+    async def classify_dataset(self, images: Any, ctx: bentoml.Context) -> dict[str, Any] | Response:
+        """A whole dataset file as a task: POST /classify_dataset/submit, then progress, status, get (service.tasks)."""
+        return await run_dataset_task(self.tasks, self.batcher, self.registry, ctx, images)
+
     @bentoml.api(route="/parity", input_spec=ParityInput, output_spec=JSONAnswer)
     async def parity(self, pixels: np.ndarray | None) -> dict[str, Any] | JSONResponse:
         """Every loaded backend on the same images (no body: the bundled samples), compared pair by pair."""
@@ -107,3 +116,4 @@ class FashionClassifier:
 
 
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)
+FashionClassifier.add_asgi_middleware(TaskMiddleware)
