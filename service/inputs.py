@@ -102,8 +102,8 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it grows past ``limit`` bytes."""
+async def read_body(request: Request, limit: int, allow_empty: bool = False) -> bytes:
+    """The whole body, refusing (413) as soon as it grows past ``limit`` bytes (and an empty one, unless allowed)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {int(declared):,} bytes is over the limit of {limit:,}", 413)
@@ -114,7 +114,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestError(f"request body is over the limit of {limit:,} bytes", 413)
         chunks.append(chunk)
     body = b"".join(chunks)
-    if not body:
+    if not body and not allow_empty:
         raise RequestError("empty request body", 400)
     return body
 
@@ -266,26 +266,47 @@ class PixelArray(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> PixelArray:
-        content_type = _content_type(request)
         body = await read_body(request, settings().max_body_bytes)
-        backend = request.query_params.get("backend")
-        if content_type in NPY_CONTENT_TYPES:
-            array = _load_npy(body)
-        elif content_type in ("application/json", ""):
-            try:
-                payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise RequestError(f"body is not valid JSON: {exc}", 400) from None
-            except RecursionError:  # e.g. 100,000 nested brackets, found by fuzzing the v2 twin of this parser
-                raise RequestError("body is nested too deeply to be pixels", 400) from None
-            if not isinstance(payload, dict) or "pixels" not in payload:
-                raise RequestError("expected a JSON object with a 'pixels' field", 400)
-            unknown = sorted(set(payload) - {"pixels", "backend"})
-            if unknown:
-                raise RequestError(f"unknown field(s) {unknown}; expected 'pixels' and optional 'backend'", 400)
-            array, backend = payload["pixels"], payload.get("backend", backend)
-        else:
-            raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json or a .npy body "
-                               "(application/x-npy)", 415)
-        pixels = validate_pixels(array)
+        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"))
         return cls.model_construct(pixels=pixels, backend=check_loaded(parse_backend(backend)))
+
+
+def parse_pixel_body(body: bytes, content_type: str, backend: str | None) -> tuple[np.ndarray, Any]:
+    """Pixels from a JSON ``{"pixels": ..., "backend": ...}`` or ``.npy`` body, and the backend value given (or
+    ``backend``, the query's); for /classify_array and /parity."""
+    if content_type in NPY_CONTENT_TYPES:
+        array = _load_npy(body)
+    elif content_type in ("application/json", ""):
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(f"body is not valid JSON: {exc}", 400) from None
+        except RecursionError:  # e.g. 100,000 nested brackets, found by fuzzing the v2 twin of this parser
+            raise RequestError("body is nested too deeply to be pixels", 400) from None
+        if not isinstance(payload, dict) or "pixels" not in payload:
+            raise RequestError("expected a JSON object with a 'pixels' field", 400)
+        unknown = sorted(set(payload) - {"pixels", "backend"})
+        if unknown:
+            raise RequestError(f"unknown field(s) {unknown}; expected 'pixels' and optional 'backend'", 400)
+        array, backend = payload["pixels"], payload.get("backend", backend)
+    else:
+        raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json or a .npy body "
+                           "(application/x-npy)", 415)
+    return validate_pixels(array), backend
+
+
+class ParityInput(bentoml.IODescriptor):
+    """Images as for /classify_array (JSON ``{"pixels": ...}`` or a ``.npy`` body), or no body: the bundled samples."""
+
+    pixels: Annotated[list[list[list[int]]] | None, Field(None, description="N x 28 x 28 whole numbers 0-255; no "
+                                                          "body: the ten bundled sample images")]
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> ParityInput:
+        body = await read_body(request, settings().max_body_bytes, allow_empty=True)
+        if not body:
+            return cls.model_construct(pixels=None)
+        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"))
+        if backend is not None:
+            raise RequestError("/parity runs every loaded backend; it takes no 'backend'", 400)
+        return cls.model_construct(pixels=pixels)

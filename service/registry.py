@@ -14,6 +14,7 @@ from fashion.backends import BACKENDS, Predictor, load_artifact
 from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax
 from fashion.manifest import read_manifest
 from fashion.samples import sample_images
+from service import parity
 from service.config import ServiceConfig
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -59,6 +60,7 @@ class ModelRegistry:
         Never raises: a failure is kept in :attr:`error` (shown by the info endpoint
         and the logs) and the service stays not ready.
         """
+        warm: dict[str, np.ndarray] = {}
         try:
             samples, _ = sample_images()
             for name in self.config.backends:
@@ -73,23 +75,46 @@ class ModelRegistry:
                 predictor = load_artifact(model_dir, spec.artifact, spec.runtime, self.config.device,
                                           threads=self.config.threads)
                 backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start)
-                self.warm_up(backend, samples)
+                warm[name] = self.warm_up(backend, samples)
                 self.backends[name] = backend
                 log.info("backend %s ready: %s", name, backend.predictor.describe())
+            self.check_parity(warm)
             self.ready = True
         except Exception as exc:  # keep serving /livez and the reason; readiness stays false
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("models failed to load, service will not become ready: %s", self.error)
 
     @staticmethod
-    def warm_up(backend: LoadedBackend, pixels: np.ndarray) -> None:
-        """Predict the bundled sample images; they must match what the export recorded for this artifact."""
-        got = backend.predictor.predict(preprocess(pixels)).argmax(1).tolist()
+    def warm_up(backend: LoadedBackend, pixels: np.ndarray) -> np.ndarray:
+        """Predict the bundled sample images; they must match what the export recorded for this artifact.
+
+        Returns:
+            The logits, for :meth:`check_parity` once every backend has loaded.
+        """
+        logits = backend.predictor.predict(preprocess(pixels))
+        got = logits.argmax(1).tolist()
         entry = backend.manifest["artifacts"][BACKENDS[backend.name].artifact]
         # Float32 artifacts reproduce the source model exactly; int8 records its own labels.
         expected = entry.get("samples_expected", backend.manifest["samples_expected"])
         if got != expected:
             raise WarmupError(f"{backend.name}: warm-up predicted {got}, export recorded {expected}")
+        return logits
+
+    def check_parity(self, logits: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The loaded backends must agree with each other on the samples as /parity judges them (service.parity).
+
+        The recorded labels say little about probabilities: an artifact whose weights drifted can keep
+        every sample's label. Backends of one exported model must also agree within the tolerance.
+        """
+        report = parity.compare(logits, self.identities(), parity.tolerance())
+        if not report["consistent"]:
+            raise WarmupError("backends of one model disagree on the sample images: "
+                              + "; ".join(parity.failures(report)))
+        return report
+
+    def identities(self) -> dict[str, parity.Identity]:
+        """Per loaded backend: the exported model and the precision it serves."""
+        return {name: parity.Identity.of(name, backend.manifest) for name, backend in self.backends.items()}
 
     def get(self, name: str | None) -> LoadedBackend:
         """A loaded backend by name (``None``: the default). Raises KeyError with a clear message."""

@@ -9,6 +9,9 @@ Endpoints (all POST, JSON answers, one answer per image in input order):
 * ``/model_info`` -- per backend: loaded, device or providers in use, version,
   checksums, test accuracy.
 * ``/ui/`` (GET) -- a web page to try the classifier and see the benchmark (service.web).
+* ``/classify_dataset/submit`` (then ``progress``, ``status``, ``get``, ``cancel``) -- a
+  whole dataset file as a BentoML task (service.tasks).
+* ``/parity`` -- every loaded backend on the same images, compared (service.parity).
 
 Every classification goes through one batcher (service.batcher): requests that
 arrive while the model is busy run together. ``/livez``, ``/readyz`` (ready once
@@ -26,15 +29,17 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
 from service.admission import AdmissionMiddleware
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
 from service.health import start_health_server
-from service.inputs import ImageUpload, JSONAnswer, NoInput, PixelArray, not_ready_reason
+from service.inputs import ImageUpload, JSONAnswer, NoInput, ParityInput, PixelArray, not_ready_reason
+from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
+from service.tasks import TASK_ROUTE, DatasetUpload, TaskBoard, TaskMiddleware, run_dataset_task, task_limits
 from service.v2 import app as v2_app
 from service.web import build_web_app
 
@@ -68,6 +73,7 @@ class FashionClassifier:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
         self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images)
+        self.tasks = TaskBoard(task_limits())
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         if self.config.health_port:
             start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason)
@@ -111,6 +117,16 @@ class FashionClassifier:
         """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
         return await self.classify_pixels(backend, pixels)
 
+    @bentoml.task(route=TASK_ROUTE, input_spec=DatasetUpload, output_spec=JSONAnswer)
+    async def classify_dataset(self, images: Any, ctx: bentoml.Context) -> dict[str, Any] | Response:
+        """A whole dataset file as a task: POST /classify_dataset/submit, then progress, status, get (service.tasks)."""
+        return await run_dataset_task(self.tasks, self.batcher, self.registry, ctx, images)
+
+    @bentoml.api(route="/parity", input_spec=ParityInput, output_spec=JSONAnswer)
+    async def parity(self, pixels: np.ndarray | None) -> dict[str, Any] | JSONResponse:
+        """Every loaded backend on the same images (no body: the bundled samples), compared pair by pair."""
+        return await check_loaded_backends(self.batcher, self.registry, pixels)
+
     @bentoml.api(route="/model_info", input_spec=NoInput, output_spec=JSONAnswer)
     def model_info(self) -> dict[str, Any]:
         """Which backends are loaded, on which device, with which model version and accuracy."""
@@ -120,4 +136,5 @@ class FashionClassifier:
 # Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
 FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)
+FashionClassifier.add_asgi_middleware(TaskMiddleware)
 FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")
