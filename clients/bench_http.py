@@ -61,17 +61,19 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
-def private_bentoml_home(workdir: Path) -> Path:
-    """A BentoML home of this server's own that sees the current store's models.
+def private_bentoml_home(workdir: Path, models: Path | None = None) -> Path:
+    """A BentoML home of one server's own that sees a store's models (default: the current store's).
 
     ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, so a
     second server on the same home silently breaks the first one's ``/metrics``. The models
     are shared through a link, so nothing is copied.
     """
-    import bentoml
+    if models is None:
+        import bentoml
 
+        models = Path(bentoml.models.get(f"{MODEL_NAMES['torch']}:latest").path).parents[1]
     home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=workdir))
-    (home / "models").symlink_to(Path(bentoml.models.get(f"{MODEL_NAMES['torch']}:latest").path).parents[1])
+    (home / "models").symlink_to(models)
     return home
 
 

@@ -75,7 +75,11 @@ def start_server(home, log_path, extra_env=None):
 
     repo = Path(__file__).resolve().parents[1]
     port = free_port()
-    env = {**os.environ, "BENTOML_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
+    from clients.bench_http import private_bentoml_home
+
+    # A home of the server's own: a second server on one home breaks the first one's /metrics.
+    private = private_bentoml_home(Path(log_path).parent, Path(home) / "models")
+    env = {**os.environ, "BENTOML_HOME": str(private), "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
     bentoml_cli = Path(sys.executable).parent / "bentoml"
     log = open(log_path, "w")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(
