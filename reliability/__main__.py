@@ -102,6 +102,9 @@ def summarize(name: str, f: dict[str, Any]) -> list[str]:
             f"{f['memory_growth']:+.1%}; p99 drift: {f['p99_drift']:+.1%}",
             f"- p99 per minute: median {f['p99_ms_median']:.1f} ms, p90 {f['p99_ms_p90']:.1f} ms, "
             f"max {f['p99_ms_max']:.1f} ms",
+            "- per minute (p99 ms / server CPU µs per request / host steal s): " + ", ".join(
+                f"{w['p99_ms']:.0f}/{w.get('server_cpu_us_per_request', float('nan')):.0f}/"
+                f"{w.get('host_steal_s', float('nan')):.1f}" for w in f["windows"]),
         ]
     return []
 

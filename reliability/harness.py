@@ -41,10 +41,18 @@ class Server:
         raise RuntimeError("no BentoML worker process found")
 
     def vitals(self) -> dict[str, float]:
-        """The worker's resident memory (MiB), open file descriptors and TCP connections."""
+        """The worker's resident memory (MiB), open file descriptors, TCP connections and CPU seconds so far."""
         worker = self.worker()
+        cpu = worker.cpu_times()
         return {"rss_mib": worker.memory_info().rss / 2**20, "open_fds": worker.num_fds(),
-                "connections": len(worker.net_connections(kind="tcp"))}
+                "connections": len(worker.net_connections(kind="tcp")), "cpu_s": cpu.user + cpu.system}
+
+
+def host_steal_seconds() -> float:
+    """CPU time the hypervisor gave to others while this machine wanted it (``steal`` in /proc/stat)."""
+    import psutil
+
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Seconds until ``/readyz`` answers 200."""

@@ -35,6 +35,7 @@ from reliability.harness import (
     Server,
     baseline_latency,
     content_type,
+    host_steal_seconds,
     launch,
     recovery_seconds,
     upload_body,
@@ -314,10 +315,17 @@ def soak(server: Server, workdir: Path, minutes: float = 30.0, load: float = 0.7
     rate = load * capacity
     _, body = upload_body(workdir)
     rows = []
+    cpu_before, steal_before = server.vitals()["cpu_s"], host_steal_seconds()
     for index in range(max(1, round(minutes * 60 / window_s))):
         stats = open_loop(f"{server.url}/classify", body, content_type(), rate, window_s, connections=64)
+        vitals, steal = server.vitals(), host_steal_seconds()
+        # Server CPU per request tells a slower server from a busier machine (steal: the host's other guests).
         rows.append({"window": index, "sent": stats["sent"], "statuses": stats["statuses"],
-                     "p50_ms": stats["p50_s"] * 1e3, "p99_ms": stats["p99_s"] * 1e3, **server.vitals()})
+                     "p50_ms": stats["p50_s"] * 1e3, "p99_ms": stats["p99_s"] * 1e3,
+                     "server_cpu_us_per_request": (vitals["cpu_s"] - cpu_before) / stats["sent"] * 1e6,
+                     "host_steal_s": steal - steal_before,
+                     "generator_cpu_cores": stats["generator_cpu_cores"], **vitals})
+        cpu_before, steal_before = vitals["cpu_s"], steal
         print(f"  window {index}: {rows[-1]}", flush=True)
     steady = rows[warmup_windows:] or rows
     first, last = steady[: max(1, len(steady) // 6)], steady[-max(1, len(steady) // 6):]

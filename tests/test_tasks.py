@@ -32,6 +32,8 @@ from service.registry import ModelRegistry
 from service.tasks import TaskBoard, TaskLimits, run_dataset_task
 from tests.conftest import start_server, stop_server, wait_for
 
+REPO = Path(__file__).resolve().parents[1]
+
 CHUNK = 128
 MAX_IMAGES = 12_000
 MAX_BYTES = 12 * 1024 * 1024
@@ -151,6 +153,30 @@ def test_a_task_over_the_test_set_reports_progress_and_matches_the_offline_model
     else:
         assert result["accuracy"] == float((expected == dataset.test_labels).mean())
         assert result["confusion_matrix"] == confusion_matrix(dataset.test_labels, expected).tolist()
+
+
+def test_a_task_gives_the_batch_clis_predictions_and_accuracy(task_server, data_dir, tmp_path):
+    """The same IDX files through the batch CLI and as a task, on the same server: the same answers."""
+    import csv
+    import subprocess
+    import sys
+
+    images = real_file(data_dir, "t10k-images-idx3-ubyte")
+    out = tmp_path / "cli.csv"
+    cli = subprocess.run([sys.executable, "-m", "clients", "--url", task_server, "batch", str(images), "--out",
+                          str(out), "--quiet"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    cli_accuracy = float(cli.stdout.split("accuracy ")[1].split()[0])
+
+    labels = real_file(data_dir, "t10k-labels-idx1-ubyte")
+    task_id = submit(task_server, files={"images": (images.name, images.read_bytes()),
+                                         "labels": (labels.name, labels.read_bytes())})
+    assert follow(task_server, task_id)[-1]["status"] == "completed"
+    result = httpx.get(f"{task_server}/classify_dataset/get", params={"task_id": task_id}, timeout=30).json()
+    assert result["class_ids"] == [int(row["class_id"]) for row in rows]
+    assert round(result["accuracy"], 4) == cli_accuracy
 
 
 def test_a_canceled_task_stops_within_a_chunk_and_ends_canceled(task_server, dataset):
