@@ -48,12 +48,6 @@ class Server:
                 "connections": len(worker.net_connections(kind="tcp")), "cpu_s": cpu.user + cpu.system}
 
 
-def host_steal_seconds() -> float:
-    """CPU time the hypervisor gave to others while this machine wanted it (``steal`` in /proc/stat)."""
-    import psutil
-
-    return getattr(psutil.cpu_times(), "steal", 0.0)
-
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Seconds until ``/readyz`` answers 200."""
         start = time.monotonic()
@@ -78,6 +72,13 @@ def host_steal_seconds() -> float:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode
+
+
+def host_steal_seconds() -> float:
+    """CPU time the hypervisor gave to others while this machine wanted it (``steal`` in /proc/stat)."""
+    import psutil
+
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
 
 def launch(workdir: Path, env: dict[str, str] | None = None, wait: bool = True) -> Server:
