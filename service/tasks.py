@@ -416,22 +416,23 @@ class TaskMiddleware:
             if task:
                 task[0].end("failed", "the task ended without a result; see /classify_dataset/get")
 
-    async def progress(self, board: TaskBoard, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    @staticmethod
+    async def find(board: TaskBoard, scope: dict[str, Any], send: Send):
+        """The task named by ``?task_id=``; ``None`` once 400 or 404 has been answered."""
         task_id = Request(scope).query_params.get("task_id")
-        if not task_id:
-            return await reply(send, 400, {"error": "task_id is required"})
-        task = board.get(task_id)
+        task = board.get(task_id) if task_id else None
         if task is None:
-            return await reply(send, 404, {"error": "task_id not found"})
-        await reply(send, 200, task.view())
+            await reply(send, 400 if not task_id else 404,
+                        {"error": "task_id is required" if not task_id else "task_id not found"})
+        return task
+
+    async def progress(self, board: TaskBoard, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if (task := await self.find(board, scope, send)) is not None:
+            await reply(send, 200, task.view())
 
     async def cancel(self, board: TaskBoard, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        task_id = Request(scope).query_params.get("task_id")
-        if not task_id:
-            return await reply(send, 400, {"error": "task_id is required"})
-        task = board.get(task_id)
-        if task is None:
-            return await reply(send, 404, {"error": "task_id not found"})
+        if (task := await self.find(board, scope, send)) is None:
+            return None
         if not task.active:
             return await reply(send, 409, {"error": f"the task has already ended ({task.status})", **task.view()})
         task.cancel()
