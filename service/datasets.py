@@ -167,6 +167,14 @@ def gunzip(data: bytes, limit: int, name: str, too_many: str) -> bytes:
     return out
 
 
+def gunzip_idx(data: bytes, limit: int, name: str, too_many: str, not_idx: str) -> tuple[bytes, str]:
+    """A gzipped upload inflated (at most ``limit`` bytes) and checked to hold IDX data; the bytes and ``"idx"``."""
+    data = gunzip(data, limit, name, too_many)
+    if sniff(data) != "idx":
+        raise RequestError(f"{name}: {not_idx}", 415)
+    return data, "idx"
+
+
 def read_idx(data: bytes, name: str) -> np.ndarray:
     try:
         return parse_idx(data, name)
@@ -266,11 +274,9 @@ def read_images(data: bytes, max_images: int, name: str = "images") -> tuple[np.
     """``uint8[N, 28, 28]`` images from any accepted file, and the labels an ``.npz`` carries."""
     kind = sniff(data)
     if kind == "gzip":
-        data = gunzip(data, IDX_IMAGES_HEADER + max_images * IMAGE_BYTES, name,
-                      f"decompresses to more than {max_images:,} images, the most a task takes")
-        if sniff(data) != "idx":
-            raise RequestError(f"{name}: a gzipped dataset must hold IDX images", 415)
-        kind = "idx"
+        data, kind = gunzip_idx(data, IDX_IMAGES_HEADER + max_images * IMAGE_BYTES, name,
+                                f"decompresses to more than {max_images:,} images, the most a task takes",
+                                "a gzipped dataset must hold IDX images")
     if kind == "idx":
         array = read_idx(data, name)
         image_check(name, max_images)(array.shape, array.dtype)
@@ -286,10 +292,9 @@ def read_labels(data: bytes, count: int, name: str = "labels") -> np.ndarray:
     """``count`` class ids from an IDX labels file (raw or gzipped) or a ``.npy``."""
     kind = sniff(data)
     if kind == "gzip":
-        data = gunzip(data, IDX_LABELS_HEADER + count, name, f"holds more than the {count:,} labels of the images")
-        if sniff(data) != "idx":
-            raise RequestError(f"{name}: a gzipped labels file must hold IDX labels", 415)
-        kind = "idx"
+        data, kind = gunzip_idx(data, IDX_LABELS_HEADER + count, name,
+                                f"holds more than the {count:,} labels of the images",
+                                "a gzipped labels file must hold IDX labels")
     if kind == "idx":
         labels = read_idx(data, name)
         label_check(name, count)(labels.shape, labels.dtype)

@@ -39,14 +39,19 @@ def own_server(server, tmp_path):
     instance.stop()
 
 
-def test_overload_sheds_load_with_retry_after_and_loses_nothing(server, tmp_path, data_dir):
-    instance = launch(tmp_path, env={"FASHION_MAX_IN_FLIGHT": "64"})
+def flood(tmp_path: Path, data_dir, seconds: float, connections: int, env: dict[str, str] | None = None) -> dict:
+    """The overload scenario against a server of its own, the batch CLI over the test images alongside."""
+    instance = launch(tmp_path, env=env)
     try:
         images = next(Path(data_dir).glob("t10k-images-idx3-ubyte*"))
-        report = scenarios.overload(instance, tmp_path, seconds=6, connections=512, batch_input=images,
-                                    batch_items=10_000)
+        return scenarios.overload(instance, tmp_path, seconds=seconds, connections=connections, batch_input=images,
+                                  batch_items=10_000)
     finally:
         assert instance.stop() == 0
+
+
+def test_overload_sheds_load_with_retry_after_and_loses_nothing(server, tmp_path, data_dir):
+    report = flood(tmp_path, data_dir, seconds=6, connections=512, env={"FASHION_MAX_IN_FLIGHT": "64"})
     assert report["unexpected_statuses"] == {} and report["statuses"].get("429", 0) > 0, report["statuses"]
     assert report["retry_after_missing"] == 0
     assert sum(report["socket_errors"].values()) == 0, report["socket_errors"]  # every request got its answer
@@ -62,13 +67,7 @@ def test_overload_sheds_load_with_retry_after_and_loses_nothing(server, tmp_path
 @pytest.mark.long
 def test_a_30_second_flood_of_1024_connections(server, tmp_path, data_dir):
     """The full-length overload of the issue; ``python -m reliability overload`` records its figures."""
-    instance = launch(tmp_path)
-    try:
-        images = next(Path(data_dir).glob("t10k-images-idx3-ubyte*"))
-        report = scenarios.overload(instance, tmp_path, seconds=30, connections=1024, batch_input=images,
-                                    batch_items=10_000)
-    finally:
-        assert instance.stop() == 0
+    report = flood(tmp_path, data_dir, seconds=30, connections=1024)
     assert report["unexpected_statuses"] == {} and report["retry_after_missing"] == 0
     assert sum(report["socket_errors"].values()) == 0
     assert all(key.endswith(" 200") for key in report["probes_health_port"]["statuses"])
