@@ -30,6 +30,69 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 BATCH_SIZES = (16, 32, 64, 128, 256)
 # Seconds: a trial whose process died is marked failed after this long without a heartbeat, then retried once.
 HEARTBEAT, GRACE = 2, 6
+MAX_RETRY = 1
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+class SurplusTrialError(Exception):
+    """This trial would pass the study's cap: it ends as FAIL (user attr ``surplus``) without training."""
+
+
+def slot_key(trial) -> int:
+    """A trial's place in the queue for the capped slots: a retry keeps the place of the trial it retries."""
+    return trial.system_attrs.get("failed_trial", trial.number)
+
+
+def slot_groups(trials) -> dict[int, list]:
+    """Trials grouped by slot: an original trial and its retries share one slot."""
+    groups: dict[int, list] = {}
+    for trial in trials:
+        groups.setdefault(slot_key(trial), []).append(trial)
+    return groups
+
+
+def holds_slot(group: list) -> bool:
+    """Whether a slot is taken: a member is not failed, or the last failure will still be retried.
+
+    A trial failed by a stale heartbeat (its process died) is retried by ``RetryFailedTrialCallback``, so its
+    slot stays taken until the retry runs; a surplus trial, an objective error or a spent retry frees it.
+    """
+    if any(t.state.name != "FAIL" for t in group):
+        return True
+    last = max(group, key=lambda t: t.number)
+    return not ({"surplus", "error"} & set(last.user_attrs)) and len(group) <= MAX_RETRY
+
+
+def count_finished(trials) -> int:
+    """Slots whose trial finished (complete or pruned): the number the ``--trials`` cap applies to."""
+    return sum(any(t.state.name in FINISHED for t in g) for g in slot_groups(trials).values())
+
+
+def wait_for_slot(study, trial, cap: int) -> None:
+    """Block until this trial may train, or raise ``SurplusTrialError``; this is what makes the cap exact.
+
+    Optuna's ``MaxTrialsCallback`` stops a worker after the cap is reached, but trials other workers already
+    started still finish, so N workers overshoot by up to N - 1. Here a trial trains only while fewer than
+    ``cap`` slots ahead of it (smaller ``slot_key``) are taken; otherwise it waits, keeping its heartbeat,
+    until one frees (a killed trial failed for good) or the cap is met. It gives way to a queued retry
+    ahead of it so that retry is not starved by workers all waiting here.
+    """
+    import optuna
+
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        mine = slot_key(next(t for t in trials if t.number == trial.number))  # the stored trial has system_attrs
+        groups = slot_groups(t for t in trials if t.number != trial.number)
+        if sum(holds_slot(g) for k, g in groups.items() if k < mine) < cap:
+            return
+        queued_ahead = any(t.state.name == "WAITING" and slot_key(t) < mine for t in trials)
+        if count_finished(trials) >= cap or queued_ahead:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrialError(f"trial {trial.number} is beyond the cap of {cap}")
+        time.sleep(HEARTBEAT)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a waiting worker also notices a dead one
 
 
 def suggest_config(trial, optimizer: str, seed: int, limit: int | None) -> dict[str, Any]:
@@ -58,7 +121,7 @@ def open_study(storage_url: str, name: str, seed: int):
     try:
         storage = optuna.storages.RDBStorage(
             storage_url, heartbeat_interval=HEARTBEAT, grace_period=GRACE,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY))
     except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
         raise ConfigError(f"cannot open the study storage {storage_url!r}: {type(exc).__name__}: {exc}") from None
     return optuna.create_study(
@@ -68,11 +131,22 @@ def open_study(storage_url: str, name: str, seed: int):
     )
 
 
-def objective(framework: str, optimizer: str, data, seed: int, limit: int | None):
-    """The Optuna objective: train one configuration, report each epoch, return the best validation loss."""
+def objective(framework: str, optimizer: str, data, seed: int, limit: int | None, cap: int):
+    """The Optuna objective: wait for a slot under ``cap``, train one configuration, report each epoch,
+    return the best validation loss."""
     import optuna
 
     def run(trial) -> float:
+        wait_for_slot(trial.study, trial, cap)
+        try:
+            return train(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # marks the failure as final: no retry is coming, the slot is free
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def train(trial) -> float:
         config = config_from_dict(suggest_config(trial, optimizer, seed, limit), f"trial {trial.number}")
         trainer = trainer_class(framework)(config, "auto")
 
@@ -97,20 +171,24 @@ def complete(study) -> list:
 
 def run_study(study, framework: str, optimizer: str, data, trials: int, timeout: float | None, seed: int,
               limit: int | None) -> None:
-    """Run until the study has ``trials`` finished (complete or pruned) trials, or ``timeout`` seconds pass."""
+    """Run until the study has exactly ``trials`` finished (complete or pruned) trials, or ``timeout`` passes.
+
+    Any number of processes, on any machines sharing the storage, may run this on one study at once.
+    """
     import optuna
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    finished = [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
-    remaining = trials - len(finished)
-    if remaining > 0:
-        # The callback caps the total across every machine working on the same study.
-        cap = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                             optuna.trial.TrialState.PRUNED))
-        study.optimize(objective(framework, optimizer, data, seed, limit), n_trials=remaining, timeout=timeout,
-                       callbacks=[cap], gc_after_trial=True)
+    if count_finished(study.get_trials(deepcopy=False)) >= trials:
+        return
+
+    def stop_when_full(study, _trial) -> None:
+        if count_finished(study.get_trials(deepcopy=False)) >= trials:
+            study.stop()
+
+    study.optimize(objective(framework, optimizer, data, seed, limit, trials), timeout=timeout,
+                   callbacks=[stop_when_full], catch=(SurplusTrialError,), gc_after_trial=True)
 
 
 def best_preset(study, optimizer: str) -> dict[str, Any]:
