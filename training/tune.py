@@ -137,17 +137,19 @@ def objective(framework: str, optimizer: str, data, seed: int, limit: int | None
     import optuna
 
     def run(trial) -> float:
+        # Sample first: the stored params are what a retry of this trial replays if its process dies.
+        params = suggest_config(trial, optimizer, seed, limit)
         wait_for_slot(trial.study, trial, cap)
         try:
-            return train(trial)
+            return train(trial, params)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # marks the failure as final: no retry is coming, the slot is free
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
 
-    def train(trial) -> float:
-        config = config_from_dict(suggest_config(trial, optimizer, seed, limit), f"trial {trial.number}")
+    def train(trial, params: dict[str, Any]) -> float:
+        config = config_from_dict(params, f"trial {trial.number}")
         trainer = trainer_class(framework)(config, "auto")
 
         def report(row: dict[str, float]) -> None:
