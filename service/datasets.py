@@ -28,7 +28,7 @@ import numpy as np
 
 from fashion.contract import IMAGE_SIZE, NUM_CLASSES
 from fashion.data import DataError, parse_idx
-from service.inputs import RequestError
+from service.inputs import RequestError, form_value
 
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE
 IDX_IMAGES_HEADER = 16  # magic + 3 dimensions
@@ -133,7 +133,7 @@ def split_upload(upload: Upload) -> UploadParts:
             raise RequestError(f"form field {name!r} given {len(values)} times; send one dataset per task")
     if not fields.get("images") or not fields["images"][0]:
         raise RequestError("no dataset file in the 'images' field", 400)
-    backend = fields["backend"][0].decode("utf-8", "replace") if "backend" in fields else None
+    backend = form_value(fields["backend"][0].decode("utf-8", "replace")) if "backend" in fields else None
     return UploadParts(fields["images"][0], fields.get("labels", [None])[0], upload.backend or backend)
 
 

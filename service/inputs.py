@@ -19,9 +19,13 @@ from typing import Annotated, Any
 import anyio
 import bentoml
 import numpy as np
-from _bentoml_sdk.io_models import IORootModel  # not re-exported by bentoml; see JSONAnswer
+
+# The one private BentoML module used (not re-exported; see JSONAnswer). bentofile.yaml pins BentoML exactly
+# and tests/unit/test_bentoml_seam.py checks this seam, so an upgrade that moves it fails a test, not a deploy.
+from _bentoml_sdk.io_models import IORootModel
 from bentoml.exceptions import BentoMLException
-from pydantic import Field
+from bentoml.validators import DType, Shape
+from pydantic import Field, PlainSerializer, SerializationInfo
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
@@ -48,6 +52,22 @@ class RequestError(BentoMLException):
 def settings() -> ServiceConfig:
     """The limits in force (read from the environment once per process)."""
     return ServiceConfig.from_env()
+
+
+def form_value(value: str | None) -> str | None:
+    """A form field as the client meant it: BentoML's own client JSON-encodes every non-file field
+    (``backend="onnx-tf"`` arrives as ``"onnx-tf"`` in quotes, ``None`` as ``null``), while curl, this
+    project's client and the web page send the raw text. A JSON string or ``null`` is decoded; any other
+    text (``onnx-tf``, ``3``, ``true``) is already what it means and passes unchanged."""
+    if value is None or value == "null":
+        return None
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return value
 
 
 def parse_backend(value: Any) -> str:
@@ -242,7 +262,7 @@ class ImageUpload(bentoml.IODescriptor):
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
         files, fields = await read_image_files(request)
-        option = {name: request.query_params.get(name) or fields.get(name) for name in UPLOAD_OPTIONS}
+        option = {name: request.query_params.get(name) or form_value(fields.get(name)) for name in UPLOAD_OPTIONS}
         backend = check_loaded(parse_backend(option["backend"]))
         top_k, return_input = parse_top_k(option["top_k"]), parse_flag("return_input", option["return_input"])
         return cls.model_construct(images=await decode_files(files), backend=backend, top_k=top_k,
@@ -258,10 +278,18 @@ class NoInput(bentoml.IODescriptor):
         return cls.model_construct()
 
 
+# How BentoML declares an array input (its iris example: ``Annotated[np.ndarray, Shape((-1, 4)), DType(...)]``):
+# the schema says "tensor", so BentoML's client sends a numpy array as nested lists instead of failing to
+# JSON-encode it. The service still reads the body itself (``from_http_request``), so the annotation only
+# describes the input; .npy bodies and 2-D single images keep working.
+PixelTensor = Annotated[np.ndarray, Shape((-1, IMAGE_SIZE, IMAGE_SIZE)), DType("uint8")]
+
+
 class PixelArray(bentoml.IODescriptor):
     """``N x 28 x 28`` uint8 pixels: JSON ``{"pixels": [...], "backend": ...}`` or a raw ``.npy`` body."""
 
-    pixels: Annotated[list[list[list[int]]], Field(description="N x 28 x 28 whole numbers 0-255")]
+    pixels: PixelTensor = Field(description="N x 28 x 28 whole numbers 0-255 (a uint8 numpy array with "
+                                            "BentoML's client)")
     backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)}; default: the fastest")
 
     @classmethod
@@ -271,9 +299,11 @@ class PixelArray(bentoml.IODescriptor):
         return cls.model_construct(pixels=pixels, backend=check_loaded(parse_backend(backend)))
 
 
-def parse_pixel_body(body: bytes, content_type: str, backend: str | None) -> tuple[np.ndarray, Any]:
+def parse_pixel_body(body: bytes, content_type: str, backend: str | None,
+                     optional: bool = False) -> tuple[np.ndarray | None, Any]:
     """Pixels from a JSON ``{"pixels": ..., "backend": ...}`` or ``.npy`` body, and the backend value given (or
-    ``backend``, the query's); for /classify_array and /parity."""
+    ``backend``, the query's); for /classify_array and /parity. ``optional``: a JSON object without pixels
+    (or with ``"pixels": null``, as BentoML's client sends an omitted argument) gives ``None``."""
     if content_type in NPY_CONTENT_TYPES:
         array = _load_npy(body)
     elif content_type in ("application/json", ""):
@@ -283,30 +313,47 @@ def parse_pixel_body(body: bytes, content_type: str, backend: str | None) -> tup
             raise RequestError(f"body is not valid JSON: {exc}", 400) from None
         except RecursionError:  # e.g. 100,000 nested brackets, found by fuzzing the v2 twin of this parser
             raise RequestError("body is nested too deeply to be pixels", 400) from None
-        if not isinstance(payload, dict) or "pixels" not in payload:
+        if not isinstance(payload, dict) or ("pixels" not in payload and not optional):
             raise RequestError("expected a JSON object with a 'pixels' field", 400)
         unknown = sorted(set(payload) - {"pixels", "backend"})
         if unknown:
             raise RequestError(f"unknown field(s) {unknown}; expected 'pixels' and optional 'backend'", 400)
-        array, backend = payload["pixels"], payload.get("backend", backend)
+        array, backend = payload.get("pixels"), payload.get("backend", backend)
+        if array is None and optional:
+            return None, backend
     else:
         raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json or a .npy body "
                            "(application/x-npy)", 415)
     return validate_pixels(array), backend
 
 
-class ParityInput(bentoml.IODescriptor):
-    """Images as for /classify_array (JSON ``{"pixels": ...}`` or a ``.npy`` body), or no body: the bundled samples."""
+def encode_optional_pixels(value: np.ndarray | None, info: SerializationInfo) -> Any:
+    """Pixels as BentoML's tensor type encodes them (nested lists in JSON), and ``None`` as null: BentoML's own
+    encoder asserts an array, so a proxy built from our class could not send /parity without pixels."""
+    if value is None:
+        return None
+    return np.asarray(value).tolist() if info.mode_is_json() else value
 
-    pixels: Annotated[list[list[list[int]]] | None, Field(None, description="N x 28 x 28 whole numbers 0-255; no "
-                                                          "body: the ten bundled sample images")]
+
+OptionalPixelTensor = Annotated[PixelTensor, PlainSerializer(encode_optional_pixels)]
+
+
+class ParityInput(bentoml.IODescriptor):
+    """Images as for /classify_array (JSON ``{"pixels": ...}`` or a ``.npy`` body), or none (no body, ``{}`` or
+    ``{"pixels": null}``): the bundled samples."""
+
+    # A tensor with a default rather than ``PixelTensor | None``: BentoML's client encodes an array only when
+    # the field's schema says "tensor" at its top, not inside an anyOf with null.
+    pixels: OptionalPixelTensor = Field(None, description="N x 28 x 28 whole numbers 0-255; none: the ten bundled "
+                                                  "sample images")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ParityInput:
         body = await read_body(request, settings().max_body_bytes, allow_empty=True)
         if not body:
             return cls.model_construct(pixels=None)
-        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"))
+        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"),
+                                           optional=True)
         if backend is not None:
             raise RequestError("/parity runs every loaded backend; it takes no 'backend'", 400)
         return cls.model_construct(pixels=pixels)

@@ -118,8 +118,12 @@ class FashionClassifier:
         return await self.classify_pixels(backend, pixels)
 
     @bentoml.task(route=TASK_ROUTE, input_spec=DatasetUpload, output_spec=JSONAnswer)
-    async def classify_dataset(self, images: Any, ctx: bentoml.Context) -> dict[str, Any] | Response:
-        """A whole dataset file as a task: POST /classify_dataset/submit, then progress, status, get (service.tasks)."""
+    async def classify_dataset(self, images: Any, ctx: bentoml.Context, labels: Any = None,
+                               backend: str | None = None) -> dict[str, Any] | Response:
+        """A whole dataset file as a task: POST /classify_dataset/submit, then progress, status, get (service.tasks).
+
+        ``labels`` and ``backend`` are in the schema for clients; the task reads them from ``images`` (the upload).
+        """
         return await run_dataset_task(self.tasks, self.batcher, self.registry, ctx, images)
 
     @bentoml.api(route="/parity", input_spec=ParityInput, output_spec=JSONAnswer)

@@ -53,6 +53,7 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, NUM_CLASSES, softmax
 from fashion.metrics import confusion_matrix
 from service.batcher import MicroBatcher, OverloadedError
@@ -279,9 +280,16 @@ class DatasetUpload(bentoml.IODescriptor):
     """A dataset file: the raw body, or a multipart form (``images``, optional ``labels`` and ``backend``)."""
 
     images: Path = Field(description="uint8 N x 28 x 28 images: .npy, .npz (images and optional labels) or an IDX "
-                                     "images file, raw or gzipped; in a multipart form also an optional 'labels' "
-                                     "file (IDX or .npy) and 'backend' field (or ?backend=). At most "
-                                     "FASHION_MAX_TASK_IMAGES images (default 100,000).")
+                                     "images file, raw or gzipped. At most FASHION_MAX_TASK_IMAGES images "
+                                     "(default 100,000).")
+    # Declared so that the schema (and BentoML's client, which builds requests from it) knows the form's
+    # other fields; the task reads all three from the upload itself (service.datasets.split_upload).
+    # ``Path`` with a None default rather than ``Path | None``: BentoML's client sends a field as a file only
+    # when its schema says "file" at its top, not inside an anyOf with null.
+    labels: Path = Field(None, description="optional true labels (IDX or .npy, raw or gzipped): the "
+                                                  "result then adds accuracy and a confusion matrix")
+    backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)} (form field or ?backend=); "
+                                                  "default: the fastest")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> DatasetUpload:
