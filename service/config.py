@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fashion.backends import BACKENDS
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
 DEFAULT_BACKEND = "onnx-torch"
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the container may use by its CFS quota, or ``None`` when unlimited or unknown.
+
+    cgroup v2: ``cpu.max`` holds ``"<quota> <period>"`` or ``"max <period>"``. cgroup v1:
+    ``cpu/cpu.cfs_quota_us`` (``-1``: unlimited) over ``cpu/cpu.cfs_period_us`` (also mounted as
+    ``cpu,cpuacct``). Kubernetes turns a container's ``limits.cpu`` into this quota, while
+    ``os.cpu_count()`` still reports every core of the node.
+    """
+    v2 = root / "cpu.max"
+    if v2.is_file():
+        quota, _, period = v2.read_text().strip().partition(" ")
+        return None if quota == "max" or not period else int(quota) / int(period)
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        if (v1 / "cpu.cfs_quota_us").is_file():
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
+    return None
+
+
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """Whole CPUs this process may use: the cgroup quota (rounded up), capped by the CPUs it is pinned to."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        limit = cgroup_cpu_limit(root)
+    except (OSError, ValueError):  # an unreadable or odd file: fall back to the cores, never fail to start
+        limit = None
+    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 class ConfigError(ValueError):
@@ -24,13 +58,15 @@ class ServiceConfig:
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
     ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
-    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off).
+    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
+    ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails).
+    ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
     """
 
     backends: tuple[str, ...] = tuple(BACKENDS)
     default_backend: str = DEFAULT_BACKEND
     device: str = "auto"
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=lambda: available_cpus())
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 1024
     top_k: int = 3
@@ -38,6 +74,7 @@ class ServiceConfig:
     max_queued_images: int = 16384
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
+    liveness_stale_s: float = 10.0
     explicit_backends: bool = False
 
     def __post_init__(self) -> None:
@@ -48,7 +85,8 @@ class ServiceConfig:
             raise ConfigError(f"default backend {self.default_backend!r} is not among {list(self.backends)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images) < 1:
+        if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images,
+               self.threads) < 1 or self.liveness_stale_s <= 0:
             raise ConfigError("limits must be positive")
 
     @classmethod
@@ -62,7 +100,7 @@ class ServiceConfig:
         try:
             return cls(
                 backends=backends, default_backend=default, device=env.get("FASHION_DEVICE", "auto"),
-                threads=int(env.get("FASHION_THREADS", os.cpu_count() or 1)),
+                threads=int(env.get("FASHION_THREADS") or available_cpus()),
                 max_body_bytes=int(env.get("FASHION_MAX_BODY_BYTES", cls.max_body_bytes)),
                 max_images=int(env.get("FASHION_MAX_IMAGES", cls.max_images)),
                 top_k=int(env.get("FASHION_TOP_K", cls.top_k)), explicit_backends=bool(listed),
@@ -70,6 +108,7 @@ class ServiceConfig:
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
+                liveness_stale_s=float(env.get("FASHION_LIVENESS_STALE_S", cls.liveness_stale_s)),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
