@@ -14,6 +14,11 @@ DEFAULT_BACKEND = "onnx-torch"
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEVICES = ("auto", "cpu", "cuda")
+# Per-backend devices unless FASHION_DEVICES says otherwise. TensorFlow's GPU build needs CUDA 12 wheels
+# (tensorflow[and-cuda]) beside the CUDA 13 ones torch and ONNX Runtime use: gigabytes for a model that ONNX
+# Runtime already serves on the GPU, so the SavedModel stays on the CPU and /model_info says so (docs/deploy.md).
+DEFAULT_DEVICES = (("savedmodel", "cpu"),)
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
@@ -54,7 +59,8 @@ class ServiceConfig:
     """What the service loads and which limits it enforces.
 
     Environment variables (all optional): ``FASHION_BACKENDS`` (comma list, default all),
-    ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_THREADS``
+    ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_DEVICES`` (per backend,
+    ``savedmodel=cpu,torch=cuda``; default ``savedmodel=cpu``), ``FASHION_THREADS``
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
     ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
@@ -66,6 +72,7 @@ class ServiceConfig:
     backends: tuple[str, ...] = tuple(BACKENDS)
     default_backend: str = DEFAULT_BACKEND
     device: str = "auto"
+    devices: tuple[tuple[str, str], ...] = DEFAULT_DEVICES
     threads: int = field(default_factory=lambda: available_cpus())
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 1024
@@ -86,11 +93,19 @@ class ServiceConfig:
             raise ConfigError(f"unknown backend(s) {unknown}; known: {sorted(BACKENDS)}")
         if self.default_backend not in self.backends:
             raise ConfigError(f"default backend {self.default_backend!r} is not among {list(self.backends)}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        for name, device in self.devices:
+            if name not in BACKENDS or device not in DEVICES:
+                raise ConfigError(f"FASHION_DEVICES: {name}={device} is not <backend>=auto|cpu|cuda with a backend "
+                                  f"of {sorted(BACKENDS)}")
         if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images,
                self.threads) < 1 or self.liveness_stale_s <= 0:
             raise ConfigError("limits must be positive")
+
+    def device_for(self, backend: str) -> str:
+        """The device asked for ``backend``: its FASHION_DEVICES entry, else FASHION_DEVICE."""
+        return dict(self.devices).get(backend, self.device)
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -101,8 +116,10 @@ class ServiceConfig:
         default = env.get("FASHION_DEFAULT_BACKEND") or (
             DEFAULT_BACKEND if DEFAULT_BACKEND in backends else backends[0])
         try:
+            devices = dict(DEFAULT_DEVICES) | parse_devices(env.get("FASHION_DEVICES", ""))
             return cls(
-                backends=backends, default_backend=default, device=env.get("FASHION_DEVICE", "auto"),
+                devices=tuple(devices.items()), backends=backends, default_backend=default,
+                device=env.get("FASHION_DEVICE", "auto"),
                 threads=int(env.get("FASHION_THREADS") or available_cpus()),
                 max_body_bytes=int(env.get("FASHION_MAX_BODY_BYTES", cls.max_body_bytes)),
                 max_images=int(env.get("FASHION_MAX_IMAGES", cls.max_images)),
@@ -116,3 +133,11 @@ class ServiceConfig:
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
+
+
+def parse_devices(text: str) -> dict[str, str]:
+    """``{"torch": "cuda", ...}`` from ``torch=cuda,savedmodel=cpu`` (FASHION_DEVICES)."""
+    pairs = [item.strip() for item in text.split(",") if item.strip()]
+    if any("=" not in pair for pair in pairs):
+        raise ConfigError(f"FASHION_DEVICES must be <backend>=<device>, comma-separated; got {text!r}")
+    return {name.strip(): device.strip() for name, _, device in (pair.partition("=") for pair in pairs)}

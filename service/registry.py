@@ -12,6 +12,7 @@ import numpy as np
 
 from fashion.backends import BACKENDS, Predictor, load_artifact
 from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax
+from fashion.env import has_nvidia_gpu
 from fashion.manifest import read_manifest
 from fashion.samples import sample_images
 from service import parity
@@ -32,6 +33,7 @@ class LoadedBackend:
     predictor: Predictor
     manifest: dict[str, Any]
     load_seconds: float
+    device_requested: str = "auto"
 
     def info(self) -> dict[str, Any]:
         entry = self.manifest["artifacts"][BACKENDS[self.name].artifact]
@@ -40,8 +42,22 @@ class LoadedBackend:
             "model_version": self.manifest["version"], "artifact": entry["path"], "format": entry["format"],
             "sha256": entry["sha256"], "test_accuracy": entry["test_accuracy"],
             "source_framework": self.manifest["framework"], "preset": self.manifest["preset"],
-            "load_seconds": round(self.load_seconds, 3), **self.predictor.describe(),
+            "load_seconds": round(self.load_seconds, 3), "device_requested": self.device_requested,
+            **self.predictor.describe(),
         }
+
+
+def place_backends(requested: dict[str, str], gpu_present: bool) -> tuple[dict[str, str], str | None]:
+    """Devices to load each backend on, and the one warning to log when CUDA is asked for but absent.
+
+    ``auto`` stays ``auto`` (each runtime picks CUDA where a GPU is present); ``cuda`` without a GPU becomes
+    ``cpu``, so that the service still starts, with one warning naming the backends that fell back.
+    """
+    fallback = sorted(name for name, device in requested.items() if device == "cuda" and not gpu_present)
+    placed = {name: "cpu" if name in fallback else device for name, device in requested.items()}
+    warning = (f"CUDA was asked for {', '.join(fallback)} but this machine has no NVIDIA GPU; they run on the CPU "
+               "(see device and device_requested in /model_info)") if fallback else None
+    return placed, warning
 
 
 class ModelRegistry:
@@ -63,6 +79,10 @@ class ModelRegistry:
         warm: dict[str, np.ndarray] = {}
         try:
             samples, _ = sample_images()
+            requested = {name: self.config.device_for(name) for name in self.config.backends}
+            devices, warning = place_backends(requested, has_nvidia_gpu())
+            if warning:
+                log.warning(warning)
             for name in self.config.backends:
                 spec = BACKENDS[name]
                 model_dir = model_dirs[spec.model]
@@ -72,9 +92,9 @@ class ModelRegistry:
                     log.info("backend %s skipped: %s", name, self.skipped[name])
                     continue
                 start = time.perf_counter()
-                predictor = load_artifact(model_dir, spec.artifact, spec.runtime, self.config.device,
+                predictor = load_artifact(model_dir, spec.artifact, spec.runtime, devices[name],
                                           threads=self.config.threads)
-                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start)
+                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start, requested[name])
                 warm[name] = self.warm_up(backend, samples)
                 self.backends[name] = backend
                 log.info("backend %s ready: %s", name, backend.predictor.describe())
@@ -161,4 +181,5 @@ class ModelRegistry:
             else:
                 backends[name] = {"loaded": False, "reason": self.skipped.get(name) or self.error or "loading"}
         return {"ready": self.ready, "default_backend": self.config.default_backend, "error": self.error,
+                "gpu_present": has_nvidia_gpu(),
                 "class_names": list(CLASS_NAMES), "backends": backends}
