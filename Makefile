@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability bento-check \
 	reliability-tests soak fuzz clean test-fast
 
 help: ## Show the targets
@@ -50,6 +50,9 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 
 test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
 	$(PY) -m pytest -m unit tests/unit
+
+bento-check: export ## Build the Bento, serve it from a fresh venv of only its requirements, check every backend (results/bento-check.txt)
+	$(PY) -m tests.bento_check
 
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load

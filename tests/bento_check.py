@@ -29,9 +29,18 @@ IMAGE = REPO / "fashion" / "samples" / "9-ankle-boot-test0.png"  # test image 0 
 READY_TIMEOUT_S = 600  # a hang guard: the Bento loads and warms up five backends in about a minute here
 
 
+REPORT: list[str] = []  # every line printed, written to --out at the end
+
+
+def say(line: str) -> None:
+    """Print a line and keep it for the results file."""
+    print(line, flush=True)
+    REPORT.append(line)
+
+
 def step(message: str, started: float) -> None:
     """One line of progress with the time since the start."""
-    print(f"[{time.monotonic() - started:7.1f} s] {message}", flush=True)
+    say(f"[{time.monotonic() - started:7.1f} s] {message}")
 
 
 def build_bento(home: Path) -> Path:
@@ -101,7 +110,7 @@ def check_backends(url: str, expected: dict[str, str]) -> list[str]:
         reply = httpx.post(f"{url}/classify", params={"backend": backend}, timeout=60,
                            files={"images": (IMAGE.name, IMAGE.read_bytes(), "image/png")})
         got = reply.json()[0]["label"] if reply.status_code == 200 else f"HTTP {reply.status_code}: {reply.text}"
-        print(f"  {backend:11s} {got} (offline: {label})", flush=True)
+        say(f"  {backend:11s} {got} (offline: {label})")
         if got != label:
             wrong.append(backend)
     return wrong
@@ -152,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(30)
     total = time.monotonic() - started
     verdict = "FAILED: " + ", ".join(wrong) if wrong else "passed"
-    line = f"make bento-check {verdict} in {total:.0f} s ({len(expected)} backends, {time.strftime('%Y-%m-%d')})"
-    print(line)
+    say(f"make bento-check {verdict} in {total:.0f} s ({len(expected)} backends, {time.strftime('%Y-%m-%d')}, "
+        f"{os.cpu_count()} cores)")
     if not wrong:
-        args.out.write_text(line + "\n")
+        args.out.write_text("\n".join(REPORT) + "\n")
     return 1 if wrong else 0
 
 
