@@ -54,17 +54,20 @@ class Heartbeat:
         """Begin beating on the running event loop (call from it, e.g. a startup hook)."""
         self.task = asyncio.get_running_loop().create_task(self.beat(), name="liveness-heartbeat")
 
+    def age(self) -> float | None:
+        """Seconds since the last beat; ``None`` before the first."""
+        return None if self.last is None else time.monotonic() - self.last
+
     def stuck_reason(self) -> str | None:
         """``None`` while the loop beats (or has not started yet); else how long it has been silent."""
-        if self.last is None:
-            return None
-        silent = time.monotonic() - self.last
-        return f"the event loop has not run for {silent:.1f} s" if silent > self.stale_after else None
+        silent = self.age()
+        return f"the event loop has not run for {silent:.1f} s" if silent and silent > self.stale_after else None
 
 
 def make_handler(not_ready: Callable[[], str | None],
-                 stuck: Callable[[], str | None] = lambda: None) -> type[BaseHTTPRequestHandler]:
-    """A request handler answering the two probes from ``not_ready()`` and ``stuck()`` (``None``: fine)."""
+                 heartbeat: Heartbeat | None = None) -> type[BaseHTTPRequestHandler]:
+    """A request handler answering the two probes from ``not_ready()`` (``None`` when ready) and ``heartbeat``
+    (none: live while this thread runs)."""
 
     class ProbeHandler(BaseHTTPRequestHandler):
         server_version = "fashion-serve-health"
@@ -72,8 +75,10 @@ def make_handler(not_ready: Callable[[], str | None],
 
         def do_GET(self) -> None:  # http.server calls this name
             if self.path == "/livez":
-                reason = stuck()
-                self.answer(503 if reason else 200, {"live": reason is None, "reason": reason})
+                reason = heartbeat.stuck_reason() if heartbeat else None
+                age = heartbeat.age() if heartbeat else None
+                self.answer(503 if reason else 200, {"live": reason is None, "reason": reason,
+                                                     "heartbeat_age_s": None if age is None else round(age, 3)})
             elif self.path == "/readyz":
                 reason = not_ready()
                 self.answer(503 if reason else 200, {"ready": reason is None, "reason": reason})
@@ -95,9 +100,9 @@ def make_handler(not_ready: Callable[[], str | None],
 
 
 def start_health_server(host: str, port: int, not_ready: Callable[[], str | None],
-                        stuck: Callable[[], str | None] = lambda: None) -> ThreadingHTTPServer:
+                        heartbeat: Heartbeat | None = None) -> ThreadingHTTPServer:
     """Serve the probes on ``host:port`` from a daemon thread; returns the server (``shutdown()`` stops it)."""
-    server = ThreadingHTTPServer((host, port), make_handler(not_ready, stuck))
+    server = ThreadingHTTPServer((host, port), make_handler(not_ready, heartbeat))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="health-probes", daemon=True).start()
     log.info("health probes on http://%s:%d/livez and /readyz", host, port)

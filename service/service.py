@@ -82,7 +82,7 @@ class FashionClassifier:
         self.heartbeat = Heartbeat(self.config.liveness_stale_s)
         if self.config.health_port:
             start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason,
-                                self.heartbeat.stuck_reason)
+                                self.heartbeat)
         # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
         threading.Thread(target=self.registry.load_all, args=(model_dirs,), name="load-models", daemon=True).start()
 

@@ -40,11 +40,12 @@ def test_livez_fails_while_the_loop_is_blocked_and_recovers():
     runner = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
     runner.start()
     port = free_port()
-    server = start_health_server("127.0.0.1", port, lambda: None, heartbeat.stuck_reason)
+    server = start_health_server("127.0.0.1", port, lambda: None, heartbeat)
     url = f"http://127.0.0.1:{port}"
     try:
         assert started.wait(WAIT_S), "the loop did not start"
-        assert poll_livez(url, 200) == {"live": True, "reason": None}
+        alive = poll_livez(url, 200)
+        assert alive["live"] is True and alive["reason"] is None and 0 <= alive["heartbeat_age_s"] <= 0.3
         loop.call_soon_threadsafe(release.wait, WAIT_S)  # a blocking call on the loop, as a stuck handler makes
         body = poll_livez(url, 503)
         assert body["live"] is False and "event loop has not run" in body["reason"]
