@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmark.bench_http import free_port, multipart_body, private_bentoml_home
 from benchmark.timing import percentile
-from clients.bench_http import free_port, multipart_body, private_bentoml_home
 from fashion.samples import sample_paths
 
 REPO = Path(__file__).resolve().parents[1]

@@ -86,7 +86,7 @@ def start_server(home, log_path, extra_env=None):
 
     repo = Path(__file__).resolve().parents[1]
     port = free_port()
-    from clients.bench_http import private_bentoml_home
+    from benchmark.bench_http import private_bentoml_home
 
     # A home of the server's own: a second server on one home breaks the first one's /metrics.
     private = private_bentoml_home(Path(log_path).parent, Path(home) / "models")
