@@ -67,7 +67,7 @@ reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients 
 	$(PY) -m reliability
 
 reliability-tests: export ## The same scenarios at full length as tests (pytest -m long)
-	$(PY) -m pytest -m long tests/test_reliability.py
+	$(PY) -m pytest -m long tests/e2e/test_reliability.py
 
 soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md (not in CI)
 	$(PY) -m reliability soak

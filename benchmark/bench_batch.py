@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmark.bench_http import REPO, free_port, wait_ready
 from clients.__main__ import local_classifier, remote_classifier
 from clients.batch import JobConfig, run_job
 from clients.sources import open_source
 from fashion.data import IDX_FILES, find_data_dir, idx_file_path, load_fashion_mnist
 from fashion.imaging import encode_png
+from service import launch
 
 
 def write_png_folder(folder: Path, count: int) -> None:
@@ -67,13 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fashion-bench-batch-"))
     server = None
     if args.url is None:
-        port = free_port()
-        args.url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
-                                   "service.service:FashionClassifier", "--port", str(port)], cwd=REPO,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                                  stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT)
-        wait_ready(f"{args.url}/readyz", server)
+        server = launch.start(work)
+        args.url = server.url
+        server.wait_ready()
     try:
         idx = str(idx_file_path(find_data_dir(), IDX_FILES["test_images"]))
         write_png_folder(work / "pngs", args.images)
@@ -88,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         results["idx-local-int8"] = time_job(idx, work / "local8.csv", args, local=True, backend="onnx-int8")
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            server.stop()
     print("\nmedian images/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in results.items()))
     return 0
 

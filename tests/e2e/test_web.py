@@ -23,7 +23,7 @@ from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]
 
 

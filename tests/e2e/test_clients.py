@@ -23,10 +23,9 @@ from fashion.contract import preprocess
 from fashion.data import IDX_FILES, idx_file_path
 from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
-from tests.conftest import free_port
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ANSWER = [{"class_id": 9, "label": "Ankle boot", "confidence": 0.9,
            "top_k": [{"class_id": 9, "label": "Ankle boot", "probability": 0.9}], "backend": "onnx-torch",
            "model_version": "v1"}]
