@@ -44,6 +44,8 @@ MARGIN = 2 * 2**20  # room for files the tree gains between `prepare` and the ca
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64", "manylinux_2_24_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64",
              "manylinux_2_35_x86_64")
+# Carried even though the image has them: pydantic and BentoML need recent releases of these small ones.
+ALWAYS_CARRY = frozenset({"onnxruntime-gpu", "typing-extensions"})
 # What the benchmark needs beyond the image: ONNX Runtime's CUDA provider, and the service's stack.
 REQUIREMENTS = ("onnxruntime-gpu==1.31.1", "bentoml==1.4.40", "httptools>=0.6", "python-multipart>=0.0.13")
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -65,15 +67,20 @@ class Piece:
     sha256: str
 
 
+def normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``Foo_Bar.baz`` -> ``foo-bar-baz``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def dist_name(filename: str) -> str:
     """The normalised distribution name of a wheel file (``Foo_Bar-1.0-...whl`` -> ``foo-bar``)."""
-    return re.sub(r"[-_.]+", "-", filename.split("-", 1)[0]).lower()
+    return normalise(filename.split("-", 1)[0])
 
 
 def device_packages(path: Path = DEVICE_PACKAGES) -> frozenset[str]:
     """Names of the packages the device image already holds (never carried)."""
     words = [w for line in path.read_text().splitlines() if not line.startswith("#") for w in line.split()]
-    return frozenset(dist_name(w) for w in words)
+    return frozenset(normalise(w) for w in words)
 
 
 def sha256_of(path: Path) -> str:
@@ -99,7 +106,7 @@ def download(dest: Path, python: str = sys.executable) -> list[Path]:
         raise CarryError(f"pip download failed: {' '.join(command)}")
     present = device_packages()
     for wheel in dest.glob("*.whl"):
-        if dist_name(wheel.name) in present and dist_name(wheel.name) != "onnxruntime-gpu":
+        if dist_name(wheel.name) in present - ALWAYS_CARRY:
             wheel.unlink()
     return sorted(dest.glob("*.whl"))
 
@@ -297,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     keep.add_argument("call_dir", type=Path)
     join = commands.add_parser("assemble", help="on the device: join, check, unpack, pip install --target")
     join.add_argument("--site", type=Path, default=DEVICE_DIR / "site")
+    for command in (keep, join):
+        command.add_argument("--device-dir", type=Path, default=DEVICE_DIR, help=f"default {DEVICE_DIR}")
     args = parser.parse_args(argv)
     try:
         if args.command == "download":
@@ -305,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             budget = round(args.budget_mib * 2**20) if args.budget_mib else None
             print_calls(prepare(args.wheels, args.models, args.data, budget=budget))
         elif args.command == "stash":
-            print(f"held under {DEVICE_DIR}/pieces: {stash(args.call_dir)}")
+            print(f"held under {args.device_dir}/pieces: {stash(args.call_dir, args.device_dir)}")
         else:
-            print(f"installed into {args.site}: {install(assemble(), args.site)}")
+            print(f"installed into {args.site}: {install(assemble(args.device_dir), args.site)}")
     except (CarryError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
