@@ -136,7 +136,7 @@ def run_endtoend(model_dir: Path, images: np.ndarray, labels: np.ndarray, device
     predictor = load_artifact(model_dir, "torch", "torch", device=device)
     facts = predictor.describe()
     synthetic = np.ascontiguousarray(np.resize(images, (plan.synthetic, *images.shape[1:])))
-    datasets = {"test": np.ascontiguousarray(images), f"synthetic {plan.synthetic:,}": synthetic}
+    datasets = {"test": np.array(images), f"synthetic {plan.synthetic:,}": synthetic}
     modes = ("registered", "staged") if device == "cuda" else ("in-order",)
     rows, reference_ids = [], None
     for precision in plan.precisions:

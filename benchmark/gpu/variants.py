@@ -150,7 +150,7 @@ def torch_variants(model_dir: Path, device: str, plan: InprocessPlan) -> list[Va
     dev = torch.device(device)
 
     def upload(pixels: np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(pixels)).to(dev)
+        return torch.from_numpy(np.array(pixels)).to(dev)  # a copy: IDX arrays are read-only
 
     def eager(model, precision: str):
         dtype = torch_dtype(precision)
