@@ -133,8 +133,9 @@ def endtoend_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
     stage = state["stages"].get("endtoend")
     if not stage or "error" in stage:
         return ["## End to end from host uint8", "", f"Not run: {(stage or {}).get('error', 'stage not run')}"]
-    rows, fell_back = split_rows(stage["rows"])
-    failures += [{"stage": "end to end", "name": f"{r['data']} {r['precision']} {r['mode']}", **r} for r in fell_back]
+    rows, fell_back = split_rows([r for r in stage["rows"] if "error" not in r])
+    failures += [{"stage": "end to end", "name": f"{r['data']} {r['precision']} {r['mode']}", **r}
+                 for r in fell_back + [r for r in stage["rows"] if "error" in r]]
     lines = ["## End to end from host uint8", "",
              f"uint8 images in host memory to class ids and confidences in host memory, chunks of "
              f"{stage['chunk']:,}; median of repeated passes. torch saw the registered array as pinned: "
@@ -209,7 +210,8 @@ def targets(state: dict[str, Any]) -> list[dict[str, Any]]:
                   "measured": f"{best[0]:.3f} ({best[1]})" if best else None,
                   "met": best[0] >= TARGETS["inprocess_matmul"] if best else None})
     e2e = [r for r in (state["stages"].get("endtoend") or {}).get("rows", [])
-           if row_status(r["requested"], r.get("ran_on")) == GPU and r.get("fraction_of_copy_ceiling")]
+           if "error" not in r and row_status(r["requested"], r.get("ran_on")) == GPU
+           and r.get("fraction_of_copy_ceiling")]
     top = max(e2e, key=lambda r: r["fraction_of_copy_ceiling"], default=None)
     found.append({"target": f"end to end from host uint8 >= {TARGETS['endtoend_copy']} of the copy ceiling",
                   "measured": f"{top['fraction_of_copy_ceiling']:.3f} ({top['data']}, {top['precision']}, "

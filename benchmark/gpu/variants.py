@@ -77,16 +77,20 @@ def preload_cuda_libraries() -> None:
     import onnxruntime as ort
 
     if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+        try:
+            ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+        except Exception as exc:  # the session's own loading (and its fallback check) still decides
+            print(f"  onnxruntime.preload_dlls failed: {exc}", flush=True)
 
 
-def onnx_variants(name: str, model_dir: Path, device: str) -> list[Variant]:
-    """ONNX Runtime on ``device``: the Predictor API (host) and I/O binding with input and output on the device."""
-    predictor = load_artifact(model_dir, BACKENDS[name].artifact, "onnx", device=device)
-    facts = predictor.describe()
-    if device == "cuda" and facts["providers"][0] != "CUDAExecutionProvider":
-        raise CpuFallbackError(f"asked for CUDAExecutionProvider, got {facts['providers']}", facts)
-    session = predictor.session
+def cuda_precision(session) -> str:
+    """``tf32`` when the CUDA provider runs float32 MatMul/Gemm on TF32 tensor cores (its ``use_tf32`` option)."""
+    options = session.get_provider_options().get("CUDAExecutionProvider", {})
+    return "tf32" if options.get("use_tf32", "0") == "1" else "fp32"
+
+
+def session_variants(label: str, name: str, session, run_host, device: str, facts: dict) -> list[Variant]:
+    """One session, two ways: the host path (numpy in and out), and I/O binding with both ends on the device."""
     ort_device = "cuda" if device == "cuda" else "cpu"
 
     def bind(pixels: np.ndarray):
@@ -101,12 +105,51 @@ def onnx_variants(name: str, model_dir: Path, device: str) -> list[Variant]:
         session.run_with_iobinding(binding)
         return binding
 
+    precision = cuda_precision(session) if device == "cuda" else "fp32"
     engine = f"onnxruntime {facts['providers'][0]}"
     return [
-        Variant(f"{name} ort", name, engine, "fp32", "host", device, facts, preprocess, predictor.predict),
-        Variant(f"{name} ort io-binding", name, engine, "fp32", "device", device, facts, bind, run_bound,
+        Variant(label, name, engine, precision, "host", device, facts, preprocess, run_host),
+        Variant(f"{label} io-binding", name, engine, precision, "device", device, facts, bind, run_bound,
                 lambda binding: binding.copy_outputs_to_cpu()[0]),
     ]
+
+
+def strict_fp32_session(model_dir: Path, name: str):
+    """The CUDA provider with TF32 off (``use_tf32=0``), from the same verified bytes the backend loads.
+
+    ONNX Runtime's CUDA provider may default to TF32 for float32 MatMul on Ampere and newer
+    (https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html#use_tf32), which
+    is not the float32 the CPU computes: this session is the true-fp32 row beside it.
+    """
+    import onnxruntime as ort
+
+    from fashion.backends.onnx_runtime import refuse_external_data
+    from fashion.manifest import read_manifest, verify_artifact
+
+    path = verify_artifact(model_dir, read_manifest(model_dir)["artifacts"][BACKENDS[name].artifact])
+    model_bytes = Path(path).read_bytes()
+    refuse_external_data(path, model_bytes)
+    return ort.InferenceSession(model_bytes, providers=[("CUDAExecutionProvider", {"use_tf32": "0"}),
+                                                        "CPUExecutionProvider"])
+
+
+def onnx_variants(name: str, model_dir: Path, device: str) -> list[Variant]:
+    """ONNX Runtime on ``device`` as the service loads it (host path and I/O binding); on CUDA also TF32 off."""
+    predictor = load_artifact(model_dir, BACKENDS[name].artifact, "onnx", device=device)
+    facts = predictor.describe()
+    if device == "cuda" and facts["providers"][0] != "CUDAExecutionProvider":
+        raise CpuFallbackError(f"asked for CUDAExecutionProvider, got {facts['providers']}", facts)
+    if device == "cuda":
+        facts["cuda_provider_options"] = predictor.session.get_provider_options().get("CUDAExecutionProvider", {})
+    variants = session_variants(f"{name} ort", name, predictor.session, predictor.predict, device, facts)
+    if device == "cuda" and cuda_precision(predictor.session) == "tf32":
+        strict = strict_fp32_session(model_dir, name)
+        strict_facts = {"runtime": "onnxruntime", "providers": strict.get_providers(),
+                        "cuda_provider_options": strict.get_provider_options().get("CUDAExecutionProvider", {})}
+        if strict_facts["providers"][0] == "CUDAExecutionProvider":
+            run = lambda x, s=strict: s.run([OUTPUT_NAME], {"images": x})[0]  # noqa: E731
+            variants += session_variants(f"{name} ort tf32-off", name, strict, run, device, strict_facts)
+    return variants
 
 
 class CpuFallbackError(RuntimeError):
