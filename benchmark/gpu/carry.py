@@ -274,16 +274,29 @@ def install(bundle: Path, site: Path, python: str = sys.executable) -> list[str]
     return [w.name for w in wheels]
 
 
-def print_calls(plan: dict) -> None:
-    """The carry list and command of every call, ready to paste into ``run``."""
+# The device-time plan (estimates until a device run replaces them): a machine's start, one call that
+# only carries a piece (transfer plus the wait before the next call), and the benchmark call itself
+# (benchmark/gpu/__main__.py's GPU plan: ~2 min in-process, ~2.5 min service, the rest under 1 min).
+EXPECTED_SECONDS = {"start": 90, "carry_call": 40, "benchmark_call": 390}
+
+
+def call_lines(plan: dict) -> list[str]:
+    """The carry list and command of every call, ready to paste into ``run``, with the device-time plan."""
     count = plan["calls"]
-    print(f"bundle {plan['bundle_bytes'] / 2**20:.1f} MiB in {len(plan['pieces'])} pieces of <= "
-          f"{plan['piece_budget'] / 2**20:.1f} MiB, inputs {plan['inputs_bytes'] / 2**20:.1f} MiB; {count} calls, "
-          "back to back (the machine stays warm 30 s after each):")
+    expected = EXPECTED_SECONDS
+    total = expected["start"] + (count - 1) * expected["carry_call"] + expected["benchmark_call"]
+    lines = [f"bundle {plan['bundle_bytes'] / 2**20:.1f} MiB in {len(plan['pieces'])} pieces of <= "
+             f"{plan['piece_budget'] / 2**20:.1f} MiB, inputs {plan['inputs_bytes'] / 2**20:.1f} MiB; {count} calls, "
+             "back to back (the machine stays warm 30 s after each):"]
     for call in range(1, count + 1):
-        command = ("bash benchmark/gpu.sh --out $OUT" if call == count else
+        last = call == count
+        command = ("bash benchmark/gpu.sh --out $OUT" if last else
                    f"python3 -m benchmark.gpu.carry stash .gpu-carry/call{call} && nvidia-smi -L")
-        print(f"  call {call}: carry [\".gpu-carry/call{call}\"]  command: {command}")
+        seconds = expected["benchmark_call"] if last else expected["carry_call"]
+        lines.append(f"  call {call}: carry [\".gpu-carry/call{call}\"]  timeout_s {600 if last else 120}  "
+                     f"command: {command}  (expected ~{seconds} s{' plus the start' if call == 1 else ''})")
+    lines.append(f"expected device time: ~{total / 60:.1f} min of the 15 (start ~{expected['start']} s; estimates)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="a BentoML store's models folder (default ~/bentoml/models)")
     make.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                       help="folder holding the two t10k .gz files (default: Debian's)")
+    make.add_argument("--summary", type=Path, default=None, help="also write the call list to this file")
     make.add_argument("--budget-mib", type=float, default=None,
                       help="bytes per piece, MiB (default: 64 MiB less the working tree and 2 MiB)")
     keep = commands.add_parser("stash", help=f"on the device: keep one call's pieces under {DEVICE_DIR}")
@@ -312,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(download(args.dest))} wheels in {args.dest}")
         elif args.command == "prepare":
             budget = round(args.budget_mib * 2**20) if args.budget_mib else None
-            print_calls(prepare(args.wheels, args.models, args.data, budget=budget))
+            text = "\n".join(call_lines(prepare(args.wheels, args.models, args.data, budget=budget)))
+            print(text)
+            if args.summary:
+                args.summary.write_text(text + "\n")
         elif args.command == "stash":
             print(f"held under {args.device_dir}/pieces: {stash(args.call_dir, args.device_dir)}")
         else:

@@ -167,7 +167,7 @@ class GraphRunner:
         self.model, self.dtype = model, dtype
 
     def capture(self, x):
-        """Warm up on a side stream, then capture one forward pass reading ``x``; returns (graph, output)."""
+        """Warm up on a side stream, then capture one forward pass reading ``x``; returns (graph, output, x)."""
         import torch
 
         stream = torch.cuda.Stream()
@@ -179,7 +179,7 @@ class GraphRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.inference_mode():
             out = self.model(normalise(x, self.dtype))
-        return graph, out
+        return graph, out, x  # the graph reads x's memory: keep x alive as long as the graph
 
 
 def torch_variants(model_dir: Path, device: str, plan: InprocessPlan) -> list[Variant]:
