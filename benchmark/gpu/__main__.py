@@ -58,7 +58,7 @@ GPU_PLAN = Plan(
     inprocess=InprocessPlan(batch_sizes=(1, 8, 64, 512, 4096, 16384, 65536),
                             budget=Budget(warmup_seconds=0.1, min_calls=20, min_seconds=0.2, max_calls=5000)),
     endtoend=EndToEndPlan(chunk=65536, synthetic=1_000_000, repeats=3),
-    service=ServicePlan(seconds=4.0),
+    service=ServicePlan(seconds=4.0, batch_seconds=4.0),
 )
 # The dry run: the same stages, small, on the CPU. fp16 matmuls have no fast CPU kernels, and
 # compiling a bf16 graph on two cores takes minutes, so the stand-in compiles fp32.
@@ -68,7 +68,7 @@ CPU_PLAN = Plan(
                                                                       min_seconds=0.05, max_calls=200),
                             precisions=("fp32", "tf32", "bf16"), graph_precisions=(), compile_precision="fp32"),
     endtoend=EndToEndPlan(chunk=4096, synthetic=50_000, repeats=1, precisions=("fp32", "bf16")),
-    service=ServicePlan(concurrency=(1, 4), seconds=1.0, warmup=0.5),
+    service=ServicePlan(concurrency=(1, 4), seconds=1.0, batch_seconds=4.0, warmup=0.5),
 )
 
 

@@ -159,6 +159,9 @@ def service_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
              "| service | backend | ran on (/model_info) | kind | clients | req/s | images/s | p50 / p99 ms "
              "| answers |", "| --- " * 9 + "|"]
     for label, service in stage["services"].items():
+        if "error" in service:
+            failures.append({"stage": "service", "name": label, "requested": service["requested"], "ran_on": None,
+                             "error": service["error"]})
         for backend, info in service.get("model_info", {}).items():
             status = row_status(service["requested"], info)
             if status == FELL_BACK:
@@ -196,6 +199,27 @@ def cli_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
     return lines
 
 
+def providers_summary(state: dict[str, Any]) -> list[str]:
+    """One line per stage: which providers or devices its rows asked for and which really ran them."""
+    stages = state["stages"]
+    seen: dict[str, set[str]] = {}
+
+    def note(stage: str, requested: str, ran_on: dict | None) -> None:
+        what = ((ran_on or {}).get("providers") or [(ran_on or {}).get("device", "did not load")])[0]
+        seen.setdefault(stage, set()).add(f"{what} (asked {requested}: {row_status(requested, ran_on)})")
+
+    for name in ("inprocess", "endtoend", "cli"):
+        for row in (stages.get(name) or {}).get("rows", []):
+            note(name, row["requested"], row.get("ran_on"))
+    for failure in (stages.get("inprocess") or {}).get("failures", []):
+        note("inprocess", failure["requested"], failure.get("ran_on"))
+    for label, service in (stages.get("service") or {}).get("services", {}).items():
+        for info in service.get("model_info", {}).values():
+            note(f"service ({label})", service["requested"], info)
+    return ["## Which providers really ran", "",
+            *[f"- {stage}: " + "; ".join(sorted(items)) for stage, items in seen.items()]]
+
+
 def targets(state: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's four targets, each with the measured value (GPU rows only) and whether it is met."""
     found = []
@@ -226,14 +250,16 @@ def _service_targets(state: dict[str, Any]) -> list[dict[str, Any]]:
     services = stage.get("services", {})
     found = []
     if "device" in services and "cpu" in services and services["device"]["requested"] == "cuda":
-        on_gpu = {b for b, info in services["device"]["model_info"].items() if runs_on_gpu(info)}
+        on_gpu = {b for b, info in services["device"].get("model_info", {}).items() if runs_on_gpu(info)}
         for kind, need in (("single", TARGETS["service_single"]), ("batch", TARGETS["service_batch"])):
             ratios = []
-            for r in services["device"]["rows"]:
-                cpu = [c for c in services["cpu"]["rows"] if (c["kind"], c["backend"], c["concurrency"]) ==
+            for r in services["device"].get("rows", []):
+                cpu = [c for c in services["cpu"].get("rows", []) if (c["kind"], c["backend"], c["concurrency"]) ==
                        (r["kind"], r["backend"], r["concurrency"])]
                 if r["kind"] == kind and r["backend"] in on_gpu and cpu:
-                    ratios.append((r["images_per_s"] / cpu[0]["images_per_s"], f"{r['backend']} c={r['concurrency']}"))
+                    # A CPU service that completed no request in the run is beaten by any GPU answer.
+                    ratio = r["images_per_s"] / cpu[0]["images_per_s"] if cpu[0]["images_per_s"] else float("inf")
+                    ratios.append((ratio, f"{r['backend']} c={r['concurrency']}"))
             worst = min(ratios, default=None) if kind == "single" else max(ratios, default=None)
             found.append({"target": f"GPU service / CPU service, {kind} requests >= {need:g}x"
                                     + (" (every concurrency)" if kind == "single" else ""),
@@ -304,7 +330,7 @@ def render(state: dict[str, Any], plots: list[str]) -> str:
     for t in targets(state):
         met = "dry run: not a GPU figure" if dry else {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
         lines.append(f"| {t['target']} | {t['measured'] or '–'} | {met} |")
-    lines += ["", *body, "", "## Failures", ""]
+    lines += ["", *providers_summary(state), "", *body, "", "## Failures", ""]
     if not failures and not stage_errors:
         lines.append("None: every row ran where it was asked to.")
     for f in failures:

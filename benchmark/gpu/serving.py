@@ -41,6 +41,7 @@ class ServicePlan:
     batch_images: int = 4096
     batch_concurrency: int = 4
     seconds: float = 5.0
+    batch_seconds: float = 5.0
     warmup: float = 1.0
 
 
@@ -124,13 +125,13 @@ def drive(url: str, backend: str, bodies: dict[str, Path], plan: ServicePlan) ->
     from clients.bench_http import run_wrk
 
     rows = []
-    runs = [("single", c, "single", f"{url}/classify?backend={backend}", 1) for c in plan.concurrency]
-    runs.append(("batch", plan.batch_concurrency, "batch", f"{url}/classify_array?backend={backend}",
-                 plan.batch_images))
-    for kind, concurrency, body, target, per_request in runs:
-        path, content_type = bodies[body]
+    runs = [("single", c, f"{url}/classify?backend={backend}", 1, plan.seconds) for c in plan.concurrency]
+    runs.append(("batch", plan.batch_concurrency, f"{url}/classify_array?backend={backend}", plan.batch_images,
+                 plan.batch_seconds))
+    for kind, concurrency, target, per_request, seconds in runs:
+        path, content_type = bodies[kind]
         run_wrk(target, concurrency, plan.warmup, path, content_type=content_type, timeout=60)
-        stats = run_wrk(target, concurrency, plan.seconds, path, content_type=content_type, timeout=60)
+        stats = run_wrk(target, concurrency, seconds, path, content_type=content_type, timeout=60)
         rows.append({"kind": kind, "backend": backend, "concurrency": concurrency, "rps": stats["rps"],
                      "images_per_s": stats["rps"] * per_request, "p50_ms": stats["p50_us"] / 1e3,
                      "p99_ms": stats["p99_us"] / 1e3, "statuses": stats["statuses"],
@@ -154,27 +155,39 @@ def request_bodies(images: np.ndarray, plan: ServicePlan, work: Path) -> dict[st
 
 def run_service(models: Path, images: np.ndarray, device: str, plan: ServicePlan) -> dict[str, Any]:
     """CPU service, then the ``device`` service: model_info, wrk rows, answers; then parity per backend."""
-    import httpx
-
     work = Path(tempfile.mkdtemp(prefix="fashion-gpu-service-"))
     bodies = request_bodies(images, plan, work)
     services, answers = {}, {}
     for label, asked in (("cpu", "cpu"), ("device", device)):
         print(f"  service with FASHION_DEVICE={asked}", flush=True)
-        started = time.perf_counter()
-        proc, url = start_service(asked, plan, models, work)
+        services[label] = {"requested": asked, "rows": []}
         try:
-            info = httpx.post(f"{url}/model_info", timeout=30).json()
-            services[label] = {"requested": asked, "start_s": time.perf_counter() - started,
-                               "model_info": {b: info["backends"].get(b, {}) for b in plan.backends}, "rows": []}
-            for backend in plan.backends:
-                services[label]["rows"] += drive(url, backend, bodies, plan)
-                answers[(label, backend)] = classify_all(url, backend, images, plan.batch_images)
-        finally:
-            stop(proc)
-            services.setdefault(label, {})["log"] = (work / f"bentoml-{asked}.log").read_text()[-4000:]
+            measure_service(services[label], answers, label, models, images, plan, bodies, work)
+        except Exception as exc:  # one service failing to start must not lose the other's rows
+            services[label]["error"] = f"{type(exc).__name__}: {exc}"
+        log = work / f"bentoml-{asked}.log"
+        services[label]["log"] = log.read_text()[-4000:] if log.exists() else ""
+    both = [b for b in plan.backends if ("device", b) in answers and ("cpu", b) in answers]
     return {"services": services, "plan": vars(plan),
-            "parity": {b: parity(answers[("device", b)], answers[("cpu", b)]) for b in plan.backends}}
+            "parity": {b: parity(answers[("device", b)], answers[("cpu", b)]) for b in both}}
+
+
+def measure_service(record: dict[str, Any], answers: dict, label: str, models: Path, images: np.ndarray,
+                    plan: ServicePlan, bodies: dict[str, tuple[Path, str]], work: Path) -> None:
+    """Start one service, read /model_info, drive it with wrk, collect its answers for parity; stop it."""
+    import httpx
+
+    started = time.perf_counter()
+    proc, url = start_service(record["requested"], plan, models, work)
+    try:
+        info = httpx.post(f"{url}/model_info", timeout=30).json()
+        record["start_s"] = time.perf_counter() - started
+        record["model_info"] = {b: info["backends"].get(b, {}) for b in plan.backends}
+        for backend in plan.backends:
+            record["rows"] += drive(url, backend, bodies, plan)
+            answers[(label, backend)] = classify_all(url, backend, images, plan.batch_images)
+    finally:
+        stop(proc)
 
 
 def run_cli(model_dirs: dict[str, Path], data_dir: Path, device: str, backends: tuple[str, ...]) -> dict[str, Any]:

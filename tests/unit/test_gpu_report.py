@@ -73,6 +73,8 @@ def test_a_cpu_fallback_is_a_failure_not_a_gpu_row():
     # The service's "GPU" rows came from a CPU provider: listed as a failure, no GPU service row.
     assert "service, device onnx-torch: asked for cuda, ran on ['CPUExecutionProvider']" in failures
     assert "| GPU |" not in tables and "999" not in tables
+    # The providers summary names the fallback for what it is.
+    assert f"CPUExecutionProvider (asked cuda: {FELL_BACK})" in tables
 
 
 def test_targets_count_gpu_rows_only():
