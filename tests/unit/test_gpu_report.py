@@ -95,3 +95,47 @@ def test_a_dry_run_says_so_in_its_name_and_title():
     assert "dry run: not a GPU figure" in text and "| yes |" not in text
     assert report_stem(state) == "benchmark-intel-xeon-cpu-dry-run"
     assert report_stem(gpu_state()) == "benchmark-nvidia-h100-80gb-hbm3"
+
+
+def service_row(kind: str, rate: float, concurrency: int = 4) -> dict:
+    return {"kind": kind, "backend": "onnx-torch", "concurrency": concurrency, "rps": rate, "images_per_s": rate,
+            "p50_ms": 1.0, "p99_ms": 2.0, "statuses": {"200": 1}}
+
+
+def test_service_targets_compare_the_same_request_kind_and_clients():
+    state = gpu_state()
+    services = state["stages"]["service"]["services"]
+    services["device"]["model_info"] = {"onnx-torch": CUDA_ORT}
+    services["cpu"]["rows"] = [service_row("single", 100.0, 1), service_row("single", 400.0, 16),
+                               service_row("batch", 1000.0)]
+    services["device"]["rows"] = [service_row("single", 150.0, 1), service_row("single", 300.0, 16),
+                                  service_row("batch", 6000.0)]
+    found = {t["target"]: t for t in targets(state)}
+    single = next(t for name, t in found.items() if "single" in name)
+    batch = next(t for name, t in found.items() if "batch" in name)
+    assert single["measured"].startswith("0.75x") and single["met"] is False  # the worst concurrency counts
+    assert batch["measured"].startswith("6.00x") and batch["met"] is True
+
+
+def test_a_service_that_did_not_start_is_a_failure():
+    state = gpu_state()
+    state["stages"]["service"]["services"]["device"] = {"requested": "cuda", "rows": [],
+                                                        "error": "TimeoutError: not ready after 300s"}
+    failures = render(state, []).split("## Failures")[1]
+    assert "service, device: asked for cuda, ran on did not load: TimeoutError: not ready after 300s" in failures
+
+
+def test_parity_counts_identical_top1_and_the_largest_probability_gap():
+    import numpy as np
+
+    from benchmark.gpu.serving import parity
+
+    cpu = {"class_id": np.array([1, 2, 3]), "top_ids": np.array([[1, 0], [2, 0], [3, 0]]),
+           "top_p": np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])}
+    same = parity(cpu, cpu)
+    assert same == {"images": 3, "identical_top1": 1.0, "identical_top_k_ids": 1.0, "max_abs_dp": 0.0}
+    moved = {"class_id": np.array([1, 2, 0]), "top_ids": np.array([[1, 0], [2, 0], [0, 3]]),
+             "top_p": np.array([[0.90005, 0.09995], [0.8, 0.2], [0.5, 0.5]])}
+    result = parity(moved, cpu)
+    assert result["identical_top1"] == 2 / 3 and result["identical_top_k_ids"] == 2 / 3
+    assert abs(result["max_abs_dp"] - 5e-5) < 1e-9  # over the images whose top-k ids agree
