@@ -7,6 +7,7 @@ Stages, each a key of the results (a stage that fails is recorded with its error
   on CUDA (eager fp32/TF32/fp16/bf16, CUDA graphs, torch.compile), batch 1 to 65,536, each
   checked on all 10,000 test images against fp32;
 * ``endtoend``  -- uint8 in host memory to answers in host memory, the test set and 1 M synthetic;
+* ``diagnose``  -- where the time goes: each layer's matmul alone, copies alone against the model alone;
 * ``service``   -- ``bentoml serve`` on the CPU, then on the GPU: /model_info, wrk, parity;
 * ``cli``       -- ``python -m clients batch --local`` over the test set.
 
@@ -36,7 +37,7 @@ from benchmark.gpu.serving import ServicePlan
 from benchmark.gpu.variants import InprocessPlan
 from benchmark.timing import Budget
 
-STAGES = ("ceilings", "inprocess", "endtoend", "service", "cli")
+STAGES = ("ceilings", "inprocess", "endtoend", "diagnose", "service", "cli")
 DEVICE_DIR = Path("/tmp/fashion-gpu")
 
 
@@ -50,6 +51,8 @@ class Plan:
     inprocess: InprocessPlan
     endtoend: EndToEndPlan
     service: ServicePlan
+    diagnose_batch: int = 65536
+    diagnose_precisions: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
     cli_backends: tuple[str, ...] = ("onnx-torch", "torch")
 
 
@@ -69,6 +72,7 @@ CPU_PLAN = Plan(
                             precisions=("fp32", "tf32", "bf16"), graph_precisions=(), compile_precision="fp32"),
     endtoend=EndToEndPlan(chunk=4096, synthetic=50_000, repeats=1, precisions=("fp32", "bf16")),
     service=ServicePlan(concurrency=(1, 4), seconds=1.0, batch_seconds=4.0, warmup=0.5),
+    diagnose_batch=1024, diagnose_precisions=("fp32", "bf16"),
 )
 
 
@@ -94,7 +98,7 @@ def gpu_name(device: str) -> str | None:
 
 def run_stage(name: str, device: str, plan: Plan, inputs: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """One stage's results; an exception becomes ``{"error": ...}`` so the other stages still run."""
-    from benchmark.gpu import ceilings, endtoend, serving, variants
+    from benchmark.gpu import ceilings, diagnose, endtoend, serving, variants
     from benchmark.gpu.report import copy_images_per_s
 
     images, labels, dirs = inputs["images"], inputs["labels"], inputs["model_dirs"]
@@ -107,6 +111,11 @@ def run_stage(name: str, device: str, plan: Plan, inputs: dict[str, Any], state:
         if name == "endtoend":
             return endtoend.run_endtoend(dirs["fashion-mlp-torch"], images, labels, device, plan.endtoend,
                                          copy_images_per_s(state))
+        if name == "diagnose":
+            synthetic = np.resize(images, (plan.endtoend.synthetic, *images.shape[1:]))
+            return diagnose.run_diagnosis(dirs["fashion-mlp-torch"], inputs["layer_sizes"], synthetic, device,
+                                          plan.diagnose_batch, plan.endtoend.chunk, plan.diagnose_precisions,
+                                          plan.repeats)
         if name == "service":
             return serving.run_service(inputs["models"], images, device, plan.service)
         return serving.run_cli(dirs, inputs["data_dir"], device, plan.cli_backends)
@@ -187,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = (args.data or find_data_dir(download=False)).resolve()
     dirs = model_dirs_from(models)
     images, labels = load_test_set(data_dir)
-    state["flops_per_image"] = flops_per_image(read_manifest(dirs["fashion-mlp-torch"])["architecture"]["layer_sizes"])
+    layer_sizes = read_manifest(dirs["fashion-mlp-torch"])["architecture"]["layer_sizes"]
+    state["flops_per_image"] = flops_per_image(layer_sizes)
     state["models"] = {name: read_manifest(path)["version"] for name, path in dirs.items()}
     if args.carry_log and args.carry_log.exists():
         state["carry"] = args.carry_log.read_text().strip()
     plan = GPU_PLAN if args.device == "cuda" else CPU_PLAN
-    inputs = {"images": images, "labels": labels, "model_dirs": dirs, "models": models, "data_dir": data_dir}
+    inputs = {"images": images, "labels": labels, "model_dirs": dirs, "models": models, "data_dir": data_dir,
+              "layer_sizes": layer_sizes}
     for name in [s for s in STAGES if s in args.stages]:
         if name in state["stages"] and "error" not in state["stages"][name]:
             print(f"stage {name}: kept from {state_path}", flush=True)

@@ -151,6 +151,41 @@ def endtoend_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
     return lines
 
 
+def diagnosis_section(state: dict[str, Any]) -> list[str]:
+    stage = state["stages"].get("diagnose")
+    if not stage or "error" in stage:
+        return ["## Where the time goes", "", f"Not run: {(stage or {}).get('error', 'stage not run')}"]
+    lines = ["## Where the time goes", "",
+             "Each layer's matrix product alone (random data, same shapes) against the square-matmul ceiling at "
+             "its precision, and their sum against the whole forward pass from uint8 on the device:", "",
+             "| precision | batch | layer | ms | TFLOP/s | of matmul ceiling |", "| --- " * 6 + "|"]
+    ceilings = _ceilings(state)
+    for profile in stage["layers"]:
+        peak = ceilings["matmul_flops"][profile["precision"]] if ceilings else None
+        for layer in profile["layers"]:
+            lines.append(f"| {profile['precision']} | {profile['batch']:,} | {layer['shape']} | "
+                         f"{layer['seconds'] * 1e3:.3f} | {layer['flops_per_s'] / 1e12:.2f} | "
+                         f"{_fraction(layer['flops_per_s'], peak)} |")
+        lines.append(f"| {profile['precision']} | {profile['batch']:,} | all matmuls / whole forward | "
+                     f"{profile['matmul_seconds'] * 1e3:.3f} / {profile['forward_seconds'] * 1e3:.3f} | | "
+                     f"rest (bias, ReLU, scaling, launches): {profile['other_share']:.0%} |")
+    e2e = {(r["precision"], r["mode"]): r for r in (state["stages"].get("endtoend") or {}).get("rows", [])
+           if r.get("data", "").startswith("synthetic") and "error" not in r}
+    lines += ["", "The end-to-end chunks: host-to-device copies alone (from pinned memory), the model alone on "
+                  "chunks already on the device, and the measured pipeline (pre-pinned mode) that overlaps them:", "",
+              "| precision | images | copies alone ms | model alone ms | pipelined ms | bound by |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for split in stage["pipeline"]:
+        measured = e2e.get((split["precision"], "pre-pinned")) or e2e.get((split["precision"], "in-order"))
+        bound = "copies" if split["copy_seconds"] >= split["compute_seconds"] else "the model"
+        lines.append(f"| {split['precision']} | {split['images']:,} | {split['copy_seconds'] * 1e3:.1f} | "
+                     f"{split['compute_seconds'] * 1e3:.1f} | "
+                     f"{measured['median_s'] * 1e3:.1f} | {bound} |" if measured else
+                     f"| {split['precision']} | {split['images']:,} | {split['copy_seconds'] * 1e3:.1f} | "
+                     f"{split['compute_seconds'] * 1e3:.1f} | – | {bound} |")
+    return lines
+
+
 def service_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
     stage = state["stages"].get("service")
     if not stage or "error" in stage:
@@ -324,7 +359,7 @@ def render(state: dict[str, Any], plots: list[str]) -> str:
     lines += ["TensorFlow (the SavedModel backend) is not run on the GPU: the device image's CUDA 13 libraries do "
               "not serve TensorFlow's CUDA 12 build, and CUDA 12 does not fit in a carry.", ""]
     body = [*ceilings_section(state), "", *inprocess_section(state, failures), "", *endtoend_section(state, failures),
-            "", *service_section(state, failures), "", *cli_section(state, failures)]
+            "", *diagnosis_section(state), "", *service_section(state, failures), "", *cli_section(state, failures)]
     stage_errors = [(name, s["error"]) for name, s in state["stages"].items() if isinstance(s, dict) and "error" in s]
     lines += ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in targets(state):

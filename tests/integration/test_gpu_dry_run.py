@@ -15,7 +15,7 @@ from benchmark.gpu.__main__ import main
 def test_dry_run_checks_every_row_and_says_it_is_not_a_gpu_run(exported, data_dir, tmp_path):
     models = exported["torch"].parents[1]
     out = tmp_path / "out"
-    code = main(["--device", "cpu", "--stages", "ceilings", "inprocess", "endtoend", "cli", "--models", str(models),
+    code = main(["--device", "cpu", "--stages", "ceilings", "inprocess", "endtoend", "diagnose", "cli", "--models", str(models),
                  "--data", str(data_dir), "--out", str(out), "--state", str(tmp_path / "state.json"), "--fresh"])
     assert code == 0
     [report] = out.glob("*.md")
@@ -35,6 +35,9 @@ def test_dry_run_checks_every_row_and_says_it_is_not_a_gpu_run(exported, data_di
             assert row["correctness"]["max_abs_dp"] < 1e-4
     for row in stages["endtoend"]["rows"]:
         assert row.get("same_answers_as_test", 1.0) == 1.0  # tiled images get the test set's answers back
+    for profile in stages["diagnose"]["layers"]:  # one timing per layer of the model
+        assert len(profile["layers"]) == len(state["stages"]["diagnose"]["layers"][0]["layers"]) > 1
+        assert profile["matmul_seconds"] > 0 and profile["forward_seconds"] > 0
     for row in stages["cli"]["rows"]:
         assert row["exit_code"] == 0 and row["images"] == 10_000
         assert abs(row["accuracy"] - rows["onnx-torch ort"]["correctness"]["accuracy"]) < 1e-9
