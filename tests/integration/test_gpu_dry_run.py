@@ -15,8 +15,9 @@ from benchmark.gpu.__main__ import main
 def test_dry_run_checks_every_row_and_says_it_is_not_a_gpu_run(exported, data_dir, tmp_path):
     models = exported["torch"].parents[1]
     out = tmp_path / "out"
-    code = main(["--device", "cpu", "--stages", "ceilings", "inprocess", "endtoend", "diagnose", "cli", "--models", str(models),
-                 "--data", str(data_dir), "--out", str(out), "--state", str(tmp_path / "state.json"), "--fresh"])
+    code = main(["--device", "cpu", "--stages", "ceilings", "inprocess", "endtoend", "diagnose", "cli",
+                 "--models", str(models), "--data", str(data_dir), "--out", str(out),
+                 "--state", str(tmp_path / "state.json"), "--fresh"])
     assert code == 0
     [report] = out.glob("*.md")
     assert report.name.endswith("-cpu-dry-run.md")
