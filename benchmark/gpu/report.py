@@ -55,6 +55,7 @@ def report_stem(state: dict[str, Any]) -> str:
 
 
 def _ceilings(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The ceilings stage, when it ran without error."""
     ceilings = state["stages"].get("ceilings")
     return ceilings if ceilings and "error" not in ceilings else None
 
@@ -72,10 +73,12 @@ def copy_images_per_s(state: dict[str, Any]) -> float | None:
 
 
 def _fraction(value: float, ceiling: float | None) -> str:
+    """``value / ceiling`` to three places, or a dash without a ceiling."""
     return f"{value / ceiling:.3f}" if ceiling else "–"
 
 
 def ceilings_section(state: dict[str, Any]) -> list[str]:
+    """Markdown: the matmul rate per precision and the copy rate, both from this run."""
     ceilings = _ceilings(state)
     if not ceilings:
         return ["## Ceilings", "", f"Not measured: {state['stages'].get('ceilings', {}).get('error', 'stage not run')}"]
@@ -93,6 +96,7 @@ def ceilings_section(state: dict[str, Any]) -> list[str]:
 
 
 def inprocess_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
+    """Markdown: GPU (or stand-in) rows per batch size; fallbacks and load failures go to ``failures``."""
     stage = state["stages"].get("inprocess")
     if not stage or "error" in stage:
         return ["## In-process", "", f"Not run: {(stage or {}).get('error', 'stage not run')}"]
@@ -124,12 +128,14 @@ def inprocess_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
 
 
 def _where(row: dict[str, Any]) -> str:
+    """What ran a row, and its status, for a table cell."""
     ran_on = row.get("ran_on") or {}
     what = ran_on.get("providers", [ran_on.get("device", "?")])[0]
     return f"{what} ({'CPU stand-in' if row['status'] == CPU and row['requested'] == 'cpu' else row['status']})"
 
 
 def endtoend_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
+    """Markdown: host-to-host rates per data set, precision and mode; fallbacks and errors to ``failures``."""
     stage = state["stages"].get("endtoend")
     if not stage or "error" in stage:
         return ["## End to end from host uint8", "", f"Not run: {(stage or {}).get('error', 'stage not run')}"]
@@ -152,6 +158,7 @@ def endtoend_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
 
 
 def diagnosis_section(state: dict[str, Any]) -> list[str]:
+    """Markdown: per-layer matmul times and the copy/model split of the pipeline."""
     stage = state["stages"].get("diagnose")
     if not stage or "error" in stage:
         return ["## Where the time goes", "", f"Not run: {(stage or {}).get('error', 'stage not run')}"]
@@ -187,6 +194,7 @@ def diagnosis_section(state: dict[str, Any]) -> list[str]:
 
 
 def service_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
+    """Markdown: wrk rows of the CPU and device services and their parity; fallbacks to ``failures``."""
     stage = state["stages"].get("service")
     if not stage or "error" in stage:
         return ["## The service", "", f"Not run: {(stage or {}).get('error', 'stage not run')}"]
@@ -221,6 +229,7 @@ def service_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
 
 
 def cli_section(state: dict[str, Any], failures: list[dict]) -> list[str]:
+    """Markdown: the batch CLI per backend; fallbacks to ``failures``."""
     stage = state["stages"].get("cli")
     if not stage or "error" in stage:
         return ["## Batch CLI --local", "", f"Not run: {(stage or {}).get('error', 'stage not run')}"]
@@ -281,6 +290,7 @@ def targets(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _service_targets(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The service speed-up targets (GPU service rows only) and the parity targets."""
     stage = state["stages"].get("service") or {}
     services = stage.get("services", {})
     found = []
@@ -309,6 +319,7 @@ def _service_targets(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _plot(state: dict[str, Any], folder: Path, stem: str) -> list[str]:
+    """Throughput against batch size per in-process row, with the ceilings; returns the file names."""
     stage = state["stages"].get("inprocess") or {}
     try:
         import matplotlib
