@@ -162,8 +162,8 @@ def default_models() -> Path:
     return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line (see ``--help``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmark.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
@@ -177,33 +177,50 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"results carried between calls (default {DEVICE_DIR}/state-<device>.json)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing state: run every stage anew")
     parser.add_argument("--carry-log", type=Path, default=None, help="what benchmark/gpu.sh installed (for the report)")
-    args = parser.parse_args(argv)
-    from benchmark.gpu.report import write_report
-    from benchmark.inprocess import flops_per_image, model_dirs_from
-    from fashion.data import find_data_dir
+    return parser.parse_args(argv)
+
+
+def load_inputs(models: Path, data_dir: Path) -> dict[str, Any]:
+    """Test images and labels, the exported model folders and the model's layer sizes."""
+    from benchmark.inprocess import model_dirs_from
     from fashion.manifest import read_manifest
+
+    dirs = model_dirs_from(models)
+    images, labels = load_test_set(data_dir)
+    return {"images": images, "labels": labels, "model_dirs": dirs, "models": models, "data_dir": data_dir,
+            "layer_sizes": read_manifest(dirs["fashion-mlp-torch"])["architecture"]["layer_sizes"],
+            "versions": {name: read_manifest(path)["version"] for name, path in dirs.items()}}
+
+
+def kept_stages(state_path: Path, versions: dict[str, str]) -> dict[str, Any]:
+    """Stages an earlier call finished, from the state file, if it measured these same models."""
+    if not state_path.exists():
+        return {}
+    saved = json.loads(state_path.read_text())
+    return saved["stages"] if saved.get("models") == versions else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    from benchmark.gpu.report import write_report
+    from benchmark.inprocess import flops_per_image
+    from fashion.data import find_data_dir
 
     if args.device == "cuda" and not cuda_available():
         print("error: torch sees no CUDA device here; --device cpu runs the dry run", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    # Absolute: the service's BentoML home links to the models, and a relative link would dangle.
+    inputs = load_inputs((args.models or default_models()).resolve(),
+                         (args.data or find_data_dir(download=False)).resolve())
     state_path = args.state or DEVICE_DIR / f"state-{args.device}.json"
     state = new_state(args.device, argv)
-    if state_path.exists() and not args.fresh:
-        state["stages"] = json.loads(state_path.read_text())["stages"]
-    # Absolute: the service's BentoML home links to the models, and a relative link would dangle.
-    models = (args.models or default_models()).resolve()
-    data_dir = (args.data or find_data_dir(download=False)).resolve()
-    dirs = model_dirs_from(models)
-    images, labels = load_test_set(data_dir)
-    layer_sizes = read_manifest(dirs["fashion-mlp-torch"])["architecture"]["layer_sizes"]
-    state["flops_per_image"] = flops_per_image(layer_sizes)
-    state["models"] = {name: read_manifest(path)["version"] for name, path in dirs.items()}
+    state |= {"flops_per_image": flops_per_image(inputs["layer_sizes"]), "models": inputs["versions"],
+              "stages": {} if args.fresh else kept_stages(state_path, inputs["versions"])}
     if args.carry_log and args.carry_log.exists():
         state["carry"] = args.carry_log.read_text().strip()
     plan = GPU_PLAN if args.device == "cuda" else CPU_PLAN
-    inputs = {"images": images, "labels": labels, "model_dirs": dirs, "models": models, "data_dir": data_dir,
-              "layer_sizes": layer_sizes}
     for name in [s for s in STAGES if s in args.stages]:
         if name in state["stages"] and "error" not in state["stages"][name]:
             print(f"stage {name}: kept from {state_path}", flush=True)
