@@ -24,7 +24,7 @@ import numpy as np
 from benchmark.gpu.ceilings import matmul_precision, synchronize, torch_dtype
 from benchmark.timing import Budget, time_calls
 from fashion.backends import BACKENDS, load_artifact
-from fashion.contract import OUTPUT_NAME, preprocess, softmax
+from fashion.contract import INPUT_NAME, OUTPUT_NAME, preprocess, softmax
 
 SCALE = np.float32(1.0 / 255.0)  # the contract's scaling (fashion.contract.preprocess), applied on the device
 
@@ -97,7 +97,7 @@ def session_variants(label: str, name: str, session, run_host, device: str, fact
         import onnxruntime as ort
 
         binding = session.io_binding()
-        binding.bind_ortvalue_input("images", ort.OrtValue.ortvalue_from_numpy(preprocess(pixels), ort_device, 0))
+        binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(preprocess(pixels), ort_device, 0))
         binding.bind_output(OUTPUT_NAME, ort_device)
         return binding
 
@@ -147,7 +147,7 @@ def onnx_variants(name: str, model_dir: Path, device: str) -> list[Variant]:
         strict_facts = {"runtime": "onnxruntime", "providers": strict.get_providers(),
                         "cuda_provider_options": strict.get_provider_options().get("CUDAExecutionProvider", {})}
         if strict_facts["providers"][0] == "CUDAExecutionProvider":
-            run = lambda x, s=strict: s.run([OUTPUT_NAME], {"images": x})[0]  # noqa: E731
+            run = lambda x, s=strict: s.run([OUTPUT_NAME], {INPUT_NAME: x})[0]  # noqa: E731
             variants += session_variants(f"{name} ort tf32-off", name, strict, run, device, strict_facts)
     return variants
 
