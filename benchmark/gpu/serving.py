@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def run_service(models: Path, images: np.ndarray, device: str, plan: ServicePlan
             services[label]["error"] = f"{type(exc).__name__}: {exc}"
         log = work / f"bentoml-{asked}.log"
         services[label]["log"] = log.read_text()[-4000:] if log.exists() else ""
+    shutil.rmtree(work, ignore_errors=True)
     both = [b for b in plan.backends if ("device", b) in answers and ("cpu", b) in answers]
     return {"services": services, "plan": vars(plan),
             "parity": {b: parity(answers[("device", b)], answers[("cpu", b)]) for b in both}}
@@ -190,29 +192,34 @@ def measure_service(record: dict[str, Any], answers: dict, label: str, models: P
         stop(proc)
 
 
-def run_cli(model_dirs: dict[str, Path], data_dir: Path, device: str, backends: tuple[str, ...]) -> dict[str, Any]:
-    """``python -m clients batch --local`` over the test IDX file per backend: wall time, accuracy, providers."""
+def run_cli_once(model_dir: Path, images: Path, device: str, backend: str, out: Path) -> dict[str, Any]:
+    """One ``batch --local`` job as a user runs it: exit code, wall time, accuracy from its CSV, providers."""
     from clients.local import LocalClassifier
 
+    command = [sys.executable, "-m", "clients", "--backend", backend, "batch", str(images), "--local",
+               "--model", str(model_dir), "--out", str(out), "--quiet"]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    seconds = time.perf_counter() - start
+    row = {"backend": backend, "requested": device, "exit_code": result.returncode, "seconds": seconds,
+           "command": " ".join(command[1:]), "output": (result.stdout + result.stderr)[-2000:],
+           "ran_on": LocalClassifier.open(str(model_dir), backend).predictor.describe()}
+    if result.returncode == 0:
+        with out.open() as stream:
+            answers = list(csv.DictReader(stream))
+        row |= {"images": len(answers), "images_per_s": len(answers) / seconds,
+                "accuracy": float(np.mean([a["class_id"] == a["true_label"] for a in answers]))}
+    print(f"  batch --local {backend}: exit {result.returncode}, {seconds:.1f} s, "
+          f"{row.get('images_per_s', 0):,.0f} images/s, ran on {row['ran_on']}", flush=True)
+    return row
+
+
+def run_cli(model_dirs: dict[str, Path], data_dir: Path, device: str, backends: tuple[str, ...]) -> dict[str, Any]:
+    """``python -m clients batch --local`` over the test IDX file per backend: wall time, accuracy, providers."""
     images = next(data_dir.glob("t10k-images-idx3-ubyte*"))
     rows = []
     for backend in backends:
-        model_dir = model_dirs[BACKENDS[backend].model]
-        out = Path(tempfile.mkdtemp(prefix="fashion-gpu-cli-")) / "answers.csv"
-        command = [sys.executable, "-m", "clients", "--backend", backend, "batch", str(images), "--local",
-                   "--model", str(model_dir), "--out", str(out), "--quiet"]
-        start = time.perf_counter()
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-        seconds = time.perf_counter() - start
-        row = {"backend": backend, "requested": device, "exit_code": result.returncode, "seconds": seconds,
-               "command": " ".join(command[1:]), "output": (result.stdout + result.stderr)[-2000:],
-               "ran_on": LocalClassifier.open(str(model_dir), backend).predictor.describe()}
-        if result.returncode == 0:
-            with out.open() as stream:
-                answers = list(csv.DictReader(stream))
-            row |= {"images": len(answers), "images_per_s": len(answers) / seconds,
-                    "accuracy": float(np.mean([a["class_id"] == a["true_label"] for a in answers]))}
-        print(f"  batch --local {backend}: exit {result.returncode}, {seconds:.1f} s, "
-              f"{row.get('images_per_s', 0):,.0f} images/s, ran on {row['ran_on']}", flush=True)
-        rows.append(row)
+        with tempfile.TemporaryDirectory(prefix="fashion-gpu-cli-") as work:
+            rows.append(run_cli_once(model_dirs[BACKENDS[backend].model], images, device, backend,
+                                     Path(work) / "answers.csv"))
     return {"rows": rows}
