@@ -149,22 +149,22 @@ def composer(server, tmp_path_factory):
     import subprocess
     import sys
 
-    from tests.conftest import free_port, stop_server, wait_for
+    from service.launch import Server, free_port
 
     port, repo = free_port(), Path(__file__).resolve().parents[2]
     home = tmp_path_factory.mktemp("composer-home")
-    log = open(tmp_path_factory.mktemp("composer") / "composer.log", "w")  # noqa: SIM115 (closed below)
+    log = tmp_path_factory.mktemp("composer") / "composer.log"
     command = [str(Path(sys.executable).parent / "bentoml"), "serve", "tests.e2e.composer_service:Composer",
                "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "BENTOML_HOME": str(home), "FASHION_COMPOSED_URL": server})
-    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as sink:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(command, cwd=repo, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "BENTOML_HOME": str(home), "FASHION_COMPOSED_URL": server})
+    composer = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
-        wait_for(url, "/readyz", proc=proc)
-        yield url
+        composer.wait_ready()
+        yield composer.url
     finally:
-        stop_server(proc)
-        log.close()
+        composer.stop()
 
 
 def test_a_service_composing_this_one_with_bentoml_depends(server, composer):

@@ -6,23 +6,21 @@ from __future__ import annotations
 import httpx
 
 from fashion.env import has_nvidia_gpu
-from tests.conftest import free_port, start_server, stop_server, wait_for
+from service.launch import start
 
 
 def test_livez_on_the_health_port_reports_the_event_loop_heartbeat(server, bentoml_home, tmp_path):
-    health = free_port()
-    proc, url = start_server(bentoml_home, tmp_path / "server.log", {"FASHION_HEALTH_PORT": str(health),
-                                                                      "FASHION_HEALTH_HOST": "127.0.0.1",
-                                                                      "FASHION_BACKENDS": "onnx-torch,savedmodel"})
+    instance = start(tmp_path, env={"FASHION_BACKENDS": "onnx-torch,savedmodel"}, models=bentoml_home / "models",
+                     health_port=True)
     try:
-        wait_for(f"http://127.0.0.1:{health}", "/readyz", proc=proc)
-        live = httpx.get(f"http://127.0.0.1:{health}/livez", timeout=5).json()
+        instance.wait_ready()
+        live = httpx.get(f"{instance.health_url}/livez", timeout=5).json()
         assert live["live"] is True and live["reason"] is None
         assert live["heartbeat_age_s"] is not None and live["heartbeat_age_s"] <= 10, live
-        info = httpx.post(f"{url}/model_info", timeout=30).json()
+        info = httpx.post(f"{instance.url}/model_info", timeout=30).json()
         assert info["gpu_present"] is has_nvidia_gpu()
         assert info["backends"]["savedmodel"]["device_requested"] == "cpu"
         assert info["backends"]["savedmodel"]["device"] == "CPU:0"
         assert info["backends"]["onnx-torch"]["device_requested"] == "auto"
     finally:
-        stop_server(proc)
+        instance.stop()

@@ -9,7 +9,7 @@ import time
 import httpx
 
 from service.health import Heartbeat, start_health_server
-from tests.conftest import free_port
+from service.launch import free_port
 
 WAIT_S = 20  # hang guard for each state change; each takes well under a second
 
