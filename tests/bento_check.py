@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from service.launch import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "fashion" / "samples" / "9-ankle-boot-test0.png"  # test image 0 of Fashion-MNIST
 READY_TIMEOUT_S = 600  # a hang guard: the Bento loads and warms up five backends in about a minute here
@@ -114,14 +116,6 @@ def check_backends(url: str, expected: dict[str, str]) -> list[str]:
         if got != label:
             wrong.append(backend)
     return wrong
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
