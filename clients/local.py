@@ -38,18 +38,21 @@ class LocalClassifier:
     version: str
 
     @classmethod
-    def open(cls, model: str | None, backend: str | None, threads: int = 0) -> LocalClassifier:
+    def open(cls, model: str | None, backend: str | None, threads: int = 0, spin: bool = False) -> LocalClassifier:
         """Load ``backend``'s artifact from an exported folder, a BentoML tag, or the store's latest model.
 
         Args:
             model: folder or tag (``None``: the store's latest model for the backend).
             backend: a name from :data:`fashion.backends.BACKENDS` (``None``: ``onnx-torch``).
             threads: model threads; 0 lets the runtime use every core.
+            spin: let ONNX Runtime's idle threads spin between calls. Off by default: a batch job reads and writes
+                in other threads meanwhile, and measured here (docs/batch.md) a job kept up with the model better
+                without spinning.
         """
         backend = backend or LOCAL_DEFAULT
         spec = BACKENDS[backend]
         model_dir = model_folder(model, backend)
-        options = {"threads": threads} if spec.runtime == "onnx" else {}
+        options = {"threads": threads, "spin": spin} if spec.runtime == "onnx" else {}
         predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device="auto", **options)
         return cls(predictor, backend, read_manifest(model_dir)["version"])
 

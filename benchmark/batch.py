@@ -1,0 +1,314 @@
+"""Sustained batch throughput as a fraction of bare ONNX Runtime: ``python -m benchmark.batch`` (``make bench-batch``).
+
+On one input of at least a million images (the test set tiled, saved as ``.npy``),
+each repeat measures, in this order on the same machine:
+
+* **bare**: ``session.run`` of the same ONNX model at batch 1,024 on ready float32
+  input (ONNX Runtime's default session options), the ceiling;
+* **local**: ``python -m clients batch --local`` as its own process (wall time, its
+  in-job rate, its peak RSS);
+* **service**: ``python -m clients batch`` through a real ``bentoml serve`` (compact
+  ``application/x-npy`` answers);
+* **tasks**: the same images as dataset tasks (``/classify_dataset``) of at most
+  100,000 images each, two in flight, compact results, from the first upload to the
+  last result.
+
+The machine may be shared: only fractions measured in the same repeat are compared,
+and the report gives the median of the repeats. Writes ``results/batch-bench-<machine>.md``
+and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.report import machine_name
+from fashion.env import environment_stamp
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+TARGETS = {"local": 0.90, "service": 0.60, "tasks": 0.50}
+TASK_IMAGES = 100_000
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure (see ``--help``)."""
+
+    images: int = 1_000_000
+    repeats: int = 3
+    batch_size: int = 1024
+    modes: tuple[str, ...] = ("local", "service", "tasks")
+    url: str | None = None
+    model: str | None = None
+    work: Path | None = None
+    out: Path = RESULTS
+    task_concurrency: int = 2
+    bare_images: int = 300_000
+
+
+def make_input(folder: Path, images: int) -> Path:
+    """The test set tiled to ``images`` rows, as ``.npy`` (kept between runs)."""
+    from fashion.data import load_fashion_mnist
+
+    path = folder / f"fashion-{images}.npy"
+    if path.exists() and path.stat().st_size == 128 + images * 784:
+        return path
+    test = load_fashion_mnist().test_images
+    tiled = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(images, 28, 28))
+    for start in range(0, images, len(test)):
+        stop = min(images, start + len(test))
+        tiled[start:stop] = test[:stop - start]
+    tiled.flush()
+    del tiled
+    return path
+
+
+def onnx_model_dir(model: str | None) -> Path:
+    """The exported model folder the local job and the bare measurement use (the store's latest by default)."""
+    from clients.local import model_folder
+
+    return model_folder(model, "onnx-torch")
+
+
+def bare_rate(model_dir: Path, images: int, batch: int) -> float:
+    """Images/s of ``session.run`` alone at ``batch`` images a call, over ``images`` images of ready float32 input."""
+    from fashion.backends import load_artifact
+    from fashion.contract import preprocess
+    from fashion.data import load_fashion_mnist
+
+    predictor = load_artifact(model_dir, "onnx", "onnx", device="cpu")
+    inputs = preprocess(load_fashion_mnist().test_images)
+    predictor.predict(inputs[:batch])  # warm-up
+    done, start = 0, time.perf_counter()
+    while done < images:
+        for first in range(0, len(inputs) - batch + 1, batch):
+            predictor.predict(inputs[first:first + batch])
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def run_cli(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+    """One ``python -m clients`` process: wall seconds, the in-job rate it printed, its own peak RSS."""
+    log = work / "cli.log"
+    start = time.perf_counter()
+    with log.open("w+b") as output:
+        proc = subprocess.Popen([sys.executable, "-m", "clients", *args], cwd=REPO, env=env, stdout=output,
+                                stderr=subprocess.STDOUT)
+        # wait4: this child's own resource use (its peak RSS), which Popen.wait does not return.
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"clients {' '.join(args)} exited {proc.returncode}: {text[-2000:]}")
+    rate = float(re.search(r"([\d,]+) images/s", text).group(1).replace(",", ""))
+    return {"wall_s": wall, "rate": rate, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig) -> dict[str, Any]:
+    out = work / "local.csv"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return run_cli(["batch", str(source), "--out", str(out), "--local", "--model", str(model_dir), "--quiet",
+                    "--batch-size", str(config.batch_size)], env, work)
+
+
+def run_service(source: Path, url: str, work: Path, config: BenchConfig) -> dict[str, Any]:
+    out = work / "service.csv"
+    return run_cli(["--url", url, "batch", str(source), "--out", str(out), "--quiet",
+                    "--batch-size", str(config.batch_size)], dict(os.environ), work)
+
+
+def task_body(source: Path, start: int, count: int) -> bytes:
+    """Rows ``start`` to ``start + count`` of the input as a ``.npy`` upload."""
+    pixels = np.load(source, mmap_mode="r")[start:start + count]
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(pixels), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def one_task(url: str, source: Path, start: int, count: int) -> int:
+    """Submit one dataset task (compact result), wait for it, check and return the number of answers."""
+    import httpx
+
+    from fashion.contract import ANSWER_DTYPE
+
+    with httpx.Client(base_url=url, timeout=300) as client:
+        reply = client.post("/classify_dataset/submit", content=task_body(source, start, count),
+                            headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+        reply.raise_for_status()
+        task_id = reply.json()["task_id"]
+        while (view := client.get("/classify_dataset/progress", params={"task_id": task_id}).json())["status"] \
+                == "in_progress":
+            time.sleep(0.02)
+        if view["status"] != "completed":
+            raise RuntimeError(f"task {task_id} ended {view}")
+        result = client.get("/classify_dataset/get", params={"task_id": task_id})
+        records = np.load(io.BytesIO(result.content), allow_pickle=False)
+        if records.dtype != ANSWER_DTYPE or len(records) != count:
+            raise RuntimeError(f"task {task_id}: {len(records)} rows of {records.dtype}, expected {count}")
+        return count
+
+
+def run_tasks(source: Path, url: str, images: int, config: BenchConfig) -> dict[str, Any]:
+    """All ``images`` as tasks of :data:`TASK_IMAGES`, ``task_concurrency`` at a time; rate over the whole wall."""
+    starts = range(0, images, TASK_IMAGES)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(config.task_concurrency) as pool:
+        done = sum(pool.map(lambda s: one_task(url, source, s, min(TASK_IMAGES, images - s)), starts))
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "rate": done / wall, "peak_rss_mib": None}
+
+
+def start_service(work: Path) -> tuple[subprocess.Popen, str]:
+    """``bentoml serve`` on a free loopback port with a BentoML home of its own, ready."""
+    from clients.bench_http import free_port, private_bentoml_home, wait_ready
+
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(private_bentoml_home(work)), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:FashionClassifier",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/readyz", proc)
+    return proc, url
+
+
+def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None, work: Path) -> list[dict[str, Any]]:
+    """Every repeat runs each mode between two bare measurements; its fraction divides its rate by their mean.
+
+    Others' work on a shared machine comes and goes within seconds: a bare rate taken just before and just
+    after each run is the fairest ceiling for it.
+    """
+    repeats = []
+    for repeat in range(config.repeats):
+        row: dict[str, Any] = {"repeat": repeat + 1, "bare_runs": [bare_rate(model_dir, config.bare_images,
+                                                                           config.batch_size)]}
+        for mode in config.modes:
+            if mode == "local":
+                result = run_local(source, model_dir, work, config)
+            elif mode == "service":
+                result = run_service(source, url, work, config)
+            else:
+                result = run_tasks(source, url, config.images, config)
+            row["bare_runs"].append(bare_rate(model_dir, config.bare_images, config.batch_size))
+            result["bare"] = statistics.mean(row["bare_runs"][-2:])
+            result["fraction"] = result["rate"] / result["bare"]
+            result["wall_fraction"] = config.images / result["wall_s"] / result["bare"]
+            row[mode] = result
+            print(f"repeat {repeat + 1} {mode}: {result['rate']:,.0f} images/s in the job, bare around it "
+                  f"{result['bare']:,.0f}: {result['fraction']:.2f}; process {result['wall_s']:.1f} s", flush=True)
+        row["bare"] = statistics.median(row["bare_runs"])
+        repeats.append(row)
+    return repeats
+
+
+def summarize(config: BenchConfig, repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repeats, and each target met or not."""
+    summary: dict[str, Any] = {"bare": statistics.median(b for r in repeats for b in r["bare_runs"])}
+    for mode in config.modes:
+        runs = [r[mode] for r in repeats]
+        summary[mode] = {key: statistics.median(run[key] for run in runs)
+                         for key in ("rate", "bare", "wall_s", "fraction", "wall_fraction")}
+        peaks = [run["peak_rss_mib"] for run in runs if run["peak_rss_mib"] is not None]
+        summary[mode]["peak_rss_mib"] = max(peaks) if peaks else None
+        summary[mode]["target"] = TARGETS[mode]
+        summary[mode]["met"] = summary[mode]["fraction"] >= TARGETS[mode]
+    return summary
+
+
+def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Path:
+    """``<stem>.md`` (the table) and ``<stem>.json`` (every run) under ``config.out``."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    summary, env = results["summary"], results["environment"]
+    lines = [f"# Batch throughput: {config.images:,} images, median of {config.repeats} repeats", "",
+             f"{env['cpu']}, {env['cores']} cores; {results['date']}; `python -m benchmark.batch "
+             f"--images {config.images}`. The machine may be shared: each fraction divides a rate by the bare rate "
+             "measured in the same repeat.", "",
+             f"Bare `session.run` at batch {config.batch_size} ({config.bare_images:,} images, measured before and "
+             f"after every run): **{summary['bare']:,.0f} images/s** (median of all).", "",
+             "| path | in-job images/s | bare around it | fraction of bare | target | process wall s "
+             "| wall-based fraction | peak RSS MiB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for mode in config.modes:
+        s = summary[mode]
+        peak = f"{s['peak_rss_mib']:,.0f}" if s["peak_rss_mib"] is not None else "-"
+        lines.append(f"| {mode} | {s['rate']:,.0f} | {s['bare']:,.0f} | {s['fraction']:.2f} | >= {s['target']:.2f} "
+                     f"{'met' if s['met'] else '**not met**'} | {s['wall_s']:.1f} | {s['wall_fraction']:.2f} "
+                     f"| {peak} |")
+    lines += ["", "Runs (in-job images/s, and the fraction of the mean bare rate just before and after the run):", ""]
+    for row in results["repeats"]:
+        parts = [f"bare {', '.join(f'{b:,.0f}' for b in row['bare_runs'])}"]
+        parts += [f"{m} {row[m]['rate']:,.0f} ({row[m]['fraction']:.2f})" for m in config.modes]
+        lines.append(f"- repeat {row['repeat']}: " + ", ".join(parts))
+    lines += ["", "In-job rate: what the job prints (images over the job's own time, from the first chunk read to "
+              "the output in place). Process wall: the whole `python -m clients` process, start-up and model "
+              "loading included (for tasks: first upload to last result). Peak RSS: the largest of the "
+              "`--local` processes (`getrusage`)."]
+    path = config.out / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def parse_args(argv: list[str] | None) -> BenchConfig:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1_000_000, help="images per job (default 1,000,000)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; the report gives medians (default 3)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="images per model call or request (default 1024)")
+    parser.add_argument("--modes", nargs="+", default=["local", "service", "tasks"],
+                        choices=["local", "service", "tasks"], help="paths to measure (default: all)")
+    parser.add_argument("--bare-images", type=int, default=300_000,
+                        help="images per bare session.run measurement, before and after each run (default 300,000)")
+    parser.add_argument("--url", default=None, help="a running service (default: start one)")
+    parser.add_argument("--model", default=None, help="exported model folder or BentoML tag (default: latest)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the input and outputs (default: a temp)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes (default results/)")
+    args = parser.parse_args(argv)
+    return BenchConfig(images=args.images, repeats=args.repeats, batch_size=args.batch_size, modes=tuple(args.modes),
+                       url=args.url, model=args.model, work=args.work, out=args.out,
+                       bare_images=args.bare_images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    work = config.work or Path(tempfile.mkdtemp(prefix="fashion-bench-batch-"))
+    work.mkdir(parents=True, exist_ok=True)
+    source, model_dir = make_input(work, config.images), onnx_model_dir(config.model)
+    server, url = None, config.url
+    needs_server = any(mode != "local" for mode in config.modes)
+    if needs_server and url is None:
+        server, url = start_service(work)
+    try:
+        repeats = measure(config, source, model_dir, url, work)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    env = environment_stamp()
+    results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "environment": env,
+               "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+               "repeats": repeats, "summary": summarize(config, repeats)}
+    path = write_report(config, results, f"batch-bench-{machine_name(env, None)}")
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
