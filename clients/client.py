@@ -103,11 +103,24 @@ def read_records(response: httpx.Response) -> RecordAnswer:
                         response.headers.get("x-fashion-model-version", ""))
 
 
-def expect_records(answer: Any) -> RecordAnswer:
-    """``answer`` if compact; a service that answered JSON instead predates the compact answer."""
-    if not isinstance(answer, RecordAnswer):
+def expect_records(answer: Any, allow_json: bool = False) -> RecordAnswer:
+    """``answer`` if compact. A JSON answer (an older service, or a proxy that dropped ``Accept``) is an error,
+    or with ``allow_json`` turned into rows: class id and confidence as sent, probabilities of the top-k classes
+    it lists, NaN for the others."""
+    if isinstance(answer, RecordAnswer):
+        return answer
+    if not allow_json or not isinstance(answer, list) or not answer:
         raise ServiceError(200, f"the service answered JSON, not {NPY_ANSWER}: it predates compact answers")
-    return answer
+    from fashion.contract import ANSWER_DTYPE
+
+    records = np.zeros(len(answer), ANSWER_DTYPE)
+    records["class_id"] = [a["class_id"] for a in answer]
+    records["confidence"] = [a["confidence"] for a in answer]
+    records["probabilities"] = np.nan
+    for row, a in zip(records, answer, strict=True):
+        for top in a.get("top_k", []):
+            row["probabilities"][top["class_id"]] = top["probability"]
+    return RecordAnswer(records, answer[0]["backend"], answer[0]["model_version"])
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -238,10 +251,12 @@ class FashionClient(_Requests):
         """Classify ``uint8[N, 28, 28]`` pixels in one request; answers in input order."""
         return [Prediction.from_json(p) for p in self._send(self.array_request(pixels, backend))]
 
-    def classify_array_records(self, pixels: np.ndarray, backend: str | None = None) -> RecordAnswer:
+    def classify_array_records(self, pixels: np.ndarray, backend: str | None = None,
+                               allow_json: bool = False) -> RecordAnswer:
         """Classify ``uint8[N, 28, 28]`` pixels, answered compactly (``Accept: application/x-npy``): class ids,
-        confidences and all probabilities as arrays; what batch jobs use."""
-        return expect_records(self._send(self.array_request(pixels, backend, NPY_ANSWER)))
+        confidences and all probabilities as arrays; what batch jobs use. ``allow_json``: see :func:`expect_records`.
+        """
+        return expect_records(self._send(self.array_request(pixels, backend, NPY_ANSWER)), allow_json)
 
     def classify_many(self, pixels: np.ndarray, backend: str | None = None, chunk_size: int = 1024,
                       concurrency: int = 4) -> list[Prediction]:
@@ -318,9 +333,10 @@ class AsyncFashionClient(_Requests):
         """The answers as the service sent them (no objects built: the cheaper path for bulk jobs)."""
         return await self._send(self.array_request(pixels, backend))
 
-    async def classify_array_records(self, pixels: np.ndarray, backend: str | None = None) -> RecordAnswer:
+    async def classify_array_records(self, pixels: np.ndarray, backend: str | None = None,
+                                     allow_json: bool = False) -> RecordAnswer:
         """The compact answer (see :meth:`FashionClient.classify_array_records`)."""
-        return expect_records(await self._send(self.array_request(pixels, backend, NPY_ANSWER)))
+        return expect_records(await self._send(self.array_request(pixels, backend, NPY_ANSWER)), allow_json)
 
     async def classify_many(self, pixels: np.ndarray, backend: str | None = None, chunk_size: int = 1024,
                             concurrency: int = 4) -> list[Prediction]:

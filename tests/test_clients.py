@@ -181,7 +181,10 @@ def test_sigkill_halfway_then_resume_equals_an_uninterrupted_run(server, dataset
 
 
 class FlakyProxy:
-    """Forwards to the real service, but answers 503 to every third request (fault injection)."""
+    """Forwards to the real service, but answers 503 to every third request (fault injection).
+
+    It forwards no ``Accept`` header, as some proxies do: the batch CLI then gets JSON answers, and copes.
+    """
 
     def __init__(self, target: str) -> None:
         from starlette.applications import Starlette
