@@ -60,7 +60,7 @@ class BenchConfig:
     work: Path | None = None
     out: Path = RESULTS
     task_concurrency: int = 2
-    bare_images: int = 300_000
+    bare_images: int = 200_000
 
 
 def make_input(folder: Path, images: int) -> Path:
@@ -87,21 +87,58 @@ def onnx_model_dir(model: str | None) -> Path:
     return model_folder(model, "onnx-torch")
 
 
-def bare_rate(model_dir: Path, images: int, batch: int) -> float:
-    """Images/s of ``session.run`` alone at ``batch`` images a call, over ``images`` images of ready float32 input."""
-    from fashion.backends import load_artifact
-    from fashion.contract import preprocess
-    from fashion.data import load_fashion_mnist
-
-    predictor = load_artifact(model_dir, "onnx", "onnx", device="cpu")
-    inputs = preprocess(load_fashion_mnist().test_images)
-    predictor.predict(inputs[:batch])  # warm-up
-    done, start = 0, time.perf_counter()
+def run_calls(predictor: Any, inputs: np.ndarray, images: int, batch: int) -> tuple[int, float, float]:
+    """Images done, wall and CPU seconds (this process, every thread) of ``predict`` over at least ``images``
+    images, ``batch`` a call."""
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while done < images:
         for first in range(0, len(inputs) - batch + 1, batch):
             predictor.predict(inputs[first:first + batch])
             done += batch
-    return done / (time.perf_counter() - start)
+    return done, time.perf_counter() - start, time.process_time() - cpu
+
+
+def bare_rate(model_dir: Path, images: int, batch: int) -> dict[str, float]:
+    """``session.run`` alone at ``batch`` images a call on ready float32 input.
+
+    Returns:
+        ``rate``: images/s with ONNX Runtime's default session options; ``cpu_per_image``: CPU seconds per image
+        of a session whose idle threads do not spin (spinning burns CPU while the caller is between calls, which
+        would make the bare figure look costlier than the work), over ``images`` images each.
+    """
+    from fashion.backends import load_artifact
+    from fashion.contract import preprocess
+    from fashion.data import load_fashion_mnist
+
+    inputs = preprocess(load_fashion_mnist().test_images)
+    default = load_artifact(model_dir, "onnx", "onnx", device="cpu")
+    quiet = load_artifact(model_dir, "onnx", "onnx", device="cpu", spin=False)
+    for predictor in (default, quiet):
+        predictor.predict(inputs[:batch])  # warm-up
+    done, wall, _ = run_calls(default, inputs, images, batch)
+    quiet_done, _, cpu = run_calls(quiet, inputs, images, batch)
+    return {"rate": done / wall, "cpu_per_image": cpu / quiet_done}
+
+
+def cpu_of(pid: int | None) -> float:
+    """CPU seconds so far of a process and its children (the service's worker); 0 without one."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def run_cli(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
@@ -119,7 +156,8 @@ def run_cli(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"clients {' '.join(args)} exited {proc.returncode}: {text[-2000:]}")
     rate = float(re.search(r"([\d,]+) images/s", text).group(1).replace(",", ""))
-    return {"wall_s": wall, "rate": rate, "peak_rss_mib": usage.ru_maxrss / 1024}
+    cpu = float(re.search(r"([\d.]+) CPU-s", text).group(1))
+    return {"wall_s": wall, "rate": rate, "cpu_s": cpu, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig) -> dict[str, Any]:
@@ -129,10 +167,14 @@ def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig) ->
                     "--batch-size", str(config.batch_size)], env, work)
 
 
-def run_service(source: Path, url: str, work: Path, config: BenchConfig) -> dict[str, Any]:
+def run_service(source: Path, url: str, work: Path, config: BenchConfig, server: int | None) -> dict[str, Any]:
+    """The CLI through the service; CPU is the client's in-job CPU plus the server's over the whole run."""
     out = work / "service.csv"
-    return run_cli(["--url", url, "batch", str(source), "--out", str(out), "--quiet",
-                    "--batch-size", str(config.batch_size)], dict(os.environ), work)
+    before = cpu_of(server)
+    result = run_cli(["--url", url, "batch", str(source), "--out", str(out), "--quiet",
+                      "--batch-size", str(config.batch_size)], dict(os.environ), work)
+    result["cpu_s"] += cpu_of(server) - before
+    return result
 
 
 def task_body(source: Path, start: int, count: int) -> bytes:
@@ -166,14 +208,16 @@ def one_task(url: str, source: Path, start: int, count: int) -> int:
         return count
 
 
-def run_tasks(source: Path, url: str, images: int, config: BenchConfig) -> dict[str, Any]:
-    """All ``images`` as tasks of :data:`TASK_IMAGES`, ``task_concurrency`` at a time; rate over the whole wall."""
+def run_tasks(source: Path, url: str, images: int, config: BenchConfig, server: int | None) -> dict[str, Any]:
+    """All ``images`` as tasks of :data:`TASK_IMAGES`, ``task_concurrency`` at a time; rate over the whole wall.
+    CPU: the server's, and this process's (which makes and uploads the files) over the same time."""
     starts = range(0, images, TASK_IMAGES)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time() + cpu_of(server)
     with ThreadPoolExecutor(config.task_concurrency) as pool:
         done = sum(pool.map(lambda s: one_task(url, source, s, min(TASK_IMAGES, images - s)), starts))
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "rate": done / wall, "peak_rss_mib": None}
+    return {"wall_s": wall, "rate": done / wall, "cpu_s": time.process_time() + cpu_of(server) - cpu,
+            "peak_rss_mib": None}
 
 
 def start_service(work: Path) -> tuple[subprocess.Popen, str]:
@@ -190,7 +234,8 @@ def start_service(work: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None, work: Path) -> list[dict[str, Any]]:
+def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None, work: Path,
+            server: int | None) -> list[dict[str, Any]]:
     """Every repeat runs each mode between two bare measurements; its fraction divides its rate by their mean.
 
     Others' work on a shared machine comes and goes within seconds: a bare rate taken just before and just
@@ -204,28 +249,32 @@ def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None,
             if mode == "local":
                 result = run_local(source, model_dir, work, config)
             elif mode == "service":
-                result = run_service(source, url, work, config)
+                result = run_service(source, url, work, config, server)
             else:
-                result = run_tasks(source, url, config.images, config)
+                result = run_tasks(source, url, config.images, config, server)
             row["bare_runs"].append(bare_rate(model_dir, config.bare_images, config.batch_size))
-            result["bare"] = statistics.mean(row["bare_runs"][-2:])
+            around = row["bare_runs"][-2:]
+            result["bare"] = statistics.mean(b["rate"] for b in around)
             result["fraction"] = result["rate"] / result["bare"]
             result["wall_fraction"] = config.images / result["wall_s"] / result["bare"]
+            result["cpu_fraction"] = statistics.mean(b["cpu_per_image"] for b in around) * config.images \
+                / result["cpu_s"]
             row[mode] = result
             print(f"repeat {repeat + 1} {mode}: {result['rate']:,.0f} images/s in the job, bare around it "
-                  f"{result['bare']:,.0f}: {result['fraction']:.2f}; process {result['wall_s']:.1f} s", flush=True)
-        row["bare"] = statistics.median(row["bare_runs"])
+                  f"{result['bare']:,.0f}: {result['fraction']:.2f}; CPU {result['cpu_fraction']:.2f}; process "
+                  f"{result['wall_s']:.1f} s", flush=True)
+        row["bare"] = statistics.median(b["rate"] for b in row["bare_runs"])
         repeats.append(row)
     return repeats
 
 
 def summarize(config: BenchConfig, repeats: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the repeats, and each target met or not."""
-    summary: dict[str, Any] = {"bare": statistics.median(b for r in repeats for b in r["bare_runs"])}
+    summary: dict[str, Any] = {"bare": statistics.median(b["rate"] for r in repeats for b in r["bare_runs"])}
     for mode in config.modes:
         runs = [r[mode] for r in repeats]
         summary[mode] = {key: statistics.median(run[key] for run in runs)
-                         for key in ("rate", "bare", "wall_s", "fraction", "wall_fraction")}
+                         for key in ("rate", "bare", "wall_s", "fraction", "wall_fraction", "cpu_fraction")}
         peaks = [run["peak_rss_mib"] for run in runs if run["peak_rss_mib"] is not None]
         summary[mode]["peak_rss_mib"] = max(peaks) if peaks else None
         summary[mode]["target"] = TARGETS[mode]
@@ -245,22 +294,26 @@ def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Pat
              f"Bare `session.run` at batch {config.batch_size} ({config.bare_images:,} images, measured before and "
              f"after every run): **{summary['bare']:,.0f} images/s** (median of all).", "",
              "| path | in-job images/s | bare around it | fraction of bare | target | process wall s "
-             "| wall-based fraction | peak RSS MiB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| wall-based fraction | CPU-based fraction | peak RSS MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for mode in config.modes:
         s = summary[mode]
         peak = f"{s['peak_rss_mib']:,.0f}" if s["peak_rss_mib"] is not None else "-"
         lines.append(f"| {mode} | {s['rate']:,.0f} | {s['bare']:,.0f} | {s['fraction']:.2f} | >= {s['target']:.2f} "
                      f"{'met' if s['met'] else '**not met**'} | {s['wall_s']:.1f} | {s['wall_fraction']:.2f} "
-                     f"| {peak} |")
+                     f"| {s['cpu_fraction']:.2f} | {peak} |")
     lines += ["", "Runs (in-job images/s, and the fraction of the mean bare rate just before and after the run):", ""]
     for row in results["repeats"]:
-        parts = [f"bare {', '.join(f'{b:,.0f}' for b in row['bare_runs'])}"]
+        bares = ", ".join(f"{b['rate']:,.0f}" for b in row["bare_runs"])
+        parts = [f"bare {bares}"]
         parts += [f"{m} {row[m]['rate']:,.0f} ({row[m]['fraction']:.2f})" for m in config.modes]
         lines.append(f"- repeat {row['repeat']}: " + ", ".join(parts))
     lines += ["", "In-job rate: what the job prints (images over the job's own time, from the first chunk read to "
               "the output in place). Process wall: the whole `python -m clients` process, start-up and model "
               "loading included (for tasks: first upload to last result). Peak RSS: the largest of the "
-              "`--local` processes (`getrusage`)."]
+              "`--local` processes (`getrusage`). CPU-based fraction: bare CPU seconds per image over the path's "
+              "(client in-job CPU plus the server's); it moves less than wall rates when others load the machine, but "
+              "bare's CPU includes ONNX Runtime's spinning threads, so it flatters a path a little."]
     path = config.out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -274,8 +327,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     parser.add_argument("--batch-size", type=int, default=1024, help="images per model call or request (default 1024)")
     parser.add_argument("--modes", nargs="+", default=["local", "service", "tasks"],
                         choices=["local", "service", "tasks"], help="paths to measure (default: all)")
-    parser.add_argument("--bare-images", type=int, default=300_000,
-                        help="images per bare session.run measurement, before and after each run (default 300,000)")
+    parser.add_argument("--bare-images", type=int, default=200_000,
+                        help="images per bare session.run measurement, before and after each run (default 200,000)")
     parser.add_argument("--url", default=None, help="a running service (default: start one)")
     parser.add_argument("--model", default=None, help="exported model folder or BentoML tag (default: latest)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the input and outputs (default: a temp)")
@@ -296,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if needs_server and url is None:
         server, url = start_service(work)
     try:
-        repeats = measure(config, source, model_dir, url, work)
+        repeats = measure(config, source, model_dir, url, work, server.pid if server is not None else None)
     finally:
         if server is not None:
             server.terminate()
