@@ -141,23 +141,34 @@ def cpu_of(pid: int | None) -> float:
     return total
 
 
+# Runs the batch CLI, then prints the process's own peak RSS. getrusage and wait4 would not do: their peak
+# counts the pages the child shared with this (large) process between fork and exec; VmHWM belongs to the
+# memory the CLI itself mapped after exec.
+CLI_WITH_PEAK = """
+import re, sys
+from clients.__main__ import main
+code = main(sys.argv[1:])
+status = open("/proc/self/status").read()
+print("peak RSS kB", re.search(r"VmHWM:\\s+(\\d+)", status).group(1), flush=True)
+sys.exit(code)
+"""
+
+
 def run_cli(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
-    """One ``python -m clients`` process: wall seconds, the in-job rate it printed, its own peak RSS."""
+    """One batch CLI process: wall seconds, the in-job rate and CPU it printed, its own peak RSS."""
     log = work / "cli.log"
     start = time.perf_counter()
     with log.open("w+b") as output:
-        proc = subprocess.Popen([sys.executable, "-m", "clients", *args], cwd=REPO, env=env, stdout=output,
-                                stderr=subprocess.STDOUT)
-        # wait4: this child's own resource use (its peak RSS), which Popen.wait does not return.
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, *args], cwd=REPO, env=env, stdout=output,
+                              stderr=subprocess.STDOUT, timeout=1800).returncode
+    wall = time.perf_counter() - start
     text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"clients {' '.join(args)} exited {proc.returncode}: {text[-2000:]}")
+    if code != 0:
+        raise RuntimeError(f"clients {' '.join(args)} exited {code}: {text[-2000:]}")
     rate = float(re.search(r"([\d,]+) images/s", text).group(1).replace(",", ""))
     cpu = float(re.search(r"([\d.]+) CPU-s", text).group(1))
-    return {"wall_s": wall, "rate": rate, "cpu_s": cpu, "peak_rss_mib": usage.ru_maxrss / 1024}
+    peak = int(re.search(r"peak RSS kB (\d+)", text).group(1)) / 1024
+    return {"wall_s": wall, "rate": rate, "cpu_s": cpu, "peak_rss_mib": peak}
 
 
 def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig) -> dict[str, Any]:
@@ -309,11 +320,11 @@ def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Pat
         parts += [f"{m} {row[m]['rate']:,.0f} ({row[m]['fraction']:.2f})" for m in config.modes]
         lines.append(f"- repeat {row['repeat']}: " + ", ".join(parts))
     lines += ["", "In-job rate: what the job prints (images over the job's own time, from the first chunk read to "
-              "the output in place). Process wall: the whole `python -m clients` process, start-up and model "
-              "loading included (for tasks: first upload to last result). Peak RSS: the largest of the "
-              "`--local` processes (`getrusage`). CPU-based fraction: bare CPU seconds per image over the path's "
-              "(client in-job CPU plus the server's); it moves less than wall rates when others load the machine, but "
-              "bare's CPU includes ONNX Runtime's spinning threads, so it flatters a path a little."]
+              "the output in place). Process wall: the whole CLI process, start-up and model loading included "
+              "(for tasks: first upload to last result). Peak RSS: the largest of the CLI processes (`VmHWM`, "
+              "read by the process as it ends). CPU-based fraction: bare CPU seconds per image (a session whose "
+              "idle threads do not spin) over the path's (the CLI's in-job CPU plus the server's over the run); "
+              "it moves less than the wall rates when others load the machine."]
     path = config.out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
