@@ -162,20 +162,24 @@ def prefetched(chunks: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
     stop = threading.Event()
     end = object()
 
+    def offer(item: object) -> bool:
+        """Queue ``item`` unless the consumer has gone (then ``False``)."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        ready.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(chunk):
                     return
-            ready.put(end)
+            offer(end)
         except BaseException as exc:  # handed to the consumer, raised there
-            ready.put(exc)
+            offer(exc)
 
     reader = threading.Thread(target=read, name="batch-reader", daemon=True)
     reader.start()
