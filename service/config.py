@@ -39,6 +39,9 @@ class ServiceConfig:
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
+    # For tests only (FASHION_BATCH_HOLD_FILE): while this file exists the batcher starts no model call, so a
+    # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
+    batch_hold_file: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -70,6 +73,7 @@ class ServiceConfig:
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
+                batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
