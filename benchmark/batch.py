@@ -231,18 +231,13 @@ def run_tasks(source: Path, url: str, images: int, config: BenchConfig, server: 
             "peak_rss_mib": None}
 
 
-def start_service(work: Path) -> tuple[subprocess.Popen, str]:
-    """``bentoml serve`` on a free loopback port with a BentoML home of its own, ready."""
-    from clients.bench_http import free_port, private_bentoml_home, wait_ready
+def start_service(work: Path):
+    """The service (service.launch: loopback, a BentoML home of its own), ready."""
+    from service import launch
 
-    port = free_port()
-    env = {**os.environ, "BENTOML_HOME": str(private_bentoml_home(work)), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:FashionClassifier",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(f"{url}/readyz", proc)
-    return proc, url
+    server = launch.start(work)
+    server.wait_ready()
+    return server
 
 
 def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None, work: Path,
@@ -374,13 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     server, url = None, config.url
     needs_server = any(mode != "local" for mode in config.modes)
     if needs_server and url is None:
-        server, url = start_service(work)
+        server = start_service(work)
+        url = server.url
     try:
-        repeats = measure(config, source, model_dir, url, work, server.pid if server is not None else None)
+        repeats = measure(config, source, model_dir, url, work, server.proc.pid if server is not None else None)
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            server.stop()
     env = environment_stamp()
     results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "environment": env,
                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
