@@ -24,7 +24,9 @@ class ServiceConfig:
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
     ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
-    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off).
+    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
+    ``FASHION_GC_FREEZE`` (1, the default: freeze the heap once the models are warm, see
+    service.gcstats; 0: leave the collector alone).
     """
 
     backends: tuple[str, ...] = tuple(BACKENDS)
@@ -39,6 +41,7 @@ class ServiceConfig:
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
+    gc_freeze: bool = True
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -70,6 +73,17 @@ class ServiceConfig:
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
+                gc_freeze=parse_switch(env.get("FASHION_GC_FREEZE", "1")),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
+
+
+def parse_switch(value: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is an error."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1 or 0, got {value!r}")
