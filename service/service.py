@@ -33,7 +33,7 @@ import numpy as np
 from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
-from service import deadline
+from service import deadline, eventloop
 from service.admission import AdmissionMiddleware
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
@@ -145,6 +145,8 @@ class FashionClassifier:
 # BentoML's per-request timeout leaves every request's timer alive for traffic.timeout seconds
 # (service.deadline); ours cancels it when the request ends.
 deadline.install()
+# FASHION_EVENT_LOOP=asyncio: uvloop accepts one connection per turn of the loop (service.eventloop).
+eventloop.install()
 # Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
 FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)
