@@ -23,8 +23,9 @@ class ServiceConfig:
     ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_THREADS``
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
-    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
-    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
+    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_QUEUE_BUDGET_MS``
+    (a request that has waited this long for the model is answered 503 with ``Retry-After``; 0: no limit),
+    ``FASHION_HEALTH_PORT`` and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
     ``FASHION_GC_FREEZE`` (1, the default: freeze the heap once the models are warm, see
     service.gcstats; 0: leave the collector alone).
     """
@@ -38,6 +39,7 @@ class ServiceConfig:
     top_k: int = 3
     max_in_flight: int = 256
     max_queued_images: int = 16384
+    queue_budget_ms: int = 1000
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
@@ -53,6 +55,13 @@ class ServiceConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images) < 1:
             raise ConfigError("limits must be positive")
+        if self.queue_budget_ms < 0:
+            raise ConfigError("the queue budget must be 0 (no limit) or positive")
+
+    @property
+    def queue_budget_s(self) -> float | None:
+        """The queue wait budget in seconds, ``None`` for no limit."""
+        return self.queue_budget_ms / 1000 if self.queue_budget_ms else None
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -71,6 +80,7 @@ class ServiceConfig:
                 top_k=int(env.get("FASHION_TOP_K", cls.top_k)), explicit_backends=bool(listed),
                 max_in_flight=int(env.get("FASHION_MAX_IN_FLIGHT", cls.max_in_flight)),
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
+                queue_budget_ms=int(env.get("FASHION_QUEUE_BUDGET_MS", cls.queue_budget_ms)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
                 gc_freeze=parse_switch(env.get("FASHION_GC_FREEZE", "1")),
