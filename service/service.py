@@ -76,7 +76,7 @@ class FashionClassifier:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
         self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images,
-                                    self.config.queue_budget_s)
+                                    self.config.batch_hold_file, self.config.queue_budget_s)
         self.tasks = TaskBoard(task_limits())
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         self.gc = GCRecorder().install()
