@@ -7,7 +7,7 @@ with wrk's own CPU share (it shares the machine's cores with the server).
 
 Status (issue 16): the harness and two servers run -- fashion-serve on every payload shape it
 answers (native multipart, native JSON, v2 JSON, v2 binary) and the bare Starlette app
-(``clients.bare_app``). The other peers of the issue (BentoML defaults, LitServe, Ray Serve,
+(``benchmark.bare_app``). The other peers of the issue (BentoML defaults, LitServe, Ray Serve,
 MLServer, KServe v1 and v2) and perf_analyzer are listed in ``NOT_YET`` and reported as not run:
 each needs its own venv and launcher, which this module does not have yet.
 """
@@ -28,18 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.bench_http import bentoml_onnx_path, multipart_body, run_wrk, start
 from benchmark.report import machine_name
-from clients.bench_http import (
-    bentoml_onnx_path,
-    free_port,
-    multipart_body,
-    private_bentoml_home,
-    run_wrk,
-    start,
-    wait_ready,
-)
 from fashion.env import environment_stamp
 from fashion.samples import sample_paths
+from service import launch
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 LEVELS = (1, 16, 64)
@@ -104,16 +97,16 @@ def peers(workdir: Path, png: bytes, pixels: np.ndarray) -> list[Peer]:
     import uvicorn
 
     bin_dir = Path(sys.executable).parent
-    home = private_bentoml_home(workdir)
+    home = launch.private_home(workdir)
     multipart = Route("multipart", "/classify", multipart_body(png, BOUNDARY), MULTIPART)
     return [
         Peer("fashion-serve", f"bentoml {bentoml.__version__}", "defaults of this repo (service/service.py)",
              lambda port: [str(bin_dir / "bentoml"), "serve", "service.service:FashionClassifier", "--host",
                            "127.0.0.1", "--port", str(port)],
              {"BENTOML_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}, "/readyz", our_routes(png, pixels)),
-        Peer("bare Starlette", f"uvicorn {uvicorn.__version__}", "one worker, no access log (clients/bare_app.py)",
-             lambda port: [str(bin_dir / "uvicorn"), "clients.bare_app:app", "--host", "127.0.0.1", "--port", str(port),
-                           "--workers", "1", "--no-access-log", "--log-level", "warning"],
+        Peer("bare Starlette", f"uvicorn {uvicorn.__version__}", "one worker, no access log (benchmark/bare_app.py)",
+             lambda port: [str(bin_dir / "uvicorn"), "benchmark.bare_app:app", "--host", "127.0.0.1", "--port",
+                           str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"],
              {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, "/livez", (multipart,)),
     ]
 
@@ -126,12 +119,13 @@ def venv_size_mb(path: Path) -> float:
 
 def measure_peer(peer: Peer, workdir: Path, seconds: float, reps: int) -> list[dict]:
     """Start ``peer``, run every route at every level ``reps`` times in alternating order; one row per run."""
-    port = free_port()
-    proc = start(peer.command(port), peer.env, workdir / f"{peer.name.replace(' ', '-')}.log")
-    url = f"http://127.0.0.1:{port}"
+    port = launch.free_port()
+    log = workdir / f"{peer.name.replace(' ', '-')}.log"
+    server = launch.Server(start(peer.command(port), peer.env, log), f"http://127.0.0.1:{port}", log)
+    url = server.url
     rows = []
     try:
-        wait_ready(f"{url}{peer.ready_path}", proc)
+        server.wait_ready(path=peer.ready_path)
         bodies = {}
         for route in peer.routes:
             bodies[route.label] = workdir / f"{peer.name}-{route.label}.body".replace(" ", "-")
@@ -152,11 +146,7 @@ def measure_peer(peer: Peer, workdir: Path, seconds: float, reps: int) -> list[d
                     print(f"{peer.name} / {route.label} c={level} rep {rep}: {stats['rps']:,.0f} req/s, "
                           f"p99 {stats['p99_us'] / 1e3:.1f} ms, statuses {stats['statuses']}", flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
     return rows
 
 

@@ -15,8 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from clients.bench_http import run_wrk
-from tests.conftest import free_port, start_server, stop_server, store_with, wait_for
+from benchmark.bench_http import run_wrk
+from service.launch import start
+from tests.helpers import store_with
 
 BURST_S = 10
 CONNECTIONS = 16
@@ -38,11 +39,10 @@ def v2_json_body() -> bytes:
 
 def test_burst_has_no_long_gc_pause_and_leaves_no_timers(exported, tmp_path):
     home = store_with(exported, tmp_path)
-    health = f"http://127.0.0.1:{free_port()}"
-    proc, url = start_server(home, tmp_path / "server.log", {
-        "FASHION_HEALTH_PORT": health.rsplit(":", 1)[1], "FASHION_HEALTH_HOST": "127.0.0.1"})
+    server = start(tmp_path, models=home / "models", health_port=True)
+    url, health = server.url, server.health_url
     try:
-        wait_for(health, "/readyz", proc=proc)
+        server.wait_ready()
         body = tmp_path / "infer.json"
         body.write_bytes(v2_json_body())
         before = httpx.get(f"{health}/gcz", timeout=10).json()
@@ -51,7 +51,7 @@ def test_burst_has_no_long_gc_pause_and_leaves_no_timers(exported, tmp_path):
         after = httpx.get(f"{health}/gcz", timeout=10).json()
         census = httpx.get(f"{health}/gcz/census", timeout=30).json()
     finally:
-        stop_server(proc)
+        server.stop()
     assert stats["requests"] >= 1000 and set(stats["statuses"]) == {"200"}, stats
     assert before["frozen_objects"] > 100_000, before  # the models' heap is out of the collector's reach
     full = after["generations"][2]
