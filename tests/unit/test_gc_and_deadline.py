@@ -106,3 +106,38 @@ def test_gc_freeze_switch(monkeypatch):
     monkeypatch.setenv("FASHION_GC_FREEZE", "sometimes")
     with pytest.raises(ConfigError):
         ServiceConfig.from_env()
+
+
+def test_health_port_serves_the_gc_pages():
+    import httpx
+
+    from service.health import start_health_server
+    from service.launch import free_port
+
+    recorder = GCRecorder().install()
+    port = free_port()
+    server = start_health_server("127.0.0.1", port, lambda: None, {"/gcz": recorder.snapshot, "/gcz/census": census})
+    try:
+        gc.collect()
+        snap = httpx.get(f"http://127.0.0.1:{port}/gcz", timeout=10).json()
+        counted = httpx.get(f"http://127.0.0.1:{port}/gcz/census", timeout=30).json()
+        missing = httpx.get(f"http://127.0.0.1:{port}/nothing", timeout=10)
+    finally:
+        server.shutdown()
+        recorder.uninstall()
+    assert snap["generations"][2]["passes"] >= 1 and "frozen_objects" in snap
+    assert counted["tracked_objects"] > 0 and counted["by_type"]
+    assert missing.status_code == 404 and "/gcz" in missing.json()["error"]
+
+
+def test_event_loop_choice(monkeypatch):
+    from uvicorn import config
+
+    from service import eventloop
+
+    monkeypatch.setitem(config.LOOP_FACTORIES, "auto", config.LOOP_FACTORIES["auto"])
+    before = config.LOOP_FACTORIES["auto"]
+    assert eventloop.install("auto") == "auto" and config.LOOP_FACTORIES["auto"] == before
+    assert eventloop.install("asyncio") == "asyncio" and config.LOOP_FACTORIES["auto"].endswith("asyncio_loop_factory")
+    with pytest.raises(ValueError):
+        eventloop.install("trio")
