@@ -39,7 +39,9 @@ class ServiceConfig:
     top_k: int = 3
     max_in_flight: int = 256
     max_queued_images: int = 16384
-    queue_budget_ms: int = 1000
+    # Far above a healthy wait (a full queue of 16,384 images is a few model calls) and below the 30 s request
+    # timeout: at 1,000 ms, big batch requests from 16 clients on a busy 2-core machine were already refused.
+    queue_budget_ms: int = 5000
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
