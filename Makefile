@@ -63,8 +63,8 @@ bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get in
 peers: export ## Side by side with peer servers, 15 s x 3 levels x 3 reps -> results/peers-<machine>.md (needs wrk)
 	$(PY) -m benchmark.peers
 
-bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
-	$(PY) -m benchmark.bench_batch
+bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
+	$(PY) -m benchmark.batch
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability
