@@ -14,8 +14,9 @@ task between requests, so a flood does not fail liveness.
 
 Enabled with ``FASHION_HEALTH_PORT`` (``FASHION_HEALTH_HOST``, default ``0.0.0.0``).
 It answers GET ``/livez`` (200 while the loop beats, else 503 with how long it has been
-silent) and ``/readyz`` (200 once the models are ready, else 503 with the reason), and
-nothing else (404).
+silent) and ``/readyz`` (200 once the models are ready, else 503 with the reason), the JSON status
+pages it is given (``/gcz``: the collector's passes and pauses, see service.gcstats; ``/gcz/census``:
+tracked objects by type), and nothing else (404).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 log = logging.getLogger("bentoml.fashion_serve")
 
@@ -64,10 +66,14 @@ class Heartbeat:
         return f"the event loop has not run for {silent:.1f} s" if silent and silent > self.stale_after else None
 
 
-def make_handler(not_ready: Callable[[], str | None],
+StatusPages = Mapping[str, Callable[[], dict[str, Any]]]
+
+
+def make_handler(not_ready: Callable[[], str | None], pages: StatusPages | None = None,
                  heartbeat: Heartbeat | None = None) -> type[BaseHTTPRequestHandler]:
     """A request handler answering the two probes from ``not_ready()`` (``None`` when ready) and ``heartbeat``
-    (none: live while this thread runs)."""
+    (none: live while this thread runs), and each of ``pages`` (path to a function returning the JSON body)."""
+    pages = dict(pages or {})
 
     class ProbeHandler(BaseHTTPRequestHandler):
         server_version = "fashion-serve-health"
@@ -82,8 +88,10 @@ def make_handler(not_ready: Callable[[], str | None],
             elif self.path == "/readyz":
                 reason = not_ready()
                 self.answer(503 if reason else 200, {"ready": reason is None, "reason": reason})
+            elif self.path in pages:
+                self.answer(200, pages[self.path]())
             else:
-                self.answer(404, {"error": "only /livez and /readyz are served on this port"})
+                self.answer(404, {"error": f"only {['/livez', '/readyz', *pages]} are served on this port"})
 
         def answer(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
@@ -100,9 +108,11 @@ def make_handler(not_ready: Callable[[], str | None],
 
 
 def start_health_server(host: str, port: int, not_ready: Callable[[], str | None],
+                        pages: StatusPages | None = None,
                         heartbeat: Heartbeat | None = None) -> ThreadingHTTPServer:
-    """Serve the probes on ``host:port`` from a daemon thread; returns the server (``shutdown()`` stops it)."""
-    server = ThreadingHTTPServer((host, port), make_handler(not_ready, heartbeat))
+    """Serve the probes (and status ``pages``) on ``host:port`` from a daemon thread; returns the server
+    (``shutdown()`` stops it)."""
+    server = ThreadingHTTPServer((host, port), make_handler(not_ready, pages, heartbeat))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="health-probes", daemon=True).start()
     log.info("health probes on http://%s:%d/livez and /readyz", host, port)

@@ -46,7 +46,7 @@ def test_the_probe_paths_are_the_ones_the_health_server_answers(container):
     from service.health import Heartbeat, start_health_server
 
     port = free_port()
-    server = start_health_server("127.0.0.1", port, lambda: None, Heartbeat(10))
+    server = start_health_server("127.0.0.1", port, lambda: None, heartbeat=Heartbeat(10))
     try:
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             path = container[probe]["httpGet"]["path"]

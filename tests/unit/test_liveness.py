@@ -40,7 +40,7 @@ def test_livez_fails_while_the_loop_is_blocked_and_recovers():
     runner = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
     runner.start()
     port = free_port()
-    server = start_health_server("127.0.0.1", port, lambda: None, heartbeat)
+    server = start_health_server("127.0.0.1", port, lambda: None, heartbeat=heartbeat)
     url = f"http://127.0.0.1:{port}"
     try:
         assert started.wait(WAIT_S), "the loop did not start"
