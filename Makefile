@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
-	reliability-tests soak fuzz clean test-fast
+	reliability-tests soak fuzz clean test-fast test-timing
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 
 test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
 	$(PY) -m pytest -m unit tests/unit
+
+test-timing: data ## Time each test tier once -> results/test-suite.md
+	$(PY) -m tests.timing
 
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load
