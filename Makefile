@@ -61,10 +61,10 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 	$(PY) -m benchmark
 
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
-	$(PY) -m clients.bench_http --out results/service-bench-cpu.json
+	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
 
 bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
-	$(PY) -m clients.bench_batch
+	$(PY) -m benchmark.bench_batch
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmark.bench_http import multipart_body
 from benchmark.timing import percentile
-from clients.bench_http import multipart_body
 from fashion.samples import sample_paths
 from service import launch as launcher
 

@@ -1,6 +1,6 @@
-"""HTTP benchmark of the service against the bare-Starlette ceiling: ``python -m clients.bench_http``.
+"""HTTP benchmark of the service against the bare-Starlette ceiling: ``python -m benchmark.bench_http``.
 
-Starts the real BentoML service and the bare app (``clients.bare_app``: same decode,
+Starts the real BentoML service and the bare app (``benchmark.bare_app``: same decode,
 same ONNX model, same JSON), then drives each with wrk (closed loop, one image per
 request) at each concurrency: requests/s, p50/p90/p99 latency, answers by status.
 Needs ``wrk`` (``apt-get install wrk``) and exported models in the BentoML store.
@@ -70,7 +70,7 @@ def start_servers(workdir: Path, backends: tuple[str, ...] | None = None) -> dic
     bin_dir = Path(sys.executable).parent
     bare_port = free_port()
     bento = launch.start(workdir, env={"FASHION_BACKENDS": ",".join(backends)} if backends else None)
-    bare = launch.Server(start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port),
+    bare = launch.Server(start([str(bin_dir / "uvicorn"), "benchmark.bare_app:app", "--port", str(bare_port),
                                 "--workers", "1", "--no-access-log", "--log-level", "warning"],
                                {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, workdir / "bare.log"),
                          f"http://127.0.0.1:{bare_port}", workdir / "bare.log")
@@ -99,7 +99,7 @@ def bentoml_onnx_path() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.bench_http", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.bench_http", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])

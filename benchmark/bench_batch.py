@@ -1,4 +1,4 @@
-"""Throughput of the batch CLI: ``python -m clients.bench_batch``.
+"""Throughput of the batch CLI: ``python -m benchmark.bench_batch``.
 
 Starts the real service (unless ``--url`` is given) and times three jobs through
 the same code as ``python -m clients batch``: the 10,000 test images from IDX
@@ -18,7 +18,7 @@ from pathlib import Path
 from clients.__main__ import local_classifier, remote_classifier
 from clients.batch import JobConfig, run_job
 from clients.sources import open_source
-from fashion.data import IDX_FILES, _candidate, find_data_dir, load_fashion_mnist
+from fashion.data import IDX_FILES, find_data_dir, idx_file_path, load_fashion_mnist
 from fashion.imaging import encode_png
 from service import launch
 
@@ -53,7 +53,7 @@ def time_job(source: str, out: Path, args: argparse.Namespace, local: bool, back
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.bench_batch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.bench_batch", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--url", default=None, help="use this running service instead of starting one")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per request (the service takes 1,024)")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         args.url = server.url
         server.wait_ready()
     try:
-        idx = str(_candidate(find_data_dir(), IDX_FILES["test_images"]))
+        idx = str(idx_file_path(find_data_dir(), IDX_FILES["test_images"]))
         write_png_folder(work / "pngs", args.images)
         results = {}
         print("IDX (10,000 test images) through the service")
