@@ -89,7 +89,10 @@ def is_figure(text: str, value: float, decimals: int) -> bool:
     """Whether a number needs a source: not on the allow-list, not a small whole count."""
     if text in ALLOWED or text.replace(",", "") in ALLOWED:
         return False
-    return not (decimals == 0 and value <= SMALL_COUNT)
+    whole = decimals == 0 and value.is_integer()
+    # Powers of two from 64 up are settings in these docs (batch sizes, chunk sizes, matrix widths), not results.
+    power_of_two = whole and value >= 64 and int(value) & (int(value) - 1) == 0
+    return not (whole and value <= SMALL_COUNT) and not power_of_two
 
 
 def figures(path: Path) -> list[Figure]:

@@ -35,7 +35,6 @@ KNOWN_UNSOURCED = {
     ("README.md", "192"),  # line 656
     ("README.md", "229"),  # line 656
     ("README.md", "247"),  # line 656
-    ("README.md", "2,048"),  # line 719
     ("README.md", "505,000"),  # line 730
     ("README.md", "400,000"),  # line 732
     ("README.md", "152,000"),  # line 767
