@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability \
 	reliability-tests soak fuzz clean test-fast test-timing
 
 help: ## Show the targets
@@ -63,8 +63,11 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
 	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
 
-bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
-	$(PY) -m benchmark.bench_batch
+peers: export ## Side by side with peer servers, 15 s x 3 levels x 3 reps -> results/peers-<machine>.md (needs wrk)
+	$(PY) -m benchmark.peers
+
+bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
+	$(PY) -m benchmark.batch
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability

@@ -32,7 +32,6 @@ KNOWN_UNSOURCED = {
     ("README.md", "0.9980"),  # line 655
     ("README.md", "751"),  # line 655
     ("README.md", "0.9844"),  # line 656
-    ("README.md", "192"),  # line 656
     ("README.md", "229"),  # line 656
     ("README.md", "247"),  # line 656
     ("README.md", "505,000"),  # line 730
