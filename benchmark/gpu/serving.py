@@ -123,7 +123,7 @@ def parity(device_answers: dict[str, np.ndarray], cpu_answers: dict[str, np.ndar
 
 def drive(url: str, backend: str, bodies: dict[str, Path], plan: ServicePlan) -> list[dict[str, Any]]:
     """wrk: one PNG per request at each concurrency, then the 4,096-image .npy requests."""
-    from clients.bench_http import run_wrk
+    from benchmark.bench_http import run_wrk
 
     rows = []
     runs = [("single", c, f"{url}/classify?backend={backend}", 1, plan.seconds) for c in plan.concurrency]
@@ -145,7 +145,7 @@ def drive(url: str, backend: str, bodies: dict[str, Path], plan: ServicePlan) ->
 
 def request_bodies(images: np.ndarray, plan: ServicePlan, work: Path) -> dict[str, tuple[Path, str]]:
     """The two wrk bodies: one PNG upload, and ``batch_images`` test images as .npy."""
-    from clients.bench_http import multipart_body
+    from benchmark.bench_http import multipart_body
 
     boundary = uuid.uuid4().hex
     single, batch = work / "single.bin", work / "batch.npy"
