@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability \
 	reliability-tests soak fuzz clean test-fast
 
 help: ## Show the targets
@@ -59,6 +59,9 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
 	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
+
+peers: export ## Side by side with peer servers, 15 s x 3 levels x 3 reps -> results/peers-<machine>.md (needs wrk)
+	$(PY) -m benchmark.peers
 
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
 	$(PY) -m benchmark.batch
