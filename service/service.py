@@ -76,7 +76,7 @@ def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, 
     threads=1,
     # The in-flight limit is AdmissionMiddleware's (it sends Retry-After; BentoML's does not).
     traffic={"timeout": 30},
-    # Measured on 2 cores (README "Serving"): the access log and OpenTelemetry's per-request spans (no
+    # Measured on 2 cores (docs/serving.md): the access log and OpenTelemetry's per-request spans (no
     # exporter is configured, so they are built and dropped) each cost a large share of the
     # worker's CPU. Both can be turned back on with a BentoML configuration file.
     logging={"access": {"enabled": False}},
