@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check \
-	reliability-tests soak fuzz clean test-fast
+	reliability-tests soak fuzz clean test-fast test-timing
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test-fast: setup ## Unit tests only (no data, no models, no server): under a min
 
 bento-check: export ## Build the Bento, serve it from a fresh venv of only its requirements, check every backend (results/bento-check.txt)
 	$(PY) -m tests.bento_check
+
+test-timing: data ## Time each test tier once -> results/test-suite.md
+	$(PY) -m tests.timing
 
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load

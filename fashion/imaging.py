@@ -1,6 +1,6 @@
 """Turn an uploaded image file into the model's 28 x 28 uint8 input, safely.
 
-Policy (also in the README):
+Policy (also in docs/serving.md, "Input policy"):
 
 * Formats: PNG, JPEG, GIF, BMP, WebP and TIFF only. The decoder itself is told
   which formats it may use (``Image.open(..., formats=...)``); a file's name or

@@ -11,7 +11,7 @@ Why not BentoML's adaptive batcher (``batchable=True``): it learns how long to
 hold requests from the waits it has seen. After a burst it keeps holding a lone
 request for tens of milliseconds, and every held request feeds that wait back
 into its estimate, so latency stayed high for minutes after an overload here
-(README "Reliability"). It also answers 503 without ``Retry-After``.
+(docs/reliability.md). It also answers 503 without ``Retry-After``.
 
 The queue is bounded (:class:`OverloadedError`, answered 503 with ``Retry-After``),
 a job that has waited longer than the wait budget is refused the same way when its turn

@@ -79,7 +79,7 @@ def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, 
     # request, throughput stops growing at about 16 concurrent requests here while p99 keeps rising (ENVIRONMENT.md's
     # HTTP baselines); the batcher merges whatever is waiting, so more per replica only queues.
     traffic={"timeout": 30, "concurrency": 16},
-    # Measured on 2 cores (README "Serving"): the access log and OpenTelemetry's per-request spans (no
+    # Measured on 2 cores (docs/serving.md): the access log and OpenTelemetry's per-request spans (no
     # exporter is configured, so they are built and dropped) each cost a large share of the
     # worker's CPU. Both can be turned back on with a BentoML configuration file.
     logging={"access": {"enabled": False}},
