@@ -129,8 +129,13 @@ async def post_npy(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[in
     return status, start, time.monotonic()
 
 
-def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_s: float = 1.5) -> dict[str, Any]:
+def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16,
+             hang_guard_s: float = 120.0) -> dict[str, Any]:
     """SIGTERM to ``bentoml serve`` while ``clients`` keep sending large requests.
+
+    The signal goes out once the first answer has come back (so requests are in flight), and the clients
+    keep sending until the process has exited: requests sent after readiness failed are then seen however
+    long the worker takes to stop. ``hang_guard_s`` bounds each wait.
 
     Returns the answers of requests sent before and after the signal, when readiness
     first failed and when the process exited, and its exit code.
@@ -139,32 +144,41 @@ def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_
     outcomes: list[tuple[float, float, int | str]] = []
     probes: list[tuple[float, int | str]] = []
 
-    async def keep_sending(client: httpx.AsyncClient, until: float) -> None:
-        while time.monotonic() < until:
-            status, start, end = await post_npy(client, server.url, body)
-            outcomes.append((start, end, status))
-
-    async def probe(client: httpx.AsyncClient, until: float) -> None:
-        while time.monotonic() < until:
-            try:
-                status: int | str = (await client.get(f"{server.url}/readyz", timeout=1)).status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            probes.append((time.monotonic(), status))
-            await asyncio.sleep(0.02)
-
     async def run() -> tuple[float, float]:
+        answered, exited_event = asyncio.Event(), asyncio.Event()
+        deadline = time.monotonic() + 3 * hang_guard_s
+
+        async def keep_sending(client: httpx.AsyncClient) -> None:
+            while not exited_event.is_set() and time.monotonic() < deadline:
+                status, start, end = await post_npy(client, server.url, body)
+                outcomes.append((start, end, status))
+                answered.set()
+
+        async def probe(client: httpx.AsyncClient) -> None:
+            while not exited_event.is_set() and time.monotonic() < deadline:
+                try:
+                    status: int | str = (await client.get(f"{server.url}/readyz", timeout=1)).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                probes.append((time.monotonic(), status))
+                await asyncio.sleep(0.02)  # probe pacing, not synchronisation
+
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=clients + 4)) as client:
-            until = time.monotonic() + after_s + 3.0
-            tasks = [asyncio.create_task(keep_sending(client, until)) for _ in range(clients)]
-            tasks.append(asyncio.create_task(probe(client, until)))
-            await asyncio.sleep(after_s)
+            tasks = [asyncio.create_task(keep_sending(client)) for _ in range(clients)]
+            tasks.append(asyncio.create_task(probe(client)))
+            try:
+                await asyncio.wait_for(answered.wait(), hang_guard_s)
+            except TimeoutError:
+                raise TimeoutError(f"no answer from {server.url} within {hang_guard_s}s before SIGTERM") from None
             signalled = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
-            exit_code = await asyncio.to_thread(server.proc.wait, 60)
-            exited = time.monotonic()
-            await asyncio.gather(*tasks)
-            return signalled, exited if exit_code is not None else float("nan")
+            try:
+                await asyncio.to_thread(server.proc.wait, hang_guard_s)
+            finally:
+                exited = time.monotonic()
+                exited_event.set()
+                await asyncio.gather(*tasks)
+            return signalled, exited
 
     signalled, exited = asyncio.run(run())
 
