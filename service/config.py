@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from fashion.backends import BACKENDS
+from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
 DEFAULT_BACKEND = "onnx-torch"
@@ -24,7 +25,8 @@ class ServiceConfig:
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
     ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
-    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off).
+    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off), ``FASHION_FRAMING``
+    (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md).
     """
 
     backends: tuple[str, ...] = tuple(BACKENDS)
@@ -39,6 +41,7 @@ class ServiceConfig:
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
+    framing: str = DEFAULT_FRAMING
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -48,6 +51,8 @@ class ServiceConfig:
             raise ConfigError(f"default backend {self.default_backend!r} is not among {list(self.backends)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"framing must be one of {list(FRAMINGS)}, not {self.framing!r}")
         if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images) < 1:
             raise ConfigError("limits must be positive")
 
@@ -70,6 +75,7 @@ class ServiceConfig:
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
+                framing=env.get("FASHION_FRAMING", cls.framing),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
