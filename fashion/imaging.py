@@ -233,7 +233,7 @@ def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None) -> np.ndarra
     # Pillow's UnsharpMask is a Gaussian blur of the given radius (its std dev) subtracted at `percent` strength.
     sharp = crop.resize(size, Image.Resampling.LANCZOS).filter(ImageFilter.UnsharpMask(radius=1.0, percent=100,
                                                                                       threshold=0))
-    fill = tuple(int(round(c)) for c in background)
+    fill = tuple(round(float(c)) for c in background)
     canvas = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), fill)
     canvas.paste(sharp, ((IMAGE_SIZE - size[0]) // 2, (IMAGE_SIZE - size[1]) // 2))
     gray = np.asarray(canvas.convert("L"), dtype=np.float32)

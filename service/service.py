@@ -93,7 +93,7 @@ class FashionClassifier:
         queue is full."""
         try:
             logits = await self.batcher.predict(backend, pixels)
-            return self.registry.describe(backend, logits, top_k, pixels if return_input else None)
+            return self.registry.describe(backend, logits, top_k, pixels if return_input else None, images=pixels)
         except OverloadedError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 

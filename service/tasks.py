@@ -202,9 +202,11 @@ async def classify_in_chunks(task: TaskProgress, batcher: MicroBatcher, backend:
     return logits
 
 
-def summarize(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-    """Predicted class ids, names and confidences (column-wise), plus accuracy and confusion matrix with labels."""
-    probs = softmax(logits)
+def summarize(logits: np.ndarray, labels: np.ndarray | None, temperature: float = 1.0,
+              ood_scores: np.ndarray | None = None, ood_threshold: float = 0.0) -> dict[str, Any]:
+    """Predicted class ids, names and calibrated confidences (column-wise), plus accuracy and confusion matrix
+    with labels; with ``ood_scores``, the "not clothing" columns ``ood_scores`` and ``in_distribution``."""
+    probs = softmax(logits, temperature)
     class_ids = probs.argmax(axis=1)
     confidences = probs[np.arange(len(probs)), class_ids].astype(np.float64)
     answer: dict[str, Any] = {
@@ -212,6 +214,9 @@ def summarize(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
         # Six places, as the batch CLI writes them.
         "confidences": np.round(confidences, 6).tolist(), "accuracy": None, "confusion_matrix": None,
     }
+    if ood_scores is not None:
+        answer["ood_scores"] = np.round(ood_scores, 4).tolist()
+        answer["in_distribution"] = (ood_scores >= ood_threshold).tolist()
     if labels is not None:
         answer["accuracy"] = float((class_ids == labels).mean())
         answer["confusion_matrix"] = confusion_matrix(labels, class_ids).tolist()
@@ -263,16 +268,21 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: An
     seconds = time.perf_counter() - started
     header = {"task_id": task.task_id, "backend": backend, "model_version": version, "seconds": round(seconds, 3)}
     # 100,000 answers are megabytes of JSON: built in a thread, not on the event loop that serves online requests.
-    body = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels)
+    loaded = registry.get(backend)
+    scores = registry.ood_scores(backend, logits, dataset.pixels)
+    threshold = loaded.detector.threshold if loaded.detector else 0.0
+    body = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels, loaded.temperature,
+                                          scores, threshold)
     task.check_cancel()  # canceled while it rendered: canceled it stays
     task.end("completed")
     log.info("task %s: %d images on %s in %.2f s", task.task_id, task.total, backend, seconds)
     return Response(body, media_type="application/json")
 
 
-def render_result(header: dict[str, Any], logits: np.ndarray, labels: np.ndarray | None) -> bytes:
+def render_result(header: dict[str, Any], logits: np.ndarray, labels: np.ndarray | None,
+                  temperature: float = 1.0, ood_scores: np.ndarray | None = None, ood_threshold: float = 0.0) -> bytes:
     """The result's JSON: ``header`` then :func:`summarize`."""
-    return json.dumps({**header, **summarize(logits, labels)}).encode()
+    return json.dumps({**header, **summarize(logits, labels, temperature, ood_scores, ood_threshold)}).encode()
 
 
 class DatasetUpload(bentoml.IODescriptor):
