@@ -120,16 +120,21 @@ def variants() -> list[Variant]:
     ]
 
 
-def classify(client, url: str, files: list[bytes], framing: str, chunk: int = 32) -> list[int]:
-    """Class ids from ``/classify`` for every file, ``chunk`` files per request."""
-    ids = []
+def classify_answers(client, url: str, files: list[bytes], framing: str, chunk: int = 32) -> list[dict]:
+    """The answers of ``/classify`` for every file, ``chunk`` files per request."""
+    answers = []
     for start in range(0, len(files), chunk):
         parts = [("images", (f"{i}.img", data, "application/octet-stream"))
                  for i, data in enumerate(files[start:start + chunk])]
         response = client.post(f"{url}/classify", files=parts, data={"framing": framing}, timeout=300)
         response.raise_for_status()
-        ids.extend(answer["class_id"] for answer in response.json())
-    return ids
+        answers.extend(response.json())
+    return answers
+
+
+def classify(client, url: str, files: list[bytes], framing: str) -> list[int]:
+    """Class ids from ``/classify`` for every file."""
+    return [answer["class_id"] for answer in classify_answers(client, url, files, framing)]
 
 
 def run_suite(url: str, images: np.ndarray, labels: np.ndarray, seed: int) -> list[dict]:
