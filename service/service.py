@@ -99,8 +99,9 @@ class FashionClassifier:
 
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer)
     async def classify(self, images: np.ndarray, backend: str, top_k: int | None = None,
-                       return_input: bool = False) -> list[dict[str, Any]]:
-        """Classify uploaded image(s); requests arriving together are batched per backend.
+                       return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
+        """Classify uploaded image(s); requests arriving together are batched per backend. ``framing`` was
+        applied while decoding (service.inputs); each answer says whether the image looks like clothing.
 
         Try it in a browser: [/ui/](/ui/).
         """
@@ -108,7 +109,7 @@ class FashionClassifier:
 
     @bentoml.api(route="/classify_batch", input_spec=ImageUpload, output_spec=JSONAnswer)
     async def classify_batch(self, images: np.ndarray, backend: str, top_k: int | None = None,
-                             return_input: bool = False) -> list[dict[str, Any]]:
+                             return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
         """Classify many uploaded images in one call (the same as /classify); answers in input order."""
         return await self.classify_pixels(backend, images, top_k, return_input)
 

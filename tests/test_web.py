@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fashion.backends import BACKENDS, load_artifact
-from fashion.contract import CLASS_NAMES, preprocess, softmax
+from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
@@ -35,7 +35,8 @@ def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
     """The ten probabilities the exported artifact gives this image, computed here without the service."""
     spec = BACKENDS[backend]
     predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
-    return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))))[0]
+    temperature = temperature_of(read_manifest(model_dir(exported, backend)))  # served probabilities are calibrated
+    return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
 
 
 # ---------- the API options the page relies on ----------
