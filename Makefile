@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
-	reliability-tests soak fuzz clean
+	reliability-tests soak fuzz clean test-fast
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ lint: setup ## ruff
 test: data ## Set up, lint, run the test suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
+	$(PY) -m pytest -m unit tests/unit
 
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load

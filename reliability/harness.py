@@ -157,6 +157,7 @@ class Prober:
 
     urls: tuple[str, ...]
     interval: float = 0.2
+    timeout: float = 5.0
     answers: list[tuple[float, str, int | str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -175,7 +176,7 @@ class Prober:
             thread.join()
 
     def _poll(self, url: str) -> None:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=self.timeout) as client:
             while not self._stop.is_set():
                 for path in ("/livez", "/readyz"):
                     start = time.perf_counter()

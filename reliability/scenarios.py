@@ -72,18 +72,20 @@ def check_batch_output(out: Path, expected_items: int) -> dict[str, int]:
 
 
 def overload(server: Server, workdir: Path, seconds: float = 30.0, connections: int = 1024,
-             batch_input: Path | None = None, batch_items: int = 0) -> dict[str, Any]:
+             batch_input: Path | None = None, batch_items: int = 0, probe_timeout_s: float = 5.0,
+             recovery_limit_s: float = 30.0) -> dict[str, Any]:
     """Flood ``/classify`` with ``connections`` clients that never pause, for ``seconds``.
 
-    Meanwhile: health probes every 0.2 s and (with ``batch_input``) the batch CLI over
-    the same server. After: seconds until one-at-a-time latency is back to normal.
+    Meanwhile: health probes every 0.2 s (each given ``probe_timeout_s``) and (with ``batch_input``) the
+    batch CLI over the same server. After: seconds until one-at-a-time latency is back to normal (``inf``
+    if not within ``recovery_limit_s``).
     """
     body_file, body = upload_body(workdir)
     baseline = baseline_latency(server.url, body)
     capacity = sustainable_rate(server, workdir)
     before = server.vitals()
     result: dict[str, Any] = {}
-    with Prober((server.url, server.health_url)) as prober:
+    with Prober((server.url, server.health_url), timeout=probe_timeout_s) as prober:
         flood_thread = threading.Thread(target=lambda: result.update(flood=run_wrk(
             f"{server.url}/classify", connections, seconds, body_file, BOUNDARY, timeout=60, threads=2)))
         flood_thread.start()
@@ -94,7 +96,7 @@ def overload(server: Server, workdir: Path, seconds: float = 30.0, connections: 
         flood_thread.join()
         # A one-at-a-time request now takes at most this long on a recovered server.
         normal_s = max(3 * baseline["p50_s"], baseline["p99_s"])
-        recovery = recovery_seconds(server.url, body, normal_s)
+        recovery = recovery_seconds(server.url, body, normal_s, limit_s=recovery_limit_s)
         batch: dict[str, Any] = {}
         if job is not None:
             output, _ = job.communicate(timeout=600)
@@ -186,31 +188,49 @@ def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_
     }
 
 
-def crash(server: Server, batch_pixels: np.ndarray, in_flight: int = 8, timeout: float = 30.0) -> dict[str, Any]:
-    """SIGKILL the worker while ``in_flight`` requests run; then keep a retrying client going."""
+def crash(server: Server, batch_pixels: np.ndarray, in_flight: int = 8, timeout: float = 30.0,
+          retry_attempts: int = 60) -> dict[str, Any]:
+    """SIGKILL the worker while ``in_flight`` clients keep requests running; then keep a retrying client going.
+
+    Each client sends its next request as soon as the last is answered, and the kill comes once the worker
+    has answered one: so requests are in the worker when it dies, on a fast machine as on a slow one.
+    """
     from clients.client import FashionClient, RetryPolicy
 
     body = npy_bytes(batch_pixels)
     worker = server.worker()
+    killed_at = [float("inf")]
 
-    async def one(client: httpx.AsyncClient) -> tuple[int | str, float]:
-        status, start, end = await post_npy(client, server.url, body)
-        return status, end - start
+    async def keep_sending(client: httpx.AsyncClient, answered: asyncio.Event,
+                           rows: list[tuple[int | str, float, float]]) -> None:
+        """Send one request after another until one ends after the kill."""
+        while True:
+            rows.append(await post_npy(client, server.url, body))
+            answered.set()
+            if rows[-1][2] >= killed_at[0]:
+                return
 
     async def run() -> tuple[list[tuple[int | str, float]], float]:
         async with httpx.AsyncClient(timeout=timeout) as client:
-            tasks = [asyncio.create_task(one(client)) for _ in range(in_flight)]
-            await asyncio.sleep(0.05)
-            killed = time.monotonic()
+            answered = asyncio.Event()
+            rows: list[list[tuple[int | str, float, float]]] = [[] for _ in range(in_flight)]
+            tasks = [asyncio.create_task(keep_sending(client, answered, mine)) for mine in rows]
+            await asyncio.wait_for(answered.wait(), timeout)
+            killed_at[0] = time.monotonic()
             worker.send_signal(signal.SIGKILL)
-            return [await task for task in tasks], killed
+            await asyncio.gather(*tasks)
+            # In flight at the kill: sent before it, ended after it.
+            hit = [(status, end - start) for mine in rows for status, start, end in mine
+                   if start < killed_at[0] <= end]
+            return hit, killed_at[0]
 
     answers, killed = asyncio.run(run())
     # A client that retries (the project's own) sends at once and rides over the restart.
     retried: dict[str, Any] = {}
 
     def retrying_client() -> None:
-        with FashionClient(server.url, timeout=timeout, retry=RetryPolicy(attempts=60, max_delay=0.5)) as client:
+        retry = RetryPolicy(attempts=retry_attempts, max_delay=0.5)
+        with FashionClient(server.url, timeout=timeout, retry=retry) as client:
             retried["answers"] = len(client.classify_array(batch_pixels[:16]))
             retried["retries"] = client.retry.retried
             retried["after_s"] = time.monotonic() - killed
@@ -223,7 +243,7 @@ def crash(server: Server, batch_pixels: np.ndarray, in_flight: int = 8, timeout:
     return {
         "killed_pid": worker.pid, "replacement_pid": server.worker().pid,
         "in_flight_outcomes": [str(status) for status, _ in answers],
-        "in_flight_slowest_s": max(seconds for _, seconds in answers),
+        "in_flight_slowest_s": max((seconds for _, seconds in answers), default=0.0),
         "ready_again_after_s": ready_after, "retrying_client": retried,
     }
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,14 +65,17 @@ def metrics() -> dict[str, Any]:
 class MicroBatcher:
     """Queues prediction jobs and runs them in batches on one model thread."""
 
-    def __init__(self, run_batch: RunBatch, max_batch_images: int = 256, max_queued_images: int = 16384) -> None:
+    def __init__(self, run_batch: RunBatch, max_batch_images: int = 256, max_queued_images: int = 16384,
+                 hold_file: str | None = None) -> None:
         """
         Args:
             run_batch: ``(backend, uint8[n, 28, 28]) -> float32[n, 10]`` logits; runs in the model thread.
             max_batch_images: images per model call; one larger job still runs, alone.
             max_queued_images: images allowed to wait; past this, :meth:`predict` raises OverloadedError.
+            hold_file: tests only: no model call starts while this file exists (see :meth:`_wait_while_held`).
         """
         self.run_batch = run_batch
+        self.hold_file = hold_file
         self.max_batch_images = max_batch_images
         self.max_queued_images = max_queued_images
         self.queue: deque[Job] = deque()
@@ -109,10 +113,27 @@ class MicroBatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.hold_file is not None:
+                await self._wait_while_held()
             while self.queue:
                 jobs = self._take()
                 if jobs:
                     await self._run(loop, jobs)
+
+    async def _wait_while_held(self) -> None:
+        """The test gate: hold every model call while :attr:`hold_file` exists.
+
+        Meanwhile ``<hold_file>.queued`` holds the number of queued jobs, so a test knows when its burst
+        is all queued before it lifts the hold (then the burst runs as merged calls, deterministically).
+        """
+        written = -1
+        while os.path.exists(self.hold_file):
+            if len(self.queue) != written:
+                written = len(self.queue)
+                with open(f"{self.hold_file}.queued.tmp", "w") as out:
+                    out.write(str(written))
+                os.replace(f"{self.hold_file}.queued.tmp", f"{self.hold_file}.queued")
+            await asyncio.sleep(0.01)
 
     def _take(self) -> list[Job]:
         """Queued jobs, oldest first, up to the batch limit (the first job always fits)."""

@@ -42,6 +42,9 @@ class ServiceConfig:
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
     framing: str = DEFAULT_FRAMING
+    # For tests only (FASHION_BATCH_HOLD_FILE): while this file exists the batcher starts no model call, so a
+    # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
+    batch_hold_file: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -76,6 +79,7 @@ class ServiceConfig:
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
                 framing=env.get("FASHION_FRAMING", cls.framing),
+                batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc

@@ -72,7 +72,8 @@ class FashionClassifier:
     def __init__(self) -> None:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
-        self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images)
+        self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images,
+                                    self.config.batch_hold_file)
         self.tasks = TaskBoard(task_limits())
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         if self.config.health_port:

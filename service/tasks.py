@@ -85,6 +85,9 @@ class TaskLimits:
     # here (README "Dataset tasks"): during an onnx-torch task, online p99 16 ms with 256, 92 ms with 1,024.
     chunk_images: int = 256
     max_active: int = 4
+    # For tests only (FASHION_TASK_HOLD_FILE): while this file exists, a task waits before each chunk after
+    # its first, so that a test sees it part-way through (and can cancel it there) without racing its end.
+    hold_file: str | None = None
 
     def __post_init__(self) -> None:
         if min(self.max_images, self.max_bytes, self.chunk_images, self.max_active) < 1:
@@ -96,7 +99,8 @@ class TaskLimits:
         return cls(max_images=int(env.get("FASHION_MAX_TASK_IMAGES", cls.max_images)),
                    max_bytes=int(env.get("FASHION_MAX_TASK_BYTES", cls.max_bytes)),
                    chunk_images=int(env.get("FASHION_TASK_CHUNK_IMAGES", cls.chunk_images)),
-                   max_active=int(env.get("FASHION_MAX_ACTIVE_TASKS", cls.max_active)))
+                   max_active=int(env.get("FASHION_MAX_ACTIVE_TASKS", cls.max_active)),
+                   hold_file=env.get("FASHION_TASK_HOLD_FILE") or None)
 
 
 @functools.cache
@@ -189,11 +193,20 @@ async def predict_when_admitted(task: TaskProgress, batcher: MicroBatcher, backe
             task.check_cancel()
 
 
+async def wait_while_held(task: TaskProgress, hold_file: str | None) -> None:
+    """The test gate: wait while ``hold_file`` exists, stopping at once if the task is canceled meanwhile."""
+    while hold_file is not None and os.path.exists(hold_file):
+        task.check_cancel()
+        await asyncio.sleep(0.01)
+
+
 async def classify_in_chunks(task: TaskProgress, batcher: MicroBatcher, backend: str, pixels: np.ndarray,
-                             chunk: int) -> np.ndarray:
+                             chunk: int, hold_file: str | None = None) -> np.ndarray:
     """``float32[N, 10]`` logits, one chunk at a time through the batcher, counting progress."""
     logits = np.empty((len(pixels), NUM_CLASSES), dtype=np.float32)
     for start in range(0, len(pixels), chunk):
+        if start:
+            await wait_while_held(task, hold_file)
         task.check_cancel()
         stop = min(start + chunk, len(pixels))
         logits[start:stop] = await predict_when_admitted(task, batcher, backend, pixels[start:stop])
@@ -254,7 +267,8 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: An
         backend = parse_backend(dataset.backend)
         version = loaded_version(registry, backend)
         task.total = len(dataset.pixels)
-        logits = await classify_in_chunks(task, batcher, backend, dataset.pixels, board.limits.chunk_images)
+        logits = await classify_in_chunks(task, batcher, backend, dataset.pixels, board.limits.chunk_images,
+                                          board.limits.hold_file)
     except RequestError as exc:
         task.end("failed", str(exc))
         return failure(ctx, task, exc.error_code.value)

@@ -1,12 +1,23 @@
-"""Shared fixtures: the real dataset, loaded once per session."""
+"""Shared fixtures: the real dataset, loaded once per session; tier markers set by folder."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier, named by its folder: ``pytest -m unit`` runs tests/unit only."""
+    for item in items:
+        tier = Path(item.path).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
@@ -145,13 +156,20 @@ def stop_server(proc):
 
 
 @pytest.fixture(scope="session")
-def server(exported, bentoml_home, tmp_path_factory):
+def batch_hold(tmp_path_factory):
+    """The session server's batcher gate (FASHION_BATCH_HOLD_FILE): see tests.helpers.held_batcher."""
+    return tmp_path_factory.mktemp("batch-gate") / "hold"
+
+
+@pytest.fixture(scope="session")
+def server(exported, bentoml_home, tmp_path_factory, batch_hold):
     """A real ``bentoml serve`` over the quickly trained, exported, registered models."""
     from export.store import register_model
 
     for model_dir in exported.values():
         register_model(model_dir)
-    proc, url = start_server(bentoml_home, tmp_path_factory.mktemp("server") / "server.log")
+    proc, url = start_server(bentoml_home, tmp_path_factory.mktemp("server") / "server.log",
+                             {"FASHION_BATCH_HOLD_FILE": str(batch_hold)})
     try:
         wait_for(url, "/readyz", proc=proc)
         yield url

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +24,7 @@ from fashion.data import IDX_FILES, _candidate
 from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
 from tests.conftest import free_port
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWER = [{"class_id": 9, "label": "Ankle boot", "confidence": 0.9,
@@ -154,48 +154,28 @@ def _batch_process(server, source, out, *extra):
     )
 
 
-def test_sigkill_halfway_then_resume_equals_an_uninterrupted_run(server, dataset, tmp_path):
-    source = tmp_path / "test.npz"
-    np.savez(source, images=dataset.test_images[:6000], labels=dataset.test_labels[:6000])
-    reference = tmp_path / "reference.csv"
-    assert _batch_process(server, source, reference).wait(300) == 0
-    out = tmp_path / "resumed.csv"
-    journal = tmp_path / "resumed.csv.journal"
-    proc = _batch_process(server, source, out)
-    deadline = time.monotonic() + 120
-    # 6,000 images in chunks of 64 make 94 journal lines: kill after about a third of them.
-    while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 30):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists() and journal.exists()
-    done = journal.read_bytes().count(b"\n")
-    assert 0 < done < 94, done
-    resumed = _batch_process(server, source, out, "--resume")
-    stdout, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0
-    assert out.read_bytes() == reference.read_bytes()
-    ids = [r["id"] for r in read_rows(out)]
-    assert len(ids) == len(set(ids)) == 6000
-    assert b"taken from the journal" in stdout and not journal.exists()
+class Proxy:
+    """Forwards to the real service, with faults injected: a 503 to every ``fail_every``-th request, and every
+    POST (a classify call) after the first ``hold_after`` held unanswered until the proxy closes."""
 
-
-class FlakyProxy:
-    """Forwards to the real service, but answers 503 to every third request (fault injection)."""
-
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, fail_every: int = 0, hold_after: int | None = None) -> None:
         from starlette.applications import Starlette
         from starlette.responses import Response
         from starlette.routing import Route
 
         self.count = 0
+        self.posts = 0
         self.injected = 0
+        self.closing = threading.Event()
 
         async def forward(request):
             self.count += 1
-            if self.count % 3 == 0:
+            if fail_every and self.count % fail_every == 0:
                 self.injected += 1
                 return Response('[{"error": "injected"}]', status_code=503, media_type="application/json")
+            self.posts += request.method == "POST"
+            while hold_after is not None and self.posts > hold_after and not self.closing.is_set():
+                await asyncio.sleep(0.01)
             async with httpx.AsyncClient(base_url=target, timeout=60) as client:
                 upstream = await client.request(request.method, request.url.path, params=request.query_params,
                                                 content=await request.body(),
@@ -214,20 +194,54 @@ class FlakyProxy:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), "the proxy's uvicorn to start", 30,
+                   interval=0.01)
+        assert self.server.started, "the proxy's uvicorn thread ended without starting"
         return f"http://127.0.0.1:{port}"
 
     def __exit__(self, *exc) -> None:
+        self.closing.set()
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def journal_lines(journal: Path) -> int:
+    return journal.read_bytes().count(b"\n") if journal.exists() else 0
+
+
+def test_sigkill_halfway_then_resume_equals_an_uninterrupted_run(server, dataset, tmp_path):
+    source = tmp_path / "test.npz"
+    np.savez(source, images=dataset.test_images[:6000], labels=dataset.test_labels[:6000])
+    reference = tmp_path / "reference.csv"
+    assert _batch_process(server, source, reference).wait(300) == 0
+    out = tmp_path / "resumed.csv"
+    journal = tmp_path / "resumed.csv.journal"
+    # 6,000 images in chunks of 64 make 94 journal lines. The proxy answers 30 requests, then holds the rest:
+    # the job is killed part-way, every time, however fast or slow the machine.
+    with Proxy(server, hold_after=30) as url:
+        proc = _batch_process(url, source, out)
+        try:
+            wait_until(lambda: journal_lines(journal) >= 30, "30 journal lines (30 answered chunks)", 300)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert not out.exists() and journal.exists()
+    done = journal_lines(journal)
+    assert 30 <= done < 94, done
+    resumed = _batch_process(server, source, out, "--resume")
+    stdout, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0
+    assert out.read_bytes() == reference.read_bytes()
+    ids = [r["id"] for r in read_rows(out)]
+    assert len(ids) == len(set(ids)) == 6000
+    assert b"taken from the journal" in stdout and not journal.exists()
 
 
 def test_injected_503s_are_retried_until_every_input_is_classified(server, exported, dataset, tmp_path, capsys):
     source = tmp_path / "part.npy"
     np.save(source, dataset.test_images[:2000])
     out = tmp_path / "preds.csv"
-    with FlakyProxy(server) as url:
+    with Proxy(server, fail_every=3) as url:
         # Every third request fails, so one chunk could meet a few 503s in a row: allow 10 attempts.
         code = cli(["--url", url, "batch", str(source), "--out", str(out), "--quiet", "--batch-size", "100",
                     "--retries", "10"])

@@ -19,6 +19,7 @@ from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
 from fashion.samples import sample_images, sample_paths
 from tests.conftest import start_server, stop_server, store_with, wait_for
+from tests.helpers import batch_histogram, held_batcher, queued_jobs, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,25 +68,29 @@ def test_batch_answers_keep_input_order(server, exported, dataset):
     assert [a["class_id"] for a in reply.json()] == expected
 
 
-def test_concurrent_single_images_are_batched_and_answered_correctly(server, exported, dataset):
-    pixels = dataset.test_images[:96]
+def test_a_burst_of_single_images_is_merged_into_one_model_call_and_answered_correctly(server, exported, dataset,
+                                                                                        batch_hold):
+    pixels = dataset.test_images[:32]
     expected = offline_labels(exported, "onnx-torch", pixels)
 
     def send(i: int) -> int:
         reply = httpx.post(f"{server}/classify", files={"images": ("x.png", encode_png(pixels[i]), "image/png")},
-                           timeout=30)
+                           timeout=300)
         assert reply.status_code == 200, reply.text
         return reply.json()[0]["class_id"]
 
-    with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        assert list(pool.map(send, range(len(pixels)))) == expected
-    metrics = httpx.get(f"{server}/metrics").text
-    # Every image went through the batcher. Whether several share a model call depends on the model being
-    # busy when they arrive (tests/test_batcher.py shows the merging itself); on two cores the HTTP parsing,
-    # not this tiny model, is the bottleneck, so here most calls hold one image.
-    series = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-              if line.startswith("fashion_batch_size_")}
-    assert series["fashion_batch_size_sum"] >= series["fashion_batch_size_count"] > 0
+    calls, images = batch_histogram(server)
+    pool = concurrent.futures.ThreadPoolExecutor(len(pixels))
+    try:
+        # The batcher is held until the whole burst is queued: then it runs as one call, on any machine.
+        with held_batcher(batch_hold):
+            futures = [pool.submit(send, i) for i in range(len(pixels))]
+            wait_until(lambda: queued_jobs(batch_hold) == len(pixels), f"{len(pixels)} requests queued", 120)
+        assert [future.result(timeout=300) for future in futures] == expected
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    calls_after, images_after = batch_histogram(server)
+    assert (calls_after - calls, images_after - images) == (1, len(pixels))
 
 
 def test_model_info_tells_what_runs_where(server, exported):

@@ -8,6 +8,7 @@ uploads stay small; everything else is the service as deployed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import io
 import time
@@ -40,14 +41,31 @@ MAX_BYTES = 12 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def task_server(exported, bentoml_home, tmp_path_factory):
+def hold_file(tmp_path_factory) -> Path:
+    """The server's test gate (FASHION_TASK_HOLD_FILE): while it exists, tasks wait after their first chunk."""
+    return tmp_path_factory.mktemp("task-gate") / "hold"
+
+
+@contextlib.contextmanager
+def held(hold: Path):
+    """Tasks started inside stop after one chunk until the block ends (the gate is always lifted after)."""
+    hold.touch()
+    try:
+        yield
+    finally:
+        hold.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def task_server(exported, bentoml_home, tmp_path_factory, hold_file):
     """``bentoml serve`` with the two ONNX backends, small task limits and its own task store."""
     from export.store import register_model
 
     for model_dir in exported.values():
         register_model(model_dir)
     folder = tmp_path_factory.mktemp("task-server")
-    env = {"FASHION_BACKENDS": "onnx-torch,onnx-tf", "FASHION_TASK_CHUNK_IMAGES": str(CHUNK),
+    env = {"FASHION_TASK_HOLD_FILE": str(hold_file),
+           "FASHION_BACKENDS": "onnx-torch,onnx-tf", "FASHION_TASK_CHUNK_IMAGES": str(CHUNK),
            "FASHION_MAX_TASK_IMAGES": str(MAX_IMAGES), "FASHION_MAX_TASK_BYTES": str(MAX_BYTES),
            "BENTOML_RESULT_STORE": str(folder / "tasks.db")}
     proc, url = start_server(bentoml_home, folder / "server.log", env)
@@ -129,12 +147,14 @@ UPLOADS = {
 
 @pytest.mark.parametrize("upload", list(UPLOADS))
 def test_a_task_over_the_test_set_reports_progress_and_matches_the_offline_model(task_server, exported, dataset,
-                                                                                  data_dir, upload):
-    task_id = submit(task_server, **UPLOADS[upload](dataset, data_dir))
-    seen = follow(task_server, task_id)
+                                                                                  data_dir, upload, hold_file):
     total = len(dataset.test_images)
+    with held(hold_file):  # the task stops after its first chunk, so its progress is seen part-way, every time
+        task_id = submit(task_server, **UPLOADS[upload](dataset, data_dir))
+        part_way = follow(task_server, task_id, until=lambda view: view["done"] > 0 or view["status"] != "in_progress")
+    assert part_way[-1]["status"] == "in_progress" and part_way[-1]["done"] == CHUNK < total == part_way[-1]["total"]
+    seen = part_way + follow(task_server, task_id)
     assert seen[-1]["status"] == "completed" and seen[-1]["done"] == seen[-1]["total"] == total
-    assert any(0 < view["done"] < total for view in seen), f"no progress seen in {len(seen)} polls"
     done = [view["done"] for view in seen]
     assert done == sorted(done)
     assert bentoml_status(task_server, task_id) == "completed"
@@ -180,21 +200,30 @@ def test_a_task_gives_the_batch_clis_predictions_and_accuracy(task_server, data_
     assert round(result["accuracy"], 4) == cli_accuracy
 
 
-def test_a_canceled_task_stops_within_a_chunk_and_ends_canceled(task_server, dataset):
-    task_id = submit(task_server, content=npy(dataset.test_images), headers={"Content-Type": "application/x-npy"})
-    started = follow(task_server, task_id, until=lambda view: view["done"] > 0 or view["status"] != "in_progress")
-    assert started[-1]["status"] == "in_progress", "the task ended before it could be canceled"
+def wait_for_bentoml_status(url: str, task_id: str, timeout: float = 120.0) -> str:
+    """BentoML's own status of the task once it is no longer in progress (it records the task's end)."""
+    deadline = time.monotonic() + timeout
+    while (status := bentoml_status(url, task_id)) == "in_progress":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"BentoML still reports task {task_id} in progress after {timeout} s")
+        time.sleep(0.05)
+    return status
 
-    reply = httpx.put(f"{task_server}/classify_dataset/cancel", params={"task_id": task_id})
+
+def test_a_canceled_task_stops_within_a_chunk_and_ends_canceled(task_server, dataset, hold_file):
+    with held(hold_file):  # the task is held after its first chunk: the cancel lands part-way, every time
+        task_id = submit(task_server, content=npy(dataset.test_images), headers={"Content-Type": "application/x-npy"})
+        started = follow(task_server, task_id, until=lambda view: view["done"] > 0 or view["status"] != "in_progress")
+        assert started[-1]["status"] == "in_progress" and started[-1]["done"] == CHUNK
+
+        reply = httpx.put(f"{task_server}/classify_dataset/cancel", params={"task_id": task_id})
     assert reply.status_code == 200, reply.text
     at_cancel = reply.json()
-    assert at_cancel["status"] == "canceled"
+    assert at_cancel["status"] == "canceled" and at_cancel["done"] == CHUNK
+    # BentoML records the end once the task function has stopped: no chunk can start after that.
+    assert wait_for_bentoml_status(task_server, task_id) == "canceled"
     [final] = follow(task_server, task_id)
-    # The chunk running when cancel came may finish; no other starts.
-    assert final["status"] == "canceled" and final["done"] <= at_cancel["done"] + CHUNK < len(dataset.test_images)
-    time.sleep(0.5)  # long enough for dozens of chunks, had the task gone on
-    assert follow(task_server, task_id)[-1]["done"] == final["done"]
-    assert bentoml_status(task_server, task_id) == "canceled"
+    assert final["status"] == "canceled" and final["done"] == CHUNK < len(dataset.test_images)
     assert httpx.get(f"{task_server}/classify_dataset/get", params={"task_id": task_id}).status_code == 400
     again = httpx.put(f"{task_server}/classify_dataset/cancel", params={"task_id": task_id})
     assert again.status_code == 409 and again.json()["status"] == "canceled"

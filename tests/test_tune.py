@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from training.config import ConfigError, get_preset
 from training.tune import GRACE, OPTIMIZERS, main, open_study
 
@@ -32,40 +32,49 @@ def test_a_three_trial_study_completes_for_each_optimizer(tmp_path, capsys):
     assert "| batch size |" in printed and "| rho |" in printed
 
 
-def _tune(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "training.tune", "--optimizer", "adam", "--trials", "4",
-                             "--limit", "300", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+def _tune(out: Path, log: Path) -> subprocess.Popen:
+    """The tuner in a process of its own, its output in ``log`` (a pipe nobody reads could fill and stall it)."""
+    with log.open("ab") as sink:
+        return subprocess.Popen([sys.executable, "-m", "training.tune", "--optimizer", "adam", "--trials", "4",
+                                 "--limit", "300", "--out", str(out)], cwd=REPO, stdout=sink, stderr=sink)
 
 
-def _states(db: Path) -> list[tuple[int, str]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+def _states(study) -> list[tuple[int, str]]:
+    return [(trial.number, trial.state.name) for trial in study.get_trials(deepcopy=False)]
+
+
+def _one_complete_and_one_running(study) -> list[tuple[int, str]]:
+    states = _states(study)
+    return states if {"COMPLETE", "RUNNING"} <= {s for _, s in states} else []
 
 
 def test_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path):
-    db = tmp_path / "tuning.db"
-    proc = _tune(tmp_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        states = _states(db) if db.exists() else []
-        if any(s == "COMPLETE" for _, s in states) and any(s == "RUNNING" for _, s in states):
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
+    db, log = tmp_path / "tuning.db", tmp_path / "tune.log"
+    # The study (and its tables) exist before the tuner starts: it loads this one, and reading it through
+    # Optuna's API never races the tuner's creation of the schema.
+    study = open_study(f"sqlite:///{db}", "fashion-torch-adam", 0)
+    proc = _tune(tmp_path, log)
+    try:
+        # Hang guard: a trial takes seconds to a minute on a busy 2-core machine.
+        wait_until(lambda: _one_complete_and_one_running(study), "one COMPLETE and one RUNNING trial", 600,
+                   interval=0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = _states(db)
+    before = _states(study)
     killed = [n for n, s in before if s == "RUNNING"]
     assert killed and any(s == "COMPLETE" for _, s in before)
-    time.sleep(GRACE + 1)  # the dead process's heartbeat must go stale before its trial is failed
-    rerun = _tune(tmp_path)
-    assert rerun.wait(300) == 0, rerun.stderr.read().decode()[-2000:]
-    after = _states(db)
+    # Not a race: the process is dead, so its last heartbeat only ages; Optuna fails the trial on the rerun's
+    # start once it is older than GRACE.
+    time.sleep(GRACE + 1)
+    rerun = _tune(tmp_path, log)
+    assert rerun.wait(1200) == 0, log.read_text()[-2000:]  # hang guard: about 2 minutes expected
+    study = open_study(f"sqlite:///{db}", "fashion-torch-adam", 0)  # afresh: nothing cached from before the rerun
+    after = _states(study)
     numbers = [n for n, _ in after]
     assert len(numbers) == len(set(numbers)) > len(before)
     assert dict(after)[killed[0]] == "FAIL"
     assert sum(s in ("COMPLETE", "PRUNED") for _, s in after) >= 4
-    study = open_study(f"sqlite:///{db}", "fashion-torch-adam", 0)
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
     assert retried and retried[0].params == study.trials[killed[0]].params  # the lost trial ran again
 

@@ -15,6 +15,7 @@ from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, softmax, temperature_of
 from fashion.manifest import read_manifest
 from tests.conftest import start_server, stop_server, store_with, wait_for
+from tests.helpers import batch_histogram, held_batcher, queued_jobs, wait_until
 
 triton = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra) is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402 (after the skip above)
@@ -41,7 +42,7 @@ def pixels(dataset):
 
 
 def native_labels(server, backend: str, pixels: np.ndarray) -> list[int]:
-    reply = httpx.post(f"{server}/classify_array", json={"pixels": pixels.tolist(), "backend": backend}, timeout=60)
+    reply = httpx.post(f"{server}/classify_array", json={"pixels": pixels.tolist(), "backend": backend}, timeout=300)
     assert reply.status_code == 200, reply.text
     return [answer["class_id"] for answer in reply.json()]
 
@@ -234,21 +235,14 @@ def test_tritonclient_raises_with_the_server_message(client):
     assert caught.value.status() == "404" and "no version '0'" in caught.value.message()
 
 
-def batch_histogram(server) -> tuple[float, float]:
-    """(model calls, images) from the batcher's ``fashion_batch_size`` histogram."""
-    series = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{server}/metrics").text
-              .splitlines() if line.startswith("fashion_batch_size_")}
-    return series["fashion_batch_size_count"], series["fashion_batch_size_sum"]
-
-
-def test_v2_and_native_requests_share_the_batcher(server, client, pixels):
+def test_v2_and_native_requests_share_the_batcher(server, client, pixels, batch_hold):
     calls_before, images_before = batch_histogram(server)
     client.infer("onnx-torch", [images_input(pixels, True)])
     calls, images = batch_histogram(server)
     assert (calls - calls_before, images - images_before) == (1, len(pixels))  # a v2 request is a batcher job
 
     def v2(i: int) -> int:  # raw HTTP: tritonclient's gevent connection pool is not for threads
-        reply = httpx.post(server + INFER, timeout=60, **binary_request(pixels[i:i + 1], extra={
+        reply = httpx.post(server + INFER, timeout=300, **binary_request(pixels[i:i + 1], extra={
             "outputs": [{"name": "logits", "parameters": {"binary_data": False}}]}))
         assert reply.status_code == 200, reply.text
         return int(np.argmax(reply.json()["outputs"][0]["data"]))
@@ -258,13 +252,18 @@ def test_v2_and_native_requests_share_the_batcher(server, client, pixels):
 
     expected = native_labels(server, "onnx-torch", pixels)
     calls, images = batch_histogram(server)
-    with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        futures = [pool.submit(send, i) for i in range(len(pixels)) for send in (v2, native)]
-        labels = [f.result() for f in futures]
+    pool = concurrent.futures.ThreadPoolExecutor(2 * len(pixels))
+    try:
+        # The batcher is held until all 128 one-image requests are queued: they then share one model call.
+        with held_batcher(batch_hold):
+            futures = [pool.submit(send, i) for i in range(len(pixels)) for send in (v2, native)]
+            wait_until(lambda: queued_jobs(batch_hold) == len(futures), f"{len(futures)} requests queued", 120)
+        labels = [f.result(timeout=300) for f in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     assert labels == [label for label in expected for _ in range(2)]
     calls_after, images_after = batch_histogram(server)
-    assert images_after - images == 2 * len(pixels)
-    assert calls_after - calls < 2 * len(pixels)  # some model calls served several requests
+    assert (calls_after - calls, images_after - images) == (1, 2 * len(pixels))  # 128 images: one call of 256
 
 
 def test_not_ready_server_is_live_and_says_not_ready(exported, tmp_path):
