@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
-	reliability-tests soak fuzz clean test-fast
+	reliability-tests soak fuzz clean test-fast inputs calibration ood
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,17 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 
 test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
 	$(PY) -m pytest -m unit tests/unit
+
+inputs: export ## Accuracy on transformed test photos via HTTP, both framings -> results/inputs.md (~15 min)
+	$(PY) -m benchmark.inputs --limit 1000
+
+calibration: export ## ECE before/after temperature scaling per exported model -> results/calibration.md
+	$(PY) -m benchmark.calibration $(foreach m,torch tf,--model-dir $$($(PY) -c "from export.store import \
+	  model_path; print(model_path('fashion-mlp-$(m)'))"))
+
+ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
+	$(PY) -m benchmark.ood $(foreach m,torch tf,--model-dir $$($(PY) -c "from export.store import \
+	  model_path; print(model_path('fashion-mlp-$(m)'))"))
 
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load
