@@ -170,7 +170,10 @@ def _to_rgb(image) -> np.ndarray:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     if image.mode not in ("RGB", "L"):
-        image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image.convert("RGB")
+        try:
+            image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image.convert("RGB")
+        except ValueError:  # a mode Pillow cannot turn into RGB (e.g. LAB): its gray, as the legacy policy uses
+            image = image.convert("L")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
