@@ -206,6 +206,18 @@ def test_uploaded_test_image_shows_the_offline_models_answer(page, exported, pat
     assert (tmp_path / f"{path.stem}.png").stat().st_size > 10_000
 
 
+def test_a_blank_image_is_shown_as_not_clothing(page):
+    """The model's "not clothing" answer reaches the page, and a garment clears it again."""
+    from fashion.imaging import encode_png
+
+    page.set_input_files("#file", files=[{"name": "blank.png", "mimeType": "image/png",
+                                          "buffer": encode_png(np.zeros((28, 28), np.uint8))}])
+    page.wait_for_selector("#not-clothing:not([hidden])")
+    assert page.inner_text("#not-clothing").startswith("This does not look like clothing")
+    page.set_input_files("#file", str(TROUSER))
+    page.wait_for_selector("#not-clothing", state="hidden")
+
+
 def test_switching_backend_reclassifies_and_shows_it(page, exported):
     page.set_input_files("#file", str(TROUSER))
     page.wait_for_selector("#result:not([hidden])")
