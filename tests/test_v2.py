@@ -147,7 +147,7 @@ def test_raw_json_request_flat_or_nested_gets_every_output_as_json(server, pixel
     answer = reply.json()
     assert answer["id"] == "42" and answer["model_name"] == "onnx-tf"
     outputs = {o["name"]: o for o in answer["outputs"]}
-    assert set(outputs) == {"logits", "probabilities"}
+    assert set(outputs) == {"logits", "probabilities", "ood_score", "in_distribution"}
     for output in outputs.values():
         assert output["datatype"] == "FP32" and output["shape"] == [len(pixels), 10]
         assert len(output["data"]) == len(pixels) * 10  # flat, row-major, as Triton answers

@@ -54,7 +54,8 @@ def test_pixel_route_and_calibrated_probabilities(server):
     assert outputs["in_distribution"]["data"] == [True, False]
     logits = np.array(outputs["logits"]["data"], dtype=np.float32).reshape(2, 10)
     probabilities = np.array(outputs["probabilities"]["data"]).reshape(2, 10)
-    temperature = httpx.get(server + "/info", timeout=30).json()["backends"]["onnx-torch"]["calibration_temperature"]
+    info = httpx.post(server + "/model_info", timeout=30).json()
+    temperature = info["backends"]["onnx-torch"]["calibration_temperature"]
     assert temperature != 1.0
     np.testing.assert_allclose(probabilities, softmax(logits, temperature), atol=1e-6)
     assert answers[0]["confidence"] == pytest.approx(float(probabilities[0].max()), abs=1e-6)

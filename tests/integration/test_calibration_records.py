@@ -68,6 +68,8 @@ def test_a_tampered_detector_is_refused(exported, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(exported["torch"], copy)
     target = copy / "ood.npz"
-    target.write_bytes(target.read_bytes()[:-1] + b"\0")
+    payload = bytearray(target.read_bytes())
+    payload[100] ^= 0xFF
+    target.write_bytes(bytes(payload))
     with pytest.raises(IntegrityError):
         verify_artifact(copy, read_manifest(copy)["ood"])
