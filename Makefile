@@ -69,16 +69,16 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 	$(PY) -m benchmark
 
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
-	$(PY) -m clients.bench_http --out results/service-bench-cpu.json
+	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
 
 bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
-	$(PY) -m clients.bench_batch
+	$(PY) -m benchmark.bench_batch
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability
 
 reliability-tests: export ## The same scenarios at full length as tests (pytest -m long)
-	$(PY) -m pytest -m long tests/test_reliability.py
+	$(PY) -m pytest -m long tests/e2e/test_reliability.py
 
 soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md (not in CI)
 	$(PY) -m reliability soak

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmark.bench_http import run_wrk
 from benchmark.openloop import open_loop
 from benchmark.timing import percentile
-from clients.bench_http import run_wrk
 from clients.client import npy_bytes
 from reliability.harness import (
     BOUNDARY,

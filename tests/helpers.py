@@ -1,14 +1,19 @@
-"""Test helpers (not fixtures): waiting on a condition with a timeout that says what it waited for."""
+"""Test helpers (fixtures live in conftest.py): waits that say what they waited for, servers, request bodies."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from service.launch import Server, free_port, start
+
 T = TypeVar("T")
+__all__ = ["free_port"]  # re-exported for the tests: one free_port, service.launch's
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_until(probe: Callable[[], T], what: str, timeout: float, interval: float = 0.05) -> T:
@@ -58,3 +63,56 @@ def held_batcher(hold: Path) -> Iterator[None]:
         yield
     finally:
         hold.unlink(missing_ok=True)
+
+
+def npy(array, allow_pickle: bool = False) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (a request body)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def npz(**arrays) -> bytes:
+    """``arrays`` as the bytes of a compressed ``.npz`` file."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def start_server(home: Path, workdir: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """``bentoml serve`` (service.launch) over the models of the BentoML store at ``home``; not yet waited for."""
+    return start(Path(workdir), env=extra_env, models=Path(home) / "models")
+
+
+def store_with(exported, tmp_path, tamper: str | None = None):
+    """A BentoML store (a new home under ``tmp_path``) holding copies of the exported models.
+
+    ``tamper``: ``"<framework>/<file>"`` whose byte 100 is flipped first (e.g. ``"tf/model.onnx"``).
+    Registered from a separate process: this session's BentoML store is already bound to another home.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    copies = []
+    for framework, model_dir in exported.items():
+        copies.append(tmp_path / framework)
+        shutil.copytree(model_dir, copies[-1])
+    if tamper:
+        target = tmp_path / tamper
+        payload = bytearray(target.read_bytes())
+        payload[100] ^= 0xFF
+        target.write_bytes(bytes(payload))
+    home = tmp_path / "store"
+    subprocess.run([sys.executable, "-c", "import sys; from export.store import register_model as r; "
+                    "[r(p) for p in sys.argv[1:]]", *map(str, copies)],
+                   env={**os.environ, "BENTOML_HOME": str(home)}, check=True, cwd=REPO)
+    return home

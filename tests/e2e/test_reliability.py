@@ -27,7 +27,7 @@ from fashion.samples import sample_paths
 from reliability import scenarios
 from reliability.harness import launch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = sample_paths()[0].read_bytes()
 
 

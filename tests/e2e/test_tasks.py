@@ -7,33 +7,23 @@ uploads stay small; everything else is the service as deployed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gzip
-import io
 import time
 from pathlib import Path
 
-import bentoml
 import httpx
 import numpy as np
 import pytest
-from starlette.requests import Request
 
 from fashion.backends import BACKENDS, load_artifact
 from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.manifest import read_manifest
 from fashion.metrics import confusion_matrix
 from fashion.samples import sample_paths
-from service.batcher import MicroBatcher
-from service.config import ServiceConfig
-from service.datasets import Upload, read_dataset
-from service.inputs import RequestError
-from service.registry import ModelRegistry
-from service.tasks import TaskBoard, TaskLimits, run_dataset_task
-from tests.conftest import start_server, stop_server, wait_for
+from tests.helpers import npy, npz, start_server
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CHUNK = 128
 MAX_IMAGES = 12_000
@@ -68,24 +58,13 @@ def task_server(exported, bentoml_home, tmp_path_factory, hold_file):
            "FASHION_BACKENDS": "onnx-torch,onnx-tf", "FASHION_TASK_CHUNK_IMAGES": str(CHUNK),
            "FASHION_MAX_TASK_IMAGES": str(MAX_IMAGES), "FASHION_MAX_TASK_BYTES": str(MAX_BYTES),
            "BENTOML_RESULT_STORE": str(folder / "tasks.db")}
-    proc, url = start_server(bentoml_home, folder / "server.log", env)
+    instance = start_server(bentoml_home, folder, env)
+    url = instance.url
     try:
-        wait_for(url, "/readyz", proc=proc)
+        instance.wait_ready()
         yield url
     finally:
-        stop_server(proc)
-
-
-def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
-
-
-def npz(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return buffer.getvalue()
+        instance.stop()
 
 
 def idx_images(pixels: np.ndarray) -> bytes:
@@ -300,53 +279,3 @@ def test_unknown_task_ids_are_not_found(task_server, route, method):
     assert reply.status_code == 404 and reply.json() == {"error": "task_id not found"}
     reply = httpx.request(method, f"{task_server}/classify_dataset/{route}")
     assert reply.status_code == 400 and reply.json() == {"error": "task_id is required"}
-
-
-def test_a_model_failure_ends_the_task_failed_with_the_reason(exported, dataset):
-    registry = ModelRegistry(ServiceConfig(backends=("onnx-torch",), device="cpu", threads=1))
-    registry.load_all({read_manifest(exported["torch"])["name"]: exported["torch"]})
-    calls = []
-
-    def failing_third_call(backend: str, pixels: np.ndarray) -> np.ndarray:
-        calls.append(len(pixels))
-        if len(calls) == 3:
-            raise RuntimeError("device lost")
-        return registry.logits(backend, pixels)
-
-    board = TaskBoard(TaskLimits(chunk_images=100))
-    request = Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""})
-    request.state.task_id = "model-error"
-    ctx = bentoml.Context()
-
-    async def run() -> tuple[dict, int]:
-        batcher = MicroBatcher(failing_third_call)
-        upload = Upload(npy(dataset.test_images[:1000]), "application/x-npy")
-        try:
-            with ctx.in_request(request):
-                answer = await run_dataset_task(board, batcher, registry, ctx, upload)
-                return answer, ctx.response.status_code  # what BentoML answers, and records as failed
-        finally:
-            batcher.close()
-
-    answer, status = asyncio.run(run())
-    assert status == 500
-    assert answer == {"error": "the model failed: RuntimeError: device lost", "task_id": "model-error"}
-    progress = board.get("model-error").view()
-    assert progress["status"] == "failed" and progress["done"] == 200 and progress["total"] == 1000
-
-
-@pytest.mark.parametrize(("upload", "status", "reason"), [
-    # A gzip bomb: 100 MB of zeros in about 100 kB; refused after inflating no more than the limit allows.
-    (gzip.compress(bytes(16) + bytes(100_000_000)), 413, "decompresses to more than 1,000 images"),
-    (npz(images=np.zeros((1001, 28, 28), np.uint8)), 413, "1,001 images; a task takes at most 1,000"),
-    (npz(x=np.zeros((3, 28, 28), np.uint8), y=np.zeros(3, np.int64)), None, None),
-    (npz(labels=np.zeros(3, np.int64)), 422, "no 'images' (or 'x') array"),
-])
-def test_reading_uploads_is_bounded(upload, status, reason):
-    if status is None:
-        dataset = read_dataset(Upload(upload, "application/octet-stream"), 1000)
-        assert dataset.pixels.shape == (3, 28, 28) and dataset.labels.tolist() == [0, 0, 0]
-        return
-    with pytest.raises(RequestError) as caught:
-        read_dataset(Upload(upload, "application/octet-stream"), 1000)
-    assert caught.value.error_code.value == status and reason in str(caught.value)

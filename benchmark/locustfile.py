@@ -1,4 +1,4 @@
-"""Load test with Locust: ``locust -f clients/locustfile.py --host http://localhost:3000``.
+"""Load test with Locust: ``locust -f benchmark/locustfile.py --host http://localhost:3000``.
 
 Each simulated user uploads one real test image per request to the adaptively
 batched ``/classify`` endpoint, now and then asks for a batch of 64 images as

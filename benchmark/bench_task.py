@@ -1,4 +1,4 @@
-"""Online latency while a dataset task runs: ``python -m clients.bench_task --url http://localhost:3000``.
+"""Online latency while a dataset task runs: ``python -m benchmark.bench_task --url http://localhost:3000``.
 
 For each backend: one client sends one test image at a time to ``/classify_array`` for a few
 seconds (latency alone), then again while a task classifies the 60,000 training images with that
@@ -66,7 +66,7 @@ def measure(url: str, body: bytes, pixels: list, backend: str, alone_seconds: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.bench_task", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.bench_task", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--url", default="http://localhost:3000", help="the running service")
     parser.add_argument("--backends", nargs="+", default=["onnx-torch", "savedmodel", "torch"],

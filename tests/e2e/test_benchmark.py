@@ -15,7 +15,7 @@ from benchmark.timing import QUICK, percentile, time_calls
 from fashion.backends import BACKENDS
 from fashion.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_timing_helpers():

@@ -6,7 +6,6 @@ import concurrent.futures
 import io
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,10 +17,16 @@ from fashion.contract import preprocess
 from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
 from fashion.samples import sample_images, sample_paths
-from tests.conftest import start_server, stop_server, store_with, wait_for
-from tests.helpers import batch_histogram, held_batcher, queued_jobs, wait_until
+from tests.helpers import (
+    batch_histogram,
+    held_batcher,
+    queued_jobs,
+    start_server,
+    store_with,
+    wait_until,
+)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def offline_labels(exported, backend: str, pixels: np.ndarray) -> list[int]:
@@ -170,20 +175,20 @@ def test_bad_input_gets_a_documented_4xx_and_the_server_stays_ready(server, case
 
 def test_not_ready_until_models_load_and_never_with_a_tampered_model(exported, tmp_path):
     home = store_with(exported, tmp_path, tamper="tf/model.onnx")
-    proc, url = start_server(home, tmp_path / "server.log")
+    instance = start_server(home, tmp_path)
+    url = instance.url
     try:
-        wait_for(url, "/livez", proc=proc)
+        instance.wait_ready(path="/livez")
         assert httpx.get(f"{url}/readyz").status_code == 503
-        deadline = time.monotonic() + 60
-        while not (info := httpx.post(f"{url}/model_info").json())["error"] and time.monotonic() < deadline:
-            time.sleep(0.25)
+        info = wait_until(lambda: (answer := httpx.post(f"{url}/model_info").json())["error"] and answer,
+                          "/model_info to report the loading error", 300, interval=0.25)
         assert "model.onnx" in info["error"] and "SHA-256" in info["error"]
         assert httpx.get(f"{url}/readyz").status_code == 503
         reply = httpx.post(f"{url}/classify", files={"images": ("a.png", SAMPLE, "image/png")})
         assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
         assert "not ready" in reply.json()["error"] and "SHA-256" in reply.json()["error"]
     finally:
-        stop_server(proc)
+        instance.stop()
 
 
 def test_bentoml_build_packages_the_service(server, bentoml_home, tmp_path):
@@ -203,9 +208,10 @@ def test_bentoml_build_packages_the_service(server, bentoml_home, tmp_path):
 
 def test_a_backend_not_loaded_is_refused_without_failing_other_requests(exported, tmp_path):
     home = store_with(exported, tmp_path)
-    proc, url = start_server(home, tmp_path / "server.log", {"FASHION_BACKENDS": "onnx-torch"})
+    instance = start_server(home, tmp_path, {"FASHION_BACKENDS": "onnx-torch"})
+    url = instance.url
     try:
-        wait_for(url, "/readyz", proc=proc)
+        instance.wait_ready()
         files = {"images": ("a.png", SAMPLE, "image/png")}
 
         def send(backend: str) -> int:
@@ -217,4 +223,4 @@ def test_a_backend_not_loaded_is_refused_without_failing_other_requests(exported
         info = httpx.post(f"{url}/model_info").json()
         assert info["backends"]["onnx-torch"]["loaded"] and list(info["backends"]) == ["onnx-torch"]
     finally:
-        stop_server(proc)
+        instance.stop()

@@ -15,8 +15,8 @@ from fashion.data import (
     IDX_FILES,
     DataError,
     DataNotFoundError,
-    _candidate,
     find_data_dir,
+    idx_file_path,
     load_fashion_mnist,
     read_idx,
     train_val_split,
@@ -66,7 +66,7 @@ def test_split_is_deterministic_within_and_across_processes(dataset, data_dir):
 
 
 def _decompressed(data_dir, key) -> bytes:
-    raw = _candidate(data_dir, IDX_FILES[key]).read_bytes()
+    raw = idx_file_path(data_dir, IDX_FILES[key]).read_bytes()
     return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
 
 

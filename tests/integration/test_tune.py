@@ -15,7 +15,7 @@ from tests.helpers import wait_until
 from training.config import ConfigError, get_preset
 from training.tune import GRACE, OPTIMIZERS, main, open_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_three_trial_study_completes_for_each_optimizer(tmp_path, capsys):

@@ -20,13 +20,12 @@ from clients.__main__ import main as cli
 from clients.client import AsyncFashionClient, FashionClient, RetryPolicy, ServiceError
 from fashion.backends import load_artifact
 from fashion.contract import preprocess
-from fashion.data import IDX_FILES, _candidate
+from fashion.data import IDX_FILES, idx_file_path
 from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
-from tests.conftest import free_port
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ANSWER = [{"class_id": 9, "label": "Ankle boot", "confidence": 0.9,
            "top_k": [{"class_id": 9, "label": "Ankle boot", "probability": 0.9}], "backend": "onnx-torch",
            "model_version": "v1"}]
@@ -112,7 +111,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_full_test_set_through_batch_matches_offline_model(server, exported, dataset, data_dir, tmp_path, capsys):
-    images = _candidate(data_dir, IDX_FILES["test_images"])
+    images = idx_file_path(data_dir, IDX_FILES["test_images"])
     out = tmp_path / "preds.csv"
     assert cli(["--url", server, "batch", str(images), "--out", str(out), "--quiet"]) == 0
     rows = read_rows(out)

@@ -1,6 +1,6 @@
-"""HTTP benchmark of the service against the bare-Starlette ceiling: ``python -m clients.bench_http``.
+"""HTTP benchmark of the service against the bare-Starlette ceiling: ``python -m benchmark.bench_http``.
 
-Starts the real BentoML service and the bare app (``clients.bare_app``: same decode,
+Starts the real BentoML service and the bare app (``benchmark.bare_app``: same decode,
 same ONNX model, same JSON), then drives each with wrk (closed loop, one image per
 request) at each concurrency: requests/s, p50/p90/p99 latency, answers by status.
 Needs ``wrk`` (``apt-get install wrk``) and exported models in the BentoML store.
@@ -17,16 +17,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
 from fashion.backends import BACKENDS, MODEL_NAMES
 from fashion.env import environment_stamp
 from fashion.samples import sample_paths
+from service import launch
+from service.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("wrk_upload.lua")
@@ -36,45 +35,6 @@ def multipart_body(image: bytes, boundary: str) -> bytes:
     """One ``images`` file part, as browsers and curl send it."""
     return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
-
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
-
-
-def private_bentoml_home(workdir: Path, models: Path | None = None) -> Path:
-    """A BentoML home of one server's own that sees a store's models (default: the current store's).
-
-    ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, so a
-    second server on the same home silently breaks the first one's ``/metrics``. The models
-    are shared through a link, so nothing is copied.
-    """
-    if models is None:
-        import bentoml
-
-        models = Path(bentoml.models.get(f"{MODEL_NAMES['torch']}:latest").path).parents[1]
-    home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=workdir))
-    (home / "models").symlink_to(models)
-    return home
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -108,20 +68,16 @@ def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundar
 def start_servers(workdir: Path, backends: tuple[str, ...] | None = None) -> dict[str, tuple[subprocess.Popen, str]]:
     """The real service and the bare app on free loopback ports, ready: ``{name: (process, base URL)}``."""
     bin_dir = Path(sys.executable).parent
-    bento_port, bare_port = free_port(), free_port()
-    service_env = {"TF_CPP_MIN_LOG_LEVEL": "3", "BENTOML_HOME": str(private_bentoml_home(workdir)),
-                   **({"FASHION_BACKENDS": ",".join(backends)} if backends else {})}
-    servers = {
-        "bare": (start([str(bin_dir / "uvicorn"), "clients.bare_app:app", "--port", str(bare_port), "--workers", "1",
-                        "--no-access-log", "--log-level", "warning"],
-                       {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, workdir / "bare.log"),
-                 f"http://127.0.0.1:{bare_port}"),
-        "bentoml": (start([str(bin_dir / "bentoml"), "serve", "service.service:FashionClassifier", "--port",
-                           str(bento_port)], service_env, workdir / "bentoml.log"), f"http://127.0.0.1:{bento_port}"),
-    }
+    bare_port = free_port()
+    bento = launch.start(workdir, env={"FASHION_BACKENDS": ",".join(backends)} if backends else None)
+    bare = launch.Server(start([str(bin_dir / "uvicorn"), "benchmark.bare_app:app", "--port", str(bare_port),
+                                "--workers", "1", "--no-access-log", "--log-level", "warning"],
+                               {"FASHION_ONNX_MODEL": str(bentoml_onnx_path())}, workdir / "bare.log"),
+                         f"http://127.0.0.1:{bare_port}", workdir / "bare.log")
+    servers = {"bare": (bare.proc, bare.url), "bentoml": (bento.proc, bento.url)}
     try:
-        wait_ready(f"{servers['bentoml'][1]}/readyz", servers["bentoml"][0])
-        wait_ready(f"{servers['bare'][1]}/livez", servers["bare"][0])
+        bento.wait_ready()
+        bare.wait_ready(path="/livez")
     except BaseException:
         stop_servers(servers)
         raise
@@ -143,7 +99,7 @@ def bentoml_onnx_path() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.bench_http", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.bench_http", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])

@@ -1,4 +1,4 @@
-"""Throughput of the batch CLI: ``python -m clients.bench_batch``.
+"""Throughput of the batch CLI: ``python -m benchmark.bench_batch``.
 
 Starts the real service (unless ``--url`` is given) and times three jobs through
 the same code as ``python -m clients batch``: the 10,000 test images from IDX
@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from clients.__main__ import local_classifier, remote_classifier
 from clients.batch import JobConfig, run_job
-from clients.bench_http import REPO, free_port, wait_ready
 from clients.sources import open_source
-from fashion.data import IDX_FILES, _candidate, find_data_dir, load_fashion_mnist
+from fashion.data import IDX_FILES, find_data_dir, idx_file_path, load_fashion_mnist
 from fashion.imaging import encode_png
+from service import launch
 
 
 def write_png_folder(folder: Path, count: int) -> None:
@@ -55,7 +53,7 @@ def time_job(source: str, out: Path, args: argparse.Namespace, local: bool, back
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.bench_batch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.bench_batch", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--url", default=None, help="use this running service instead of starting one")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per request (the service takes 1,024)")
@@ -67,15 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fashion-bench-batch-"))
     server = None
     if args.url is None:
-        port = free_port()
-        args.url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
-                                   "service.service:FashionClassifier", "--port", str(port)], cwd=REPO,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                                  stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT)
-        wait_ready(f"{args.url}/readyz", server)
+        server = launch.start(work)
+        args.url = server.url
+        server.wait_ready()
     try:
-        idx = str(_candidate(find_data_dir(), IDX_FILES["test_images"]))
+        idx = str(idx_file_path(find_data_dir(), IDX_FILES["test_images"]))
         write_png_folder(work / "pngs", args.images)
         results = {}
         print("IDX (10,000 test images) through the service")
@@ -88,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         results["idx-local-int8"] = time_job(idx, work / "local8.csv", args, local=True, backend="onnx-int8")
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            server.stop()
     print("\nmedian images/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in results.items()))
     return 0
 

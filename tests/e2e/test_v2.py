@@ -14,13 +14,19 @@ import pytest
 from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, softmax, temperature_of
 from fashion.manifest import read_manifest
-from tests.conftest import start_server, stop_server, store_with, wait_for
-from tests.helpers import batch_histogram, held_batcher, queued_jobs, wait_until
+from tests.helpers import (
+    batch_histogram,
+    held_batcher,
+    queued_jobs,
+    start_server,
+    store_with,
+    wait_until,
+)
 
 triton = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra) is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402 (after the skip above)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -268,9 +274,10 @@ def test_v2_and_native_requests_share_the_batcher(server, client, pixels, batch_
 
 def test_not_ready_server_is_live_and_says_not_ready(exported, tmp_path):
     home = store_with(exported, tmp_path, tamper="torch/model.onnx")
-    proc, url = start_server(home, tmp_path / "server.log")
+    instance = start_server(home, tmp_path)
+    url = instance.url
     try:
-        wait_for(url, "/v2/health/live", proc=proc)
+        instance.wait_ready(path="/v2/health/live")
         client = triton.InferenceServerClient(url.removeprefix("http://"))
         try:
             assert client.is_server_live() and not client.is_server_ready()
@@ -282,4 +289,4 @@ def test_not_ready_server_is_live_and_says_not_ready(exported, tmp_path):
         reply = httpx.post(f"{url}{INFER}", **binary_request(ONE))
         assert reply.status_code == 503 and reply.headers["retry-after"] and "not ready" in reply.json()["error"]
     finally:
-        stop_server(proc)
+        instance.stop()

@@ -32,7 +32,7 @@ import pytest
 from fashion.imaging import MAX_JPEG_SCANS, MAX_TIFF_CHUNKS, ImageError, decode_image
 from tests.fuzz_imaging import build_seeds
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FUZZ_SECONDS = 20
 # A hang guard, not a speed figure: refusals take milliseconds, a paid-for bomb takes minutes.
 BOMB_SECONDS = 20.0

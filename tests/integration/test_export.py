@@ -15,7 +15,7 @@ from fashion.contract import CLASS_NAMES, INPUT_CONTRACT, preprocess
 from fashion.manifest import IntegrityError, read_manifest
 from training.run import load_trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

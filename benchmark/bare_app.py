@@ -2,7 +2,7 @@
 
 Parse the same multipart upload, decode with the same policy, preprocess, run the
 same ONNX model with ONNX Runtime, answer the same JSON. Nothing else: no batching,
-no metrics, no validation layers. ``uvicorn clients.bare_app:app`` with
+no metrics, no validation layers. ``uvicorn benchmark.bare_app:app`` with
 ``FASHION_ONNX_MODEL`` pointing at an exported ``model.onnx``.
 """
 

@@ -1,4 +1,4 @@
-"""What the v2 protocol costs beside the native endpoints: ``python -m clients.bench_v2 --url URL``.
+"""What the v2 protocol costs beside the native endpoints: ``python -m benchmark.bench_v2 --url URL``.
 
 Sends the same test images, one request at a time over one kept-alive connection,
 as a native ``.npy`` body and JSON list (``/classify_array``) and as a v2 request
@@ -87,7 +87,7 @@ def median_ms(senders: dict[str, Send], repeats: int, warmup: int) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.bench_v2", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.bench_v2", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--url", required=True, help="a running service, e.g. http://127.0.0.1:3000")
     parser.add_argument("--backend", default="onnx-torch")
