@@ -209,6 +209,8 @@ async def infer(request: Request) -> Response:
     payload = parse_header(header)
     pixels = read_input(payload["inputs"], binary)
     outputs = requested_outputs(payload)
+    if backend.detector is None and "outputs" not in payload:  # a model exported before the detector existed
+        outputs = [o for o in outputs if o.name not in (OOD_SCORE, IN_DISTRIBUTION)]
     try:
         logits = await current_service().batcher.predict(backend.name, pixels)
     except OverloadedError as exc:
