@@ -154,9 +154,12 @@ def test_raw_json_request_flat_or_nested_gets_every_output_as_json(server, pixel
     assert answer["id"] == "42" and answer["model_name"] == "onnx-tf"
     outputs = {o["name"]: o for o in answer["outputs"]}
     assert set(outputs) == {"logits", "probabilities", "ood_score", "in_distribution"}
-    for output in outputs.values():
-        assert output["datatype"] == "FP32" and output["shape"] == [len(pixels), 10]
-        assert len(output["data"]) == len(pixels) * 10  # flat, row-major, as Triton answers
+    widths = {"logits": ("FP32", 10), "probabilities": ("FP32", 10), "ood_score": ("FP32", 1),
+              "in_distribution": ("BOOL", 1)}
+    for name, output in outputs.items():
+        datatype, width = widths[name]
+        assert output["datatype"] == datatype and output["shape"] == [len(pixels), width]
+        assert len(output["data"]) == len(pixels) * width  # flat, row-major, as Triton answers
     labels = np.reshape(outputs["logits"]["data"], (-1, 10)).argmax(1).tolist()
     assert labels == native_labels(server, "onnx-tf", pixels)
 
