@@ -71,8 +71,8 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
 	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
 
-bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
-	$(PY) -m benchmark.bench_batch
+bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
+	$(PY) -m benchmark.batch
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability

@@ -114,3 +114,22 @@ def describe_predictions(probs: np.ndarray, backend: str, model_version: str, to
             answer["ood_score"] = round(float(score), 4)
             answer["in_distribution"] = bool(score >= ood_threshold)
     return answers
+
+
+# The compact answer for batch clients (``Accept: application/x-npy``, service.answers): one record per image,
+# 45 bytes, where the per-image JSON answer takes about 400.
+ANSWER_DTYPE = np.dtype([("class_id", np.uint8), ("confidence", np.float32),
+                         ("probabilities", np.float32, (NUM_CLASSES,))])
+
+
+def answer_records(probs: np.ndarray) -> np.ndarray:
+    """Rows of :data:`ANSWER_DTYPE` for ``float32[N, 10]`` probabilities: predicted class, its probability, all ten.
+
+    Whole-array operations only: a batch of a thousand images costs microseconds, not a Python loop.
+    """
+    records = np.empty(len(probs), dtype=ANSWER_DTYPE)
+    class_ids = probs.argmax(axis=1)
+    records["class_id"] = class_ids
+    records["confidence"] = np.take_along_axis(probs, class_ids[:, None], axis=1)[:, 0]
+    records["probabilities"] = probs
+    return records

@@ -33,7 +33,7 @@ from service.inputs import RequestError
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE
 IDX_IMAGES_HEADER = 16  # magic + 3 dimensions
 IDX_LABELS_HEADER = 8  # magic + 1 dimension
-# Array names looked for in an .npz, as the batch CLI does (clients.sources.load_arrays).
+# Array names looked for in an .npz, as the batch CLI does (clients.sources.npz_source).
 IMAGE_KEYS = ("images", "x", "pixels")
 LABEL_KEYS = ("labels", "y")
 FORM_FIELDS = frozenset({"images", "labels", "backend"})

@@ -33,10 +33,19 @@ from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
 from service.admission import AdmissionMiddleware
+from service.answers import NPY, negotiate, records_response
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
 from service.health import start_health_server
-from service.inputs import ImageUpload, JSONAnswer, NoInput, ParityInput, PixelArray, not_ready_reason
+from service.inputs import (
+    ImageUpload,
+    JSONAnswer,
+    NoInput,
+    ParityInput,
+    PixelArray,
+    RequestError,
+    not_ready_reason,
+)
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 from service.tasks import TASK_ROUTE, DatasetUpload, TaskBoard, TaskMiddleware, run_dataset_task, task_limits
@@ -48,6 +57,13 @@ log = logging.getLogger("bentoml.fashion_serve")
 # Images per model call: large enough that a batch's model time (about 2 ms for 256 here) stays
 # small beside the HTTP work of the requests it serves.
 MAX_BATCH_IMAGES = 256
+
+
+def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error answer from an endpoint that takes ``ctx`` (BentoML then sends ``ctx``'s status, not the
+    response's, so both are set)."""
+    ctx.response.status_code = status
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 @bentoml.service(
@@ -88,36 +104,52 @@ class FashionClassifier:
         """``None`` once ready; else why not (loading, or the error that stopped loading)."""
         return None if self.registry.ready else self.registry.error or "loading"
 
-    async def classify_pixels(self, backend: str, pixels: np.ndarray, top_k: int | None = None,
-                              return_input: bool = False) -> list[dict[str, Any]] | JSONResponse:
-        """Answers from the batcher (with the input pixels if asked), or 503 with ``Retry-After`` when its
-        queue is full."""
+    async def classify_pixels(self, backend: str, pixels: np.ndarray, ctx: bentoml.Context, top_k: int | None = None,
+                              return_input: bool = False) -> list[dict[str, Any]] | Response:
+        """Answers from the batcher (with the input pixels if asked), as JSON or compact rows as ``Accept`` asks
+        (service.answers; 406 before any model runs when neither is acceptable), or 503 with ``Retry-After``
+        when the batcher's queue is full."""
+        try:
+            answer = negotiate(ctx.request.headers.get("accept"))
+            if answer == NPY and return_input:
+                raise RequestError(f"return_input needs a JSON answer; the {NPY} rows hold no pixels", 400)
+        except RequestError as exc:
+            return refusal(ctx, exc.error_code.value, str(exc))
         try:
             logits = await self.batcher.predict(backend, pixels)
-            return self.registry.describe(backend, logits, top_k, pixels if return_input else None, images=pixels)
         except OverloadedError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+            return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
+        if answer == NPY:
+            loaded = self.registry.get(backend)
+            return records_response(logits, backend, loaded.manifest["version"], temperature=loaded.temperature)
+        return self.registry.describe(backend, logits, top_k, pixels if return_input else None, images=pixels)
 
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer)
-    async def classify(self, images: np.ndarray, backend: str, top_k: int | None = None,
+    async def classify(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,
                        return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
         """Classify uploaded image(s); requests arriving together are batched per backend. ``framing`` was
         applied while decoding (service.inputs); each answer says whether the image looks like clothing.
 
-        Try it in a browser: [/ui/](/ui/).
+        Try it in a browser: [/ui/](/ui/). `Accept: application/x-npy` answers compact rows instead of JSON.
         """
-        return await self.classify_pixels(backend, images, top_k, return_input)
+        return await self.classify_pixels(backend, images, ctx, top_k, return_input)
 
     @bentoml.api(route="/classify_batch", input_spec=ImageUpload, output_spec=JSONAnswer)
-    async def classify_batch(self, images: np.ndarray, backend: str, top_k: int | None = None,
+    async def classify_batch(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,
                              return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
-        """Classify many uploaded images in one call (the same as /classify); answers in input order."""
-        return await self.classify_pixels(backend, images, top_k, return_input)
+        """Classify many uploaded images in one call (the same as /classify); answers in input order.
+
+        `Accept: application/x-npy` answers compact rows instead of JSON.
+        """
+        return await self.classify_pixels(backend, images, ctx, top_k, return_input)
 
     @bentoml.api(route="/classify_array", input_spec=PixelArray, output_spec=JSONAnswer)
-    async def classify_array(self, pixels: np.ndarray, backend: str) -> list[dict[str, Any]]:
-        """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
-        return await self.classify_pixels(backend, pixels)
+    async def classify_array(self, pixels: np.ndarray, backend: str, ctx: bentoml.Context) -> list[dict[str, Any]]:
+        """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order.
+
+        `Accept: application/x-npy` answers compact rows (class id, confidence, probabilities) instead of JSON.
+        """
+        return await self.classify_pixels(backend, pixels, ctx)
 
     @bentoml.task(route=TASK_ROUTE, input_spec=DatasetUpload, output_spec=JSONAnswer)
     async def classify_dataset(self, images: Any, ctx: bentoml.Context) -> dict[str, Any] | Response:

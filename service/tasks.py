@@ -53,8 +53,9 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fashion.contract import CLASS_NAMES, NUM_CLASSES, softmax
+from fashion.contract import CLASS_NAMES, NUM_CLASSES, answer_records, softmax
 from fashion.metrics import confusion_matrix
+from service.answers import NPY, negotiate, npy_body
 from service.batcher import MicroBatcher, OverloadedError
 from service.datasets import Upload, declared_count, read_dataset
 from service.inputs import RequestError, parse_backend, read_body
@@ -281,22 +282,35 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: An
         raise
     seconds = time.perf_counter() - started
     header = {"task_id": task.task_id, "backend": backend, "model_version": version, "seconds": round(seconds, 3)}
+    # The submit's Accept, checked there (TaskMiddleware.submit): JSON, or the compact rows (service.answers).
+    answer = negotiate(ctx.request.headers.get("accept"))
     # 100,000 answers are megabytes of JSON: built in a thread, not on the event loop that serves online requests.
     loaded = registry.get(backend)
     scores = registry.ood_scores(backend, logits, dataset.pixels)
     threshold = loaded.detector.threshold if loaded.detector else 0.0
-    body = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels, loaded.temperature,
-                                          scores, threshold)
+    result = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels, answer,
+                                            loaded.temperature, scores, threshold)
     task.check_cancel()  # canceled while it rendered: canceled it stays
     task.end("completed")
     log.info("task %s: %d images on %s in %.2f s", task.task_id, task.total, backend, seconds)
-    return Response(body, media_type="application/json")
+    return result
 
 
 def render_result(header: dict[str, Any], logits: np.ndarray, labels: np.ndarray | None,
-                  temperature: float = 1.0, ood_scores: np.ndarray | None = None, ood_threshold: float = 0.0) -> bytes:
-    """The result's JSON: ``header`` then :func:`summarize`."""
-    return json.dumps({**header, **summarize(logits, labels, temperature, ood_scores, ood_threshold)}).encode()
+                  answer: str = "application/json", temperature: float = 1.0, ood_scores: np.ndarray | None = None,
+                  ood_threshold: float = 0.0) -> Response:
+    """The result: JSON (``header`` then :func:`summarize`, calibrated, with the "not clothing" columns), or with
+    ``answer`` :data:`~service.answers.NPY` the compact rows, ``header``'s facts (and the accuracy, given labels)
+    in ``X-Fashion-*`` headers."""
+    if answer != NPY:
+        body = {**header, **summarize(logits, labels, temperature, ood_scores, ood_threshold)}
+        return Response(json.dumps(body).encode(), media_type="application/json")
+    records = answer_records(softmax(logits, temperature))
+    facts = {"X-Fashion-Backend": header["backend"], "X-Fashion-Model-Version": header["model_version"],
+             "X-Fashion-Task-Id": header["task_id"], "X-Fashion-Seconds": str(header["seconds"])}
+    if labels is not None:
+        facts["X-Fashion-Accuracy"] = repr(float((records["class_id"] == labels).mean()))
+    return Response(npy_body(records), media_type=NPY, headers={**facts, "Vary": "Accept"})
 
 
 class DatasetUpload(bentoml.IODescriptor):
@@ -397,6 +411,7 @@ class TaskMiddleware:
                 return None
             if not body:
                 raise RequestError("empty request body: send a dataset file", 400)
+            negotiate(request.headers.get("accept"))  # 406 now, not a task that fails at its end
             upload = Upload(body, request.headers.get("content-type", ""), request.query_params.get("backend"))
             count = await anyio.to_thread.run_sync(declared_count, upload)
             if count is not None and count > limits.max_images:

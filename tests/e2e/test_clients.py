@@ -155,7 +155,10 @@ def _batch_process(server, source, out, *extra):
 
 class Proxy:
     """Forwards to the real service, with faults injected: a 503 to every ``fail_every``-th request, and every
-    POST (a classify call) after the first ``hold_after`` held unanswered until the proxy closes."""
+    POST (a classify call) after the first ``hold_after`` held unanswered until the proxy closes.
+
+    It forwards no ``Accept`` header, as some proxies do: the batch CLI then gets JSON answers, and copes.
+    """
 
     def __init__(self, target: str, fail_every: int = 0, hold_after: int | None = None) -> None:
         from starlette.applications import Starlette
