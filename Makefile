@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
-	reliability-tests soak fuzz clean test-fast inputs calibration ood
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability \
+	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> resu
 	$(PY) -m benchmark.ood $(foreach m,torch tf,--model-dir $$($(PY) -c "from export.store import \
 	  model_path; print(model_path('fashion-mlp-$(m)'))"))
 
+test-timing: data ## Time each test tier once -> results/test-suite.md
+	$(PY) -m tests.timing
+
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load
 
@@ -70,6 +73,9 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
 	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
+
+peers: export ## Side by side with peer servers, 15 s x 3 levels x 3 reps -> results/peers-<machine>.md (needs wrk)
+	$(PY) -m benchmark.peers
 
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
 	$(PY) -m benchmark.batch

@@ -43,9 +43,12 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 
 def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundary: str = "",
-            content_type: str | None = None, timeout: float = 10.0, threads: int = 1) -> dict:
-    """One closed-loop wrk run; returns its counts, latency percentiles and wrk's own CPU use (cores)."""
-    env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary}
+            content_type: str | None = None, timeout: float = 10.0, threads: int = 1, header: str = "") -> dict:
+    """One closed-loop wrk run; returns its counts, latency percentiles and wrk's own CPU use (cores).
+
+    ``header``: one more request header, ``"Name: value"``.
+    """
+    env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary, "WRK_HEADER": header}
     if content_type:
         env["WRK_CONTENT_TYPE"] = content_type
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -72,13 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", default=["onnx-torch", "savedmodel", "torch"],
                         help="backends the task runs on")
     parser.add_argument("--alone-seconds", type=float, default=3.0, help="how long latency is measured alone")
+    parser.add_argument("--out", type=Path, default=Path("results/task-bench.md"), help="the lines, as Markdown")
     args = parser.parse_args(argv)
 
     data = load_fashion_mnist()
     buffer = io.BytesIO()
     np.save(buffer, data.train_images)
+    lines = []
     for backend in args.backends:
-        print(measure(args.url, buffer.getvalue(), data.test_images[:1].tolist(), backend, args.alone_seconds))
+        lines.append(measure(args.url, buffer.getvalue(), data.test_images[:1].tolist(), backend, args.alone_seconds))
+        print(lines[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(f"# A dataset task over the training images, online latency alongside ({args.url})\n\n"
+                        + "".join(f"- {line}\n" for line in lines))
+    print(f"report: {args.out}")
     return 0
 
 

@@ -15,6 +15,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -94,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256], help="images per request")
     parser.add_argument("--repeats", type=int, default=200, help="measured requests per format")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests before each format")
+    parser.add_argument("--out", type=Path, default=Path("results/v2-bench.md"), help="the table, as Markdown")
     args = parser.parse_args(argv)
 
     test_images = load_fashion_mnist().test_images
+    rows = ["| images/request | format | ms/request (median) | images/s |", "| --- | --- | --- | --- |"]
     print(f"{'images/request':>14}  {'format':<12} {'ms/request':>10} {'images/s':>10}")
     with httpx.Client(base_url=args.url, timeout=60) as client:
         for size in args.batch_sizes:
@@ -105,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                        "tritonclient": triton_sender(args.url, pixels, args.backend)}
             for name, ms in median_ms(senders, args.repeats, args.warmup).items():
                 print(f"{size:>14}  {name:<12} {ms:>10.2f} {size / ms * 1000:>10,.0f}")
+                rows.append(f"| {size} | {name} | {ms:.2f} | {size / ms * 1000:,.0f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(f"# /v2 and native request formats ({args.backend}, {args.repeats} requests each, "
+                        f"{args.url})\n\n" + "\n".join(rows) + "\n")
+    print(f"report: {args.out}")
     return 0
 
 

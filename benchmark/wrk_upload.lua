@@ -8,6 +8,12 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = content_type
+-- One more header if asked, "Name: value" (the v2 binary extension's Inference-Header-Content-Length).
+local extra = os.getenv("WRK_HEADER")
+if extra and extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 
 local threads = {}
 function setup(thread)

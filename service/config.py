@@ -24,8 +24,11 @@ class ServiceConfig:
     ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_THREADS``
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
-    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
-    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off), ``FASHION_FRAMING``
+    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_QUEUE_BUDGET_MS``
+    (a request that has waited this long for the model is answered 503 with ``Retry-After``; 0: no limit),
+    ``FASHION_HEALTH_PORT`` and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
+    ``FASHION_GC_FREEZE`` (1, the default: freeze the heap once the models are warm, see
+    service.gcstats; 0: leave the collector alone), ``FASHION_FRAMING``
     (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md).
     """
 
@@ -38,10 +41,14 @@ class ServiceConfig:
     top_k: int = 3
     max_in_flight: int = 256
     max_queued_images: int = 16384
+    # Far above a healthy wait (a full queue of 16,384 images is a few model calls) and below the 30 s request
+    # timeout: at 1,000 ms, big batch requests from 16 clients on a busy 2-core machine were already refused.
+    queue_budget_ms: int = 5000
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     explicit_backends: bool = False
     framing: str = DEFAULT_FRAMING
+    gc_freeze: bool = True
     # For tests only (FASHION_BATCH_HOLD_FILE): while this file exists the batcher starts no model call, so a
     # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
     batch_hold_file: str | None = None
@@ -58,6 +65,13 @@ class ServiceConfig:
             raise ConfigError(f"framing must be one of {list(FRAMINGS)}, not {self.framing!r}")
         if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images) < 1:
             raise ConfigError("limits must be positive")
+        if self.queue_budget_ms < 0:
+            raise ConfigError("the queue budget must be 0 (no limit) or positive")
+
+    @property
+    def queue_budget_s(self) -> float | None:
+        """The queue wait budget in seconds, ``None`` for no limit."""
+        return self.queue_budget_ms / 1000 if self.queue_budget_ms else None
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -76,10 +90,22 @@ class ServiceConfig:
                 top_k=int(env.get("FASHION_TOP_K", cls.top_k)), explicit_backends=bool(listed),
                 max_in_flight=int(env.get("FASHION_MAX_IN_FLIGHT", cls.max_in_flight)),
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
+                queue_budget_ms=int(env.get("FASHION_QUEUE_BUDGET_MS", cls.queue_budget_ms)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
                 framing=env.get("FASHION_FRAMING", cls.framing),
+                gc_freeze=parse_switch(env.get("FASHION_GC_FREEZE", "1")),
                 batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
+
+
+def parse_switch(value: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is an error."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1 or 0, got {value!r}")

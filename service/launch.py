@@ -109,8 +109,10 @@ def start(workdir: Path, env: dict[str, str] | None = None, models: Path | None 
     log = Path(workdir) / f"server-{port}.log"
     environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BENTOML_HOME": str(private_home(Path(workdir), models)),
                **extra}
-    bentoml_cli = Path(sys.executable).parent / "bentoml"
+    # ``python -m bentoml``, not the ``bentoml`` script: a venv copied to another machine keeps a working
+    # interpreter while its scripts' shebangs point at the old path.
     with log.open("w") as sink:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([str(bentoml_cli), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
+                                 "--port", str(port)],
                                 cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     return kind(proc, f"http://127.0.0.1:{port}", log, health_url)

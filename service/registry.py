@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,8 @@ class ModelRegistry:
         self.error: str | None = None
         self.ready = False
 
-    def load_all(self, model_dirs: dict[str, Path]) -> None:
-        """Verify checksums, load, and warm up every configured backend; then mark ready.
+    def load_all(self, model_dirs: dict[str, Path], before_ready: Callable[[], object] | None = None) -> None:
+        """Verify checksums, load, and warm up every configured backend; call ``before_ready``; then mark ready.
 
         Never raises: a failure is kept in :attr:`error` (shown by the info endpoint
         and the logs) and the service stays not ready.
@@ -96,6 +97,8 @@ class ModelRegistry:
                 self.backends[name] = backend
                 log.info("backend %s ready: %s", name, backend.predictor.describe())
             self.check_parity(warm)
+            if before_ready:
+                before_ready()
             self.ready = True
         except Exception as exc:  # keep serving /livez and the reason; readiness stays false
             self.error = f"{type(exc).__name__}: {exc}"

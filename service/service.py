@@ -22,6 +22,7 @@ every configured backend has loaded, passed its checksums and its warm-up),
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -32,10 +33,12 @@ import numpy as np
 from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
+from service import deadline, eventloop
 from service.admission import AdmissionMiddleware
 from service.answers import NPY, negotiate, records_response
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
+from service.gcstats import GCRecorder, census, settle_heap
 from service.health import start_health_server
 from service.inputs import (
     ImageUpload,
@@ -89,13 +92,19 @@ class FashionClassifier:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
         self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images,
-                                    self.config.batch_hold_file)
+                                    self.config.batch_hold_file, self.config.queue_budget_s)
         self.tasks = TaskBoard(task_limits())
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
+        self.gc = GCRecorder().install()
         if self.config.health_port:
-            start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason)
+            start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason,
+                                {"/gcz": self.gc.snapshot, "/gcz/census": census})
         # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
-        threading.Thread(target=self.registry.load_all, args=(model_dirs,), name="load-models", daemon=True).start()
+        # Once warm, and before the first request is let in, what is alive lives as long as the worker:
+        # freeze it out of the collector's reach (service.gcstats).
+        settle = functools.partial(settle_heap, self.gc, self.config.gc_freeze)
+        threading.Thread(target=self.registry.load_all, args=(model_dirs, settle), name="load-models",
+                         daemon=True).start()
 
     def __is_ready__(self) -> bool:
         return self.registry.ready
@@ -167,6 +176,11 @@ class FashionClassifier:
         return self.registry.info()
 
 
+# BentoML's per-request timeout leaves every request's timer alive for traffic.timeout seconds
+# (service.deadline); ours cancels it when the request ends.
+deadline.install()
+# FASHION_EVENT_LOOP=asyncio: uvloop accepts one connection per turn of the loop (service.eventloop).
+eventloop.install()
 # Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
 FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)

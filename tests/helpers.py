@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
+from fashion.samples import sample_paths
 from service.launch import Server, free_port, start
 
 T = TypeVar("T")
@@ -116,3 +120,50 @@ def store_with(exported, tmp_path, tamper: str | None = None):
                     "[r(p) for p in sys.argv[1:]]", *map(str, copies)],
                    env={**os.environ, "BENTOML_HOME": str(home)}, check=True, cwd=REPO)
     return home
+
+
+# Bad requests and the documented status each gets: (route, httpx request arguments, status).
+def encode_image(image_format: str, width: int = 28, height: int = 28) -> bytes:
+    """A real image in ``image_format`` (Pillow reads PCX, but the service must not)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def npy_pickled(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+SAMPLE = sample_paths()[0].read_bytes()
+BAD_INPUTS = {
+    "empty body": ("/classify", {"content": b"", "headers": {"Content-Type": "image/png"}}, 400),
+    "wrong field": ("/classify", {"files": {"file": ("a.png", SAMPLE, "image/png")}}, 400),
+    "random bytes labelled png": ("/classify", {"files": {"images": ("a.png", bytes(range(256)) * 8, "image/png")}},
+                                  415),
+    "text file": ("/classify", {"files": {"images": ("a.txt", b"hello, world\n", "text/plain")}}, 415),
+    "truncated png": ("/classify", {"files": {"images": ("a.png", SAMPLE[: len(SAMPLE) // 2], "image/png")}}, 422),
+    "unsupported format": ("/classify", {"files": {"images": ("a.pcx", encode_image("PCX"), "image/png")}}, 415),
+    "over the pixel limit": ("/classify",
+                             {"files": {"images": ("big.png", encode_image("PNG", 4000, 4000), "image/png")}}, 413),
+    "oversize body": ("/classify", {"content": b"\x89PNG" + bytes(9 * 1024 * 1024),
+                                    "headers": {"Content-Type": "image/png"}}, 413),
+    "too many images": ("/classify_batch", {"files": [("images", ("a.png", SAMPLE, "image/png"))] * 1025}, 413),
+    "url instead of a file": ("/classify", {"data": {"images": "http://127.0.0.1:9/x.png"}, "files": {"x": ("", b"")}},
+                              400),
+    "wrong array shape": ("/classify_array", {"json": {"pixels": [[1, 2, 3]]}}, 422),
+    "wrong array dtype": ("/classify_array", {"json": {"pixels": np.full((1, 28, 28), 0.5).tolist()}}, 422),
+    "nan values": ("/classify_array", {"content": npy_pickled(np.full((1, 28, 28), np.nan)),
+                                       "headers": {"Content-Type": "application/x-npy"}}, 422),
+    "object npy": ("/classify_array", {"content": npy_pickled(np.array([{"a": 1}], dtype=object)),
+                                       "headers": {"Content-Type": "application/x-npy"}}, 422),
+    "invalid json": ("/classify_array", {"content": b"{", "headers": {"Content-Type": "application/json"}}, 400),
+    "unknown backend": ("/classify", {"files": {"images": ("a.png", SAMPLE, "image/png")},
+                                      "params": {"backend": "../../etc/passwd"}}, 400),
+    "pickle content type": ("/classify_array", {"content": b"\x80\x04K\x01.",
+                                                "headers": {"Content-Type": "application/vnd.bentoml+pickle"}}, 415),
+    "json to an upload endpoint": ("/classify", {"json": {"images": ["a"]}}, 415),
+}

@@ -29,8 +29,6 @@ from fashion.backends import BACKENDS
 from fashion.imaging import encode_png
 
 REPO = Path(__file__).resolve().parents[2]
-# ``bentoml`` may sit in a --target folder with no console script on PATH: run its CLI through this Python.
-BENTOML_CLI = "import sys; from bentoml_cli.cli import cli; sys.argv[0] = 'bentoml'; sys.exit(cli())"
 
 
 @dataclass(frozen=True)
@@ -63,19 +61,16 @@ def service_env(device: str, plan: ServicePlan, home: Path) -> dict[str, str]:
 
 def start_service(device: str, plan: ServicePlan, models: Path, work: Path) -> tuple[subprocess.Popen, str]:
     """``bentoml serve`` on a free loopback port, ready (``/readyz``); returns (process, base URL)."""
-    from clients.bench_http import free_port, private_bentoml_home, start, wait_ready
+    from service import launch
 
-    port = free_port()
-    env = service_env(device, plan, private_bentoml_home(work, models))
-    proc = start([sys.executable, "-c", BENTOML_CLI, "serve", "service.service:FashionClassifier", "--port", str(port)],
-                 env, work / f"bentoml-{device}.log")
-    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in service_env(device, plan, work).items() if k != "BENTOML_HOME"}  # launch makes one
+    server = launch.start(work, env=env, models=models)
     try:
-        wait_ready(f"{url}/readyz", proc, timeout=300)
+        server.wait_ready(timeout=300)
     except BaseException:
-        stop(proc)
+        stop(server.proc)
         raise
-    return proc, url
+    return server.proc, server.url
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -123,7 +118,7 @@ def parity(device_answers: dict[str, np.ndarray], cpu_answers: dict[str, np.ndar
 
 def drive(url: str, backend: str, bodies: dict[str, Path], plan: ServicePlan) -> list[dict[str, Any]]:
     """wrk: one PNG per request at each concurrency, then the 4,096-image .npy requests."""
-    from clients.bench_http import run_wrk
+    from benchmark.bench_http import run_wrk
 
     rows = []
     runs = [("single", c, f"{url}/classify?backend={backend}", 1, plan.seconds) for c in plan.concurrency]
@@ -145,7 +140,7 @@ def drive(url: str, backend: str, bodies: dict[str, Path], plan: ServicePlan) ->
 
 def request_bodies(images: np.ndarray, plan: ServicePlan, work: Path) -> dict[str, tuple[Path, str]]:
     """The two wrk bodies: one PNG upload, and ``batch_images`` test images as .npy."""
-    from clients.bench_http import multipart_body
+    from benchmark.bench_http import multipart_body
 
     boundary = uuid.uuid4().hex
     single, batch = work / "single.bin", work / "batch.npy"
