@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check \
-	reliability-tests soak fuzz clean test-fast test-timing
+	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,17 @@ test-fast: setup ## Unit tests only (no data, no models, no server): under a min
 
 bento-check: export ## Build the Bento, serve it from a fresh venv of only its requirements, check every backend (results/bento-check.txt)
 	$(PY) -m tests.bento_check
+
+inputs: export ## Accuracy on transformed test photos via HTTP, both framings -> results/inputs.md (~15 min)
+	$(PY) -m benchmark.inputs --limit 1000
+
+calibration: export ## ECE before/after temperature scaling per exported model -> results/calibration.md
+	$(PY) -m benchmark.calibration $(foreach m,torch tf,--model-dir $$($(PY) -c "from export.store import \
+	  model_path; print(model_path('fashion-mlp-$(m)'))"))
+
+ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
+	$(PY) -m benchmark.ood $(foreach m,torch tf,--model-dir $$($(PY) -c "from export.store import \
+	  model_path; print(model_path('fashion-mlp-$(m)'))"))
 
 test-timing: data ## Time each test tier once -> results/test-suite.md
 	$(PY) -m tests.timing

@@ -7,15 +7,16 @@ out (what the service's compact answer holds), so every batch path shares it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fashion.backends import BACKENDS, Predictor, load_artifact
-from fashion.contract import answer_records, describe_predictions, preprocess, softmax
-from fashion.manifest import read_manifest
+from fashion.contract import answer_records, describe_predictions, preprocess, softmax, temperature_of
+from fashion.manifest import read_manifest, verify_artifact
+from fashion.ood import OodDetector, load_detector
 
 LOCAL_DEFAULT = "onnx-torch"
 
@@ -36,6 +37,8 @@ class LocalClassifier:
     predictor: Predictor
     backend: str
     version: str
+    temperature: float = 1.0  # the export's calibration, as the service applies it
+    detector: OodDetector | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, model: str | None, backend: str | None, threads: int = 0, spin: bool = False) -> LocalClassifier:
@@ -54,13 +57,18 @@ class LocalClassifier:
         model_dir = model_folder(model, backend)
         options = {"threads": threads, "spin": spin} if spec.runtime == "onnx" else {}
         predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device="auto", **options)
-        return cls(predictor, backend, read_manifest(model_dir)["version"])
+        manifest = read_manifest(model_dir)
+        detector = load_detector(verify_artifact(model_dir, manifest["ood"])) if manifest.get("ood") else None
+        return cls(predictor, backend, manifest["version"], temperature_of(manifest), detector)
 
     def classify(self, pixels: np.ndarray) -> list[dict[str, Any]]:
         """Full answers (label, confidence, top-k...), as the service gives them."""
-        return describe_predictions(softmax(self.predictor.predict(preprocess(pixels))), self.backend, self.version)
+        logits = self.predictor.predict(preprocess(pixels))
+        scores = self.detector.score(logits, pixels) if self.detector else None
+        return describe_predictions(softmax(logits, self.temperature), self.backend, self.version, ood_scores=scores,
+                                    ood_threshold=self.detector.threshold if self.detector else None)
 
     def records(self, pixels: np.ndarray) -> np.ndarray:
         """:data:`~fashion.contract.ANSWER_DTYPE` rows for ``uint8[N, 28, 28]`` pixels: class, confidence, all ten
-        probabilities; whole-array operations only."""
-        return answer_records(softmax(self.predictor.predict(preprocess(pixels))))
+        (calibrated) probabilities; whole-array operations only."""
+        return answer_records(softmax(self.predictor.predict(preprocess(pixels)), self.temperature))

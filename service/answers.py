@@ -71,8 +71,8 @@ def npy_body(records: np.ndarray) -> bytes:
 
 
 def records_response(logits: np.ndarray, backend: str, model_version: str,
-                     headers: dict[str, str] | None = None) -> Response:
-    """The compact answer for ``float32[N, 10]`` logits."""
-    return Response(npy_body(answer_records(softmax(logits))), media_type=NPY,
+                     headers: dict[str, str] | None = None, temperature: float = 1.0) -> Response:
+    """The compact answer for ``float32[N, 10]`` logits (probabilities calibrated with the model's ``temperature``)."""
+    return Response(npy_body(answer_records(softmax(logits, temperature))), media_type=NPY,
                     headers={"X-Fashion-Backend": backend, "X-Fashion-Model-Version": model_version,
                              "Vary": "Accept", **(headers or {})})

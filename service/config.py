@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashion.backends import BACKENDS
+from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
 DEFAULT_BACKEND = "onnx-torch"
@@ -68,7 +69,8 @@ class ServiceConfig:
     ``FASHION_HEALTH_PORT`` and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
     ``FASHION_GC_FREEZE`` (1, the default: freeze the heap once the models are warm, see
     service.gcstats; 0: leave the collector alone),
-    ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails).
+    ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails),
+    ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md).
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
     """
 
@@ -89,6 +91,7 @@ class ServiceConfig:
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
     liveness_stale_s: float = 10.0
     explicit_backends: bool = False
+    framing: str = DEFAULT_FRAMING
     gc_freeze: bool = True
     # For tests only (FASHION_BATCH_HOLD_FILE): while this file exists the batcher starts no model call, so a
     # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
@@ -106,6 +109,8 @@ class ServiceConfig:
             if name not in BACKENDS or device not in DEVICES:
                 raise ConfigError(f"FASHION_DEVICES: {name}={device} is not <backend>=auto|cpu|cuda with a backend "
                                   f"of {sorted(BACKENDS)}")
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"framing must be one of {list(FRAMINGS)}, not {self.framing!r}")
         if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images,
                self.threads) < 1 or self.liveness_stale_s <= 0:
             raise ConfigError("limits must be positive")
@@ -144,6 +149,7 @@ class ServiceConfig:
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
                 liveness_stale_s=float(env.get("FASHION_LIVENESS_STALE_S", cls.liveness_stale_s)),
+                framing=env.get("FASHION_FRAMING", cls.framing),
                 gc_freeze=parse_switch(env.get("FASHION_GC_FREEZE", "1")),
                 batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
             )

@@ -31,14 +31,14 @@ from starlette.requests import Request
 
 from fashion.backends import BACKENDS
 from fashion.contract import IMAGE_SIZE, NUM_CLASSES
-from fashion.imaging import ImageError, decode_image
+from fashion.imaging import FRAMINGS, ImageError, decode_image
 from service.config import ServiceConfig
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
 NPY_CONTENT_TYPES = ("application/x-npy", "application/octet-stream")
 INLINE_DECODE_BYTES = 64 * 1024
 # Form fields (or query parameters) an image upload may carry besides its files.
-UPLOAD_OPTIONS = ("backend", "top_k", "return_input")
+UPLOAD_OPTIONS = ("backend", "top_k", "return_input", "framing")
 
 
 class RequestError(BentoMLException):
@@ -95,6 +95,15 @@ def parse_flag(name: str, value: Any) -> bool:
     if text not in ("", "0", "1", "false", "true"):
         raise RequestError(f"{name} must be 0, 1, false or true; got {text[:16]!r}", 400)
     return text in ("1", "true")
+
+
+def parse_framing(value: Any) -> str:
+    """``dataset`` or ``legacy`` (see fashion.imaging); absent: FASHION_FRAMING (default ``dataset``)."""
+    if value in (None, ""):
+        return settings().framing
+    if value not in FRAMINGS:
+        raise RequestError(f"framing must be one of {list(FRAMINGS)}; got {str(value)[:16]!r}", 400)
+    return value
 
 
 def not_ready_reason() -> str | None:
@@ -184,12 +193,12 @@ async def read_image_files(request: Request) -> tuple[list[bytes], dict[str, str
     return files, fields
 
 
-def decode_all(files: list[bytes]) -> np.ndarray:
-    """Decode every file; the first refusal names the image's position."""
+def decode_all(files: list[bytes], framing: str = "dataset") -> np.ndarray:
+    """Decode every file with one framing policy; the first refusal names the image's position."""
     pixels = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for i, data in enumerate(files):
         try:
-            pixels[i] = decode_image(data)
+            pixels[i] = decode_image(data, framing=framing)
         except ImageError as exc:
             where = f"image {i}: " if len(files) > 1 else ""
             raise RequestError(f"{where}{exc}", exc.status) from None
@@ -228,12 +237,12 @@ def _load_npy(body: bytes) -> np.ndarray:
         raise RequestError(f"not a .npy file: {exc}", 400) from None
 
 
-async def decode_files(files: list[bytes]) -> np.ndarray:
+async def decode_files(files: list[bytes], framing: str = "dataset") -> np.ndarray:
     """Decode on the event loop when the files are small (a thread hop costs more than a 28 x 28 PNG),
     in a worker thread otherwise so that a large image never stalls other requests."""
     if sum(len(f) for f in files) <= INLINE_DECODE_BYTES:
-        return decode_all(files)
-    return await anyio.to_thread.run_sync(decode_all, files)
+        return decode_all(files, framing)
+    return await anyio.to_thread.run_sync(decode_all, files, framing)
 
 
 class JSONAnswer(IORootModel[Any]):
@@ -258,6 +267,9 @@ class ImageUpload(bentoml.IODescriptor):
                               "field or ?top_k=); default FASHION_TOP_K (3); 10 gives every probability")
     return_input: bool = Field(False, description="add 'pixels' to each answer: the 28 x 28 uint8 image the "
                                                   "model received (form field or ?return_input=1)")
+    framing: str | None = Field(None, description="'dataset' (trim margins, Fashion-MNIST's own conversion) or "
+                                "'legacy' (scale the whole canvas); form field or ?framing=; default "
+                                "FASHION_FRAMING (dataset); see docs/inputs.md")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
@@ -265,8 +277,9 @@ class ImageUpload(bentoml.IODescriptor):
         option = {name: request.query_params.get(name) or form_value(fields.get(name)) for name in UPLOAD_OPTIONS}
         backend = check_loaded(parse_backend(option["backend"]))
         top_k, return_input = parse_top_k(option["top_k"]), parse_flag("return_input", option["return_input"])
-        return cls.model_construct(images=await decode_files(files), backend=backend, top_k=top_k,
-                                   return_input=return_input)
+        framing = parse_framing(option["framing"])
+        return cls.model_construct(images=await decode_files(files, framing), backend=backend, top_k=top_k,
+                                   return_input=return_input, framing=framing)
 
 
 class NoInput(bentoml.IODescriptor):

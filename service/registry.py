@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fashion.backends import BACKENDS, Predictor, load_artifact
-from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax
+from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax, temperature_of
 from fashion.env import has_nvidia_gpu
-from fashion.manifest import read_manifest
+from fashion.manifest import read_manifest, verify_artifact
+from fashion.ood import OodDetector, load_detector
 from fashion.samples import sample_images
 from service import parity
 from service.config import ServiceConfig
@@ -35,6 +36,13 @@ class LoadedBackend:
     manifest: dict[str, Any]
     load_seconds: float
     device_requested: str = "auto"
+    # None for a model exported before the "not clothing" detector existed: answers then carry no OOD fields.
+    detector: OodDetector | None = field(default=None, repr=False)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the export fitted (1.0 when it fitted none)."""
+        return temperature_of(self.manifest)
 
     def info(self) -> dict[str, Any]:
         entry = self.manifest["artifacts"][BACKENDS[self.name].artifact]
@@ -45,6 +53,8 @@ class LoadedBackend:
             "source_framework": self.manifest["framework"], "preset": self.manifest["preset"],
             "load_seconds": round(self.load_seconds, 3), "device_requested": self.device_requested,
             **self.predictor.describe(),
+            "calibration_temperature": self.temperature,
+            "ood_threshold": self.detector.threshold if self.detector else None,
         }
 
 
@@ -59,6 +69,12 @@ def place_backends(requested: dict[str, str], gpu_present: bool) -> tuple[dict[s
     warning = (f"CUDA was asked for {', '.join(fallback)} but this machine has no NVIDIA GPU; they run on the CPU "
                "(see device and device_requested in /model_info)") if fallback else None
     return placed, warning
+
+
+def load_ood(model_dir: Path, manifest: dict[str, Any]) -> OodDetector | None:
+    """The model's "not clothing" detector, checked against its manifest entry; ``None`` if it has none."""
+    entry = manifest.get("ood")
+    return load_detector(verify_artifact(model_dir, entry)) if entry else None
 
 
 class ModelRegistry:
@@ -95,7 +111,8 @@ class ModelRegistry:
                 start = time.perf_counter()
                 predictor = load_artifact(model_dir, spec.artifact, spec.runtime, devices[name],
                                           threads=self.config.threads)
-                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start, requested[name])
+                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start, requested[name],
+                                        load_ood(model_dir, manifest))
                 warm[name] = self.warm_up(backend, samples)
                 self.backends[name] = backend
                 log.info("backend %s ready: %s", name, backend.predictor.describe())
@@ -152,8 +169,13 @@ class ModelRegistry:
         """``float32[N, 10]`` logits for ``uint8[N, 28, 28]`` pixels (runs the model)."""
         return self.get(name).predictor.predict(preprocess(pixels))
 
+    def ood_scores(self, name: str | None, logits: np.ndarray, images: np.ndarray) -> np.ndarray | None:
+        """Per image, how clothing-like it is (fashion.ood); ``None`` when the model has no detector."""
+        detector = self.get(name).detector
+        return detector.score(logits, images) if detector else None
+
     def describe(self, name: str | None, logits: np.ndarray, top_k: int | None = None,
-                 pixels: np.ndarray | None = None) -> list[dict[str, Any]]:
+                 pixels: np.ndarray | None = None, images: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Label, confidence and top-k per row of ``logits``, in input order.
 
         Args:
@@ -162,10 +184,14 @@ class ModelRegistry:
             top_k: classes per answer (``None``: the configured number).
             pixels: when given, the ``uint8[N, 28, 28]`` input; each answer then carries its image as
                 ``pixels`` (28 lists of 28 ints), so a client can see what the model received.
+            images: the ``uint8[N, 28, 28]`` input, for the "not clothing" fields (``ood_score``,
+                ``in_distribution``); without it, or without a detector, answers carry neither.
         """
         backend = self.get(name)
-        answers = describe_predictions(softmax(logits), backend.name, backend.manifest["version"],
-                                       top_k or self.config.top_k)
+        scores = self.ood_scores(name, logits, images) if images is not None else None
+        answers = describe_predictions(softmax(logits, backend.temperature), backend.name,
+                                       backend.manifest["version"], top_k or self.config.top_k, scores,
+                                       backend.detector.threshold if backend.detector else None)
         if pixels is not None:
             for answer, image in zip(answers, pixels, strict=True):
                 answer["pixels"] = image.tolist()
@@ -173,7 +199,7 @@ class ModelRegistry:
 
     def classify(self, name: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
         """Label, confidence and top-k for ``uint8[N, 28, 28]`` pixels, in input order."""
-        return self.describe(name, self.logits(name, pixels))
+        return self.describe(name, self.logits(name, pixels), images=pixels)
 
     def info(self) -> dict[str, Any]:
         """Per configured backend: loaded or not, device/providers, version, checksums, accuracy."""

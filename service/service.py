@@ -138,13 +138,15 @@ class FashionClassifier:
         except OverloadedError as exc:
             return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
         if answer == NPY:
-            return records_response(logits, backend, self.registry.get(backend).manifest["version"])
-        return self.registry.describe(backend, logits, top_k, pixels if return_input else None)
+            loaded = self.registry.get(backend)
+            return records_response(logits, backend, loaded.manifest["version"], temperature=loaded.temperature)
+        return self.registry.describe(backend, logits, top_k, pixels if return_input else None, images=pixels)
 
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer)
     async def classify(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,
-                       return_input: bool = False) -> list[dict[str, Any]]:
-        """Classify uploaded image(s); requests arriving together are batched per backend.
+                       return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
+        """Classify uploaded image(s); requests arriving together are batched per backend. ``framing`` was
+        applied while decoding (service.inputs); each answer says whether the image looks like clothing.
 
         Try it in a browser: [/ui/](/ui/). `Accept: application/x-npy` answers compact rows instead of JSON.
         """
@@ -152,7 +154,7 @@ class FashionClassifier:
 
     @bentoml.api(route="/classify_batch", input_spec=ImageUpload, output_spec=JSONAnswer)
     async def classify_batch(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,
-                             return_input: bool = False) -> list[dict[str, Any]]:
+                             return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
         """Classify many uploaded images in one call (the same as /classify); answers in input order.
 
         `Accept: application/x-npy` answers compact rows instead of JSON.

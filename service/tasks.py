@@ -217,9 +217,11 @@ async def classify_in_chunks(task: TaskProgress, batcher: MicroBatcher, backend:
     return logits
 
 
-def summarize(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-    """Predicted class ids, names and confidences (column-wise), plus accuracy and confusion matrix with labels."""
-    probs = softmax(logits)
+def summarize(logits: np.ndarray, labels: np.ndarray | None, temperature: float = 1.0,
+              ood_scores: np.ndarray | None = None, ood_threshold: float = 0.0) -> dict[str, Any]:
+    """Predicted class ids, names and calibrated confidences (column-wise), plus accuracy and confusion matrix
+    with labels; with ``ood_scores``, the "not clothing" columns ``ood_scores`` and ``in_distribution``."""
+    probs = softmax(logits, temperature)
     class_ids = probs.argmax(axis=1)
     confidences = probs[np.arange(len(probs)), class_ids].astype(np.float64)
     answer: dict[str, Any] = {
@@ -227,6 +229,9 @@ def summarize(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
         # Six places, as the batch CLI writes them.
         "confidences": np.round(confidences, 6).tolist(), "accuracy": None, "confusion_matrix": None,
     }
+    if ood_scores is not None:
+        answer["ood_scores"] = np.round(ood_scores, 4).tolist()
+        answer["in_distribution"] = (ood_scores >= ood_threshold).tolist()
     if labels is not None:
         answer["accuracy"] = float((class_ids == labels).mean())
         answer["confusion_matrix"] = confusion_matrix(labels, class_ids).tolist()
@@ -281,7 +286,11 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: An
     # The submit's Accept, checked there (TaskMiddleware.submit): JSON, or the compact rows (service.answers).
     answer = negotiate(ctx.request.headers.get("accept"))
     # 100,000 answers are megabytes of JSON: built in a thread, not on the event loop that serves online requests.
-    result = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels, answer)
+    loaded = registry.get(backend)
+    scores = registry.ood_scores(backend, logits, dataset.pixels)
+    threshold = loaded.detector.threshold if loaded.detector else 0.0
+    result = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels, answer,
+                                            loaded.temperature, scores, threshold)
     task.check_cancel()  # canceled while it rendered: canceled it stays
     task.end("completed")
     log.info("task %s: %d images on %s in %.2f s", task.task_id, task.total, backend, seconds)
@@ -289,12 +298,15 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: An
 
 
 def render_result(header: dict[str, Any], logits: np.ndarray, labels: np.ndarray | None,
-                  answer: str = "application/json") -> Response:
-    """The result: JSON (``header`` then :func:`summarize`), or with ``answer`` :data:`~service.answers.NPY` the
-    compact rows, ``header``'s facts (and the accuracy, given labels) in ``X-Fashion-*`` headers."""
+                  answer: str = "application/json", temperature: float = 1.0, ood_scores: np.ndarray | None = None,
+                  ood_threshold: float = 0.0) -> Response:
+    """The result: JSON (``header`` then :func:`summarize`, calibrated, with the "not clothing" columns), or with
+    ``answer`` :data:`~service.answers.NPY` the compact rows, ``header``'s facts (and the accuracy, given labels)
+    in ``X-Fashion-*`` headers."""
     if answer != NPY:
-        return Response(json.dumps({**header, **summarize(logits, labels)}).encode(), media_type="application/json")
-    records = answer_records(softmax(logits))
+        body = {**header, **summarize(logits, labels, temperature, ood_scores, ood_threshold)}
+        return Response(json.dumps(body).encode(), media_type="application/json")
+    records = answer_records(softmax(logits, temperature))
     facts = {"X-Fashion-Backend": header["backend"], "X-Fashion-Model-Version": header["model_version"],
              "X-Fashion-Task-Id": header["task_id"], "X-Fashion-Seconds": str(header["seconds"])}
     if labels is not None:

@@ -38,6 +38,7 @@ NOT_FIGURES = re.compile(
     r"|\bH100|\bH200|\bA100|\bEPYC \d+\w*|\bfp(?:16|32)|\bint8|\bx86[-_]64|\bsha256|\bSHA-256|\bUTF-8|\bIPv[46]"
     r"|\bIDX\d?|\bidx\d-ubyte|\bt10k|\bRFC \d+|\bHTTP/\d(?:\.\d)?|\b[1-5]xx\b"
     r"|\bp\d{2}(?:\.\d)?\b|\b\d+(?:st|nd|rd|th)\b"
+    r"|\bet al\., \d{4}\b"  # the year of a cited paper
 )
 
 # Numbers that are facts of the design, not measurements. Each is listed with why.

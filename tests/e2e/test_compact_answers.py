@@ -11,7 +11,7 @@ import pytest
 
 from clients.client import FashionClient, npy_bytes
 from fashion.backends import load_artifact
-from fashion.contract import ANSWER_DTYPE, preprocess, softmax
+from fashion.contract import ANSWER_DTYPE, preprocess, softmax, temperature_of
 from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
 
@@ -19,7 +19,9 @@ NPY = "application/x-npy"
 
 
 def offline_probs(exported, pixels):
-    return softmax(load_artifact(exported["torch"], "onnx", "onnx", device="cpu").predict(preprocess(pixels)))
+    temperature = temperature_of(read_manifest(exported["torch"]))  # served probabilities are calibrated
+    return softmax(load_artifact(exported["torch"], "onnx", "onnx", device="cpu").predict(preprocess(pixels)),
+                   temperature)
 
 
 def rows(reply: httpx.Response) -> np.ndarray:

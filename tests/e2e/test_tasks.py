@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fashion.backends import BACKENDS, load_artifact
-from fashion.contract import CLASS_NAMES, preprocess, softmax
+from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.manifest import read_manifest
 from fashion.metrics import confusion_matrix
 from fashion.samples import sample_paths
@@ -81,7 +81,8 @@ def offline_labels(exported, backend: str, pixels: np.ndarray) -> tuple[np.ndarr
     spec = BACKENDS[backend]
     predictor = load_artifact(exported["torch" if spec.model.endswith("torch") else "tf"], spec.artifact,
                               spec.runtime, device="cpu")
-    probs = softmax(predictor.predict(preprocess(pixels)))
+    model_dir = exported["torch" if spec.model.endswith("torch") else "tf"]
+    probs = softmax(predictor.predict(preprocess(pixels)), temperature_of(read_manifest(model_dir)))  # calibrated
     return probs.argmax(1), probs.max(1)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fashion.backends import BACKENDS
-from fashion.contract import CLASS_NAMES, softmax
+from fashion.contract import CLASS_NAMES, softmax, temperature_of
 from fashion.manifest import read_manifest
 from tests.helpers import (
     batch_histogram,
@@ -82,12 +82,15 @@ def test_model_metadata_and_readiness(server, client, exported, backend):
         assert metadata["platform"] == {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel",
                                         "torch": "pytorch_statedict"}[BACKENDS[backend].runtime]
         assert metadata["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 28, 28]}]
-        assert metadata["outputs"] == [{"name": name, "datatype": "FP32", "shape": [-1, 10]}
-                                       for name in ("logits", "probabilities")]
+        assert metadata["outputs"] == [*({"name": name, "datatype": "FP32", "shape": [-1, 10]}
+                                         for name in ("logits", "probabilities")),
+                                       {"name": "ood_score", "datatype": "FP32", "shape": [-1, 1]},
+                                       {"name": "in_distribution", "datatype": "BOOL", "shape": [-1, 1]}]
     # What perf_analyzer reads: the batch limit, and dims without the batch dimension.
     config = client.get_model_config(backend, version)
     assert config["max_batch_size"] == 1024 and config["input"][0]["dims"] == [28, 28]
-    assert [(o["name"], o["dims"]) for o in config["output"]] == [("logits", [10]), ("probabilities", [10])]
+    assert [(o["name"], o["dims"]) for o in config["output"]] == [("logits", [10]), ("probabilities", [10]),
+                                                                  ("ood_score", [1]), ("in_distribution", [1])]
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -106,7 +109,8 @@ def test_infer_gives_the_native_labels_as_json_and_binary(server, client, export
         logits, probabilities = result.as_numpy("logits"), result.as_numpy("probabilities")
         assert logits.shape == probabilities.shape == (len(pixels), 10) and logits.dtype == np.float32
         assert logits.argmax(1).tolist() == expected
-        np.testing.assert_allclose(probabilities, softmax(logits), atol=1e-6)
+        manifest = read_manifest(exported["torch" if BACKENDS[backend].model.endswith("torch") else "tf"])
+        np.testing.assert_allclose(probabilities, softmax(logits, temperature_of(manifest)), atol=1e-6)  # calibrated
         np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
         results[binary] = logits
     # JSON carries float32 exactly: both encodings give the same tensor.
@@ -121,7 +125,9 @@ def test_outputs_as_requested(server, client, pixels):
     assert only.as_numpy("logits") is None and only.as_numpy("probabilities").argmax(1).tolist() == expected
     # tritonclient asks for every output in binary when it names none (parameters.binary_data_output).
     every = client.infer("onnx-torch", [images_input(pixels, True)])
-    assert all(o["parameters"]["binary_data_size"] == len(pixels) * 40 for o in every.get_response()["outputs"])
+    sizes = {o["name"]: o["parameters"]["binary_data_size"] for o in every.get_response()["outputs"]}
+    assert sizes == {"logits": len(pixels) * 40, "probabilities": len(pixels) * 40,
+                     "ood_score": len(pixels) * 4, "in_distribution": len(pixels)}
     np.testing.assert_array_equal(every.as_numpy("probabilities"), only.as_numpy("probabilities"))
     # Triton's classification extension: "value:index:label", best first.
     for binary in (False, True):
@@ -147,10 +153,13 @@ def test_raw_json_request_flat_or_nested_gets_every_output_as_json(server, pixel
     answer = reply.json()
     assert answer["id"] == "42" and answer["model_name"] == "onnx-tf"
     outputs = {o["name"]: o for o in answer["outputs"]}
-    assert set(outputs) == {"logits", "probabilities"}
-    for output in outputs.values():
-        assert output["datatype"] == "FP32" and output["shape"] == [len(pixels), 10]
-        assert len(output["data"]) == len(pixels) * 10  # flat, row-major, as Triton answers
+    assert set(outputs) == {"logits", "probabilities", "ood_score", "in_distribution"}
+    widths = {"logits": ("FP32", 10), "probabilities": ("FP32", 10), "ood_score": ("FP32", 1),
+              "in_distribution": ("BOOL", 1)}
+    for name, output in outputs.items():
+        datatype, width = widths[name]
+        assert output["datatype"] == datatype and output["shape"] == [len(pixels), width]
+        assert len(output["data"]) == len(pixels) * width  # flat, row-major, as Triton answers
     labels = np.reshape(outputs["logits"]["data"], (-1, 10)).argmax(1).tolist()
     assert labels == native_labels(server, "onnx-tf", pixels)
 

@@ -18,7 +18,7 @@ import pytest
 
 from benchmark.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 from fashion.backends import BACKENDS, load_artifact
-from fashion.contract import CLASS_NAMES, preprocess, softmax
+from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
@@ -35,7 +35,8 @@ def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
     """The ten probabilities the exported artifact gives this image, computed here without the service."""
     spec = BACKENDS[backend]
     predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
-    return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))))[0]
+    temperature = temperature_of(read_manifest(model_dir(exported, backend)))  # served probabilities are calibrated
+    return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
 
 
 # ---------- the API options the page relies on ----------
@@ -203,6 +204,18 @@ def test_uploaded_test_image_shows_the_offline_models_answer(page, exported, pat
     assert np.array_equal(rgba[..., 0], decode_image(path.read_bytes()))
     page.screenshot(path=str(tmp_path / f"{path.stem}.png"), full_page=True)
     assert (tmp_path / f"{path.stem}.png").stat().st_size > 10_000
+
+
+def test_a_blank_image_is_shown_as_not_clothing(page):
+    """The model's "not clothing" answer reaches the page, and a garment clears it again."""
+    from fashion.imaging import encode_png
+
+    page.set_input_files("#file", files=[{"name": "blank.png", "mimeType": "image/png",
+                                          "buffer": encode_png(np.zeros((28, 28), np.uint8))}])
+    page.wait_for_selector("#not-clothing:not([hidden])")
+    assert page.inner_text("#not-clothing").startswith("This does not look like clothing")
+    page.set_input_files("#file", str(TROUSER))
+    page.wait_for_selector("#not-clothing", state="hidden")
 
 
 def test_switching_backend_reclassifies_and_shows_it(page, exported):

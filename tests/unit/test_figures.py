@@ -22,7 +22,6 @@ KNOWN_UNSOURCED = {
     ("kserve-v2.md", "29.6"),  # docs/kserve-v2.md line 120
     ("serving.md", "4,000,000"),  # docs/serving.md line 116
     ("serving.md", "0.9980"),  # docs/serving.md line 248
-    ("serving.md", "751"),  # docs/serving.md line 248
     ("serving.md", "0.9844"),  # docs/serving.md line 249
     ("serving.md", "229"),  # docs/serving.md line 249
     ("serving.md", "247"),  # docs/serving.md line 249
@@ -32,12 +31,10 @@ KNOWN_UNSOURCED = {
     ("tasks.md", "113.8"),  # docs/tasks.md line 82
     ("tasks.md", "48,387"),  # docs/tasks.md line 82
     ("tasks.md", "47,133"),  # docs/tasks.md line 83
-    ("tasks.md", "6.9"),  # docs/tasks.md line 84
     ("tasks.md", "120.1"),  # docs/tasks.md line 84
     ("tasks.md", "24,440"),  # docs/tasks.md line 84
     ("tasks.md", "37.1"),  # docs/tasks.md line 85
     ("tasks.md", "22,463"),  # docs/tasks.md line 85
-    ("training.md", "4,800"),  # docs/training.md line 22
     ("training.md", "0.896"),  # docs/training.md line 51
     ("training.md", "0.9011"),  # docs/training.md line 59
 }
