@@ -120,7 +120,8 @@ def test_registered_model_is_found_by_tag(exported, bentoml_home):
 def test_no_pickle_based_loading_in_the_project():
     offenders = []
     for path in REPO.glob("*/**/*.py"):
-        if ".venv" in path.parts or path.parts[-2] == "tests":
+        top = path.relative_to(REPO).parts[0]
+        if top in (".venv", "tests"):  # the tests build pickles on purpose, to see them refused
             continue
         text = path.read_text()
         for line in text.splitlines():
