@@ -80,3 +80,12 @@ def test_the_service_targets_the_http_port(manifests, container):
     (port,) = manifests["Service"]["spec"]["ports"]
     assert port["targetPort"] == "http" and manifests["Service"]["spec"]["selector"] == \
         manifests["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+def test_a_clients_task_calls_reach_the_pod_that_owns_the_task_for_as_long_as_its_result_is_kept(manifests):
+    from service.tasks import RETENTION_S
+
+    service = manifests["Service"]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    # Kubernetes caps the affinity at one day; BentoML keeps a task's result as long.
+    assert service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] >= min(RETENTION_S, 86400)
