@@ -197,10 +197,6 @@ class ModelRegistry:
                 answer["pixels"] = image.tolist()
         return answers
 
-    def classify(self, name: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
-        """Label, confidence and top-k for ``uint8[N, 28, 28]`` pixels, in input order."""
-        return self.describe(name, self.logits(name, pixels), images=pixels)
-
     def info(self) -> dict[str, Any]:
         """Per configured backend: loaded or not, device/providers, version, checksums, accuracy."""
         backends = {}
