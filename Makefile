@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch reliability \
-	reliability-tests soak fuzz clean
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check \
+	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,26 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
+	$(PY) -m pytest -m unit tests/unit
+
+bento-check: export ## Build the Bento, serve it from a fresh venv of only its requirements, check every backend (results/bento-check.txt)
+	$(PY) -m tests.bento_check
+
+inputs: export ## Accuracy on transformed test photos via HTTP, both framings -> results/inputs.md (~15 min)
+	$(PY) -m benchmark.inputs --limit 1000
+
+calibration: export ## ECE before/after temperature scaling per exported model -> results/calibration.md
+	$(PY) -m benchmark.calibration $(foreach m,torch tf,--model-dir $$($(PY) -c "from export.store import \
+	  model_path; print(model_path('fashion-mlp-$(m)'))"))
+
+ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
+	$(PY) -m benchmark.ood $(foreach m,torch tf,--model-dir $$($(PY) -c "from export.store import \
+	  model_path; print(model_path('fashion-mlp-$(m)'))"))
+
+test-timing: data ## Time each test tier once -> results/test-suite.md
+	$(PY) -m tests.timing
+
 bench-load: data ## Time loading + verifying all 70,000 images
 	$(PY) -m fashion bench-load
 
@@ -55,16 +75,19 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 	$(PY) -m benchmark
 
 bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
-	$(PY) -m clients.bench_http --out results/service-bench-cpu.json
+	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
 
-bench-batch: export ## Batch CLI throughput: IDX and a PNG folder through the service, and --local
-	$(PY) -m clients.bench_batch
+peers: export ## Side by side with peer servers, 15 s x 3 levels x 3 reps -> results/peers-<machine>.md (needs wrk)
+	$(PY) -m benchmark.peers
+
+bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
+	$(PY) -m benchmark.batch
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability
 
 reliability-tests: export ## The same scenarios at full length as tests (pytest -m long)
-	$(PY) -m pytest -m long tests/test_reliability.py
+	$(PY) -m pytest -m long tests/e2e/test_reliability.py
 
 soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md (not in CI)
 	$(PY) -m reliability soak

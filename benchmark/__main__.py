@@ -51,8 +51,10 @@ def conclusions(results: dict[str, Any]) -> list[str]:
     ]
     int8 = next((r for r in at_1024 if r["backend"] == "onnx-int8"), None)
     if int8:
-        text[0] += (f" The int8 model is not bound by that ceiling: {int8['images_per_s']:,.0f} images/s at batch "
-                    "1,024 with the CPU's integer dot-product instructions.")
+        share = int8["fraction_of_ceiling"]
+        relation = "above" if share > 1 else "within"
+        text[0] += (f" The int8 model does {int8['images_per_s']:,.0f} images/s at batch 1,024, {share:.2f} of the "
+                    f"float32 ceiling ({relation} it).")
     check = inproc["correctness"]
     accuracy, agreement = check["accuracy"], check["agreement"]
     source = {name: BACKENDS[name].model for name in accuracy if name in BACKENDS}

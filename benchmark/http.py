@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmark.bench_http import multipart_body, run_wrk, start_servers, stop_servers
 from benchmark.openloop import open_loop
-from clients.bench_http import multipart_body, run_wrk, start_servers, stop_servers
 from fashion.imaging import encode_png
 
 BATCH_METRIC = re.compile(r"^fashion_batch_size_(sum|count)(?:\{[^}]*\})? (\S+)",

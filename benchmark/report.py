@@ -94,7 +94,16 @@ def _inprocess_tables(inproc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _http_tables(http: dict[str, Any]) -> list[str]:
+def generator_sentence(busiest: float, cores: int) -> str:
+    """What wrk's CPU use says about the run, judged from the numbers (a quarter of the cores or less: light)."""
+    use = f"wrk used at most {busiest:.2f} of the machine's {cores} cores (its own CPU time over the run's wall time)"
+    if busiest <= cores / 4:
+        return f"The load generator was light: {use}, leaving the rest to the server."
+    return (f"The load generator competed with the server: {use}, so the server's figures here are lower than "
+            "on a machine of its own.")
+
+
+def _http_tables(http: dict[str, Any], cores: int) -> list[str]:
     rows = http["rows"]
     lines = ["", "## Over HTTP (wrk, closed loop, loopback)", "",
              "| kind | target | clients | req/s | images/s | p50 / p90 / p99 ms | answers | mean batch formed "
@@ -106,8 +115,7 @@ def _http_tables(http: dict[str, Any]) -> list[str]:
                      f"| {r['p50_ms']:.2f} / {r['p90_ms']:.2f} / {r['p99_ms']:.2f} | {r['statuses']} | {batch} "
                      f"| {r['wrk_cpu_cores']:.2f} |")
     busiest = max(r["wrk_cpu_cores"] for r in rows)
-    lines += ["", f"The load generator is not the bottleneck: wrk used at most {busiest:.2f} of the machine's cores "
-                  "(its own CPU time over the run's wall time), while the server used the rest."]
+    lines += ["", generator_sentence(busiest, cores)]
     loop = http["open_loop"]
     lines += ["", f"Open loop ({loop['backend']}, {loop['rate']:,.0f} requests/s for {loop['seconds']:.0f} s, "
                   f"latency from each request's scheduled time): p50 {loop['p50_s'] * 1e3:.2f} ms, p90 "
@@ -135,7 +143,7 @@ def write_report(results: dict[str, Any], folder: Path, conclusions: list[str]) 
         lines += ["## Conclusions", "", *[f"- {c}" for c in conclusions], ""]
     lines += _inprocess_tables(results["inprocess"])
     if results.get("http"):
-        lines += _http_tables(results["http"])
+        lines += _http_tables(results["http"], int(results["environment"]["cores"]))
     lines += ["", *[f"![{p}]({p})" for p in plots]]
     path = folder / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")

@@ -1,1 +1,1 @@
-"""Clients of the service: benchmark tooling now; the Python client and batch CLI come next."""
+"""The Python client of the service, its batch CLI and the local (no-server) classifier."""

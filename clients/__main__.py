@@ -8,7 +8,6 @@ errors, bad arguments) and wrote no output file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -16,8 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from clients.batch import EXIT_FAILED, Answers, JobConfig, JobError, run_job
-from clients.client import AsyncFashionClient, FashionClient, RetryPolicy, ServiceError
+from clients.batch import EXIT_FAILED, JobConfig, JobError, answers_from_records, run_job
+from clients.client import FashionClient, RetryPolicy, ServiceError
+from clients.formats import FORMATS
 from clients.sources import SourceError, open_source
 from fashion.backends import BACKENDS
 
@@ -67,15 +67,16 @@ def wait_until_ready(url: str, timeout: float) -> None:
 
 
 def remote_classifier(args: argparse.Namespace):
-    """An async classify function over HTTP, after checking that the service is ready."""
-    client = AsyncFashionClient(args.url, timeout=args.timeout, retry=RetryPolicy(attempts=args.retries),
-                                max_connections=args.concurrency)
+    """A classify function over HTTP (compact answers; safe to call from several threads), once the service is
+    ready; and a function counting the retries made."""
+    client = FashionClient(args.url, timeout=args.timeout, retry=RetryPolicy(attempts=args.retries),
+                           max_connections=args.concurrency)
     wait_until_ready(args.url, args.timeout)
 
-    async def classify(pixels) -> Answers:
-        answers = await client.classify_array_json(pixels, args.backend)
-        return Answers([a["class_id"] for a in answers], [a["confidence"] for a in answers],
-                       answers[0]["backend"], answers[0]["model_version"])
+    def classify(pixels):
+        # A JSON answer (an older service, a proxy dropping Accept) still carries what the job writes.
+        answer = client.classify_array_records(pixels, args.backend, allow_json=True)
+        return answers_from_records(answer.records, answer.backend, answer.model_version)
 
     return classify, lambda: client.retry.retried
 
@@ -86,8 +87,8 @@ def local_classifier(args: argparse.Namespace):
 
     model = LocalClassifier.open(args.model, args.backend)
 
-    async def classify(pixels):
-        return await asyncio.to_thread(model.classify_columns, pixels)
+    def classify(pixels):
+        return answers_from_records(model.records(pixels), model.backend, model.version)
 
     return classify, lambda: 0
 
@@ -95,13 +96,15 @@ def local_classifier(args: argparse.Namespace):
 def cmd_batch(args: argparse.Namespace) -> int:
     out = args.out
     try:
-        items, total = open_source(args.input, args.labels)
+        source = open_source(args.input, args.labels)
         classify, retried = local_classifier(args) if args.local else remote_classifier(args)
         max_errors = 0 if args.fail_fast else args.max_errors
-        config = JobConfig(batch_size=args.batch_size, concurrency=args.concurrency, max_errors=max_errors,
+        # --local: one model call at a time (ONNX Runtime already uses every core) unless asked otherwise.
+        concurrency = args.concurrency or (1 if args.local else 4)
+        config = JobConfig(batch_size=args.batch_size, concurrency=concurrency, max_errors=max_errors,
                            resume=args.resume, progress=not args.quiet)
-        summary = asyncio.run(run_job(items, total, out, classify, config, retried))
-    except (JobError, SourceError, ServiceError, OSError) as exc:
+        summary = run_job(source, out, classify, config, retried)
+    except (JobError, SourceError, ServiceError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"{out}: {summary.line()}")
@@ -129,11 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     many = commands.add_parser("batch", help="classify a folder, glob, IDX file or .npy/.npz array",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     many.add_argument("input", help="folder (recursive), glob, IDX images file, .npy or .npz")
-    many.add_argument("--out", type=Path, required=True, help="output file: .csv or .jsonl")
+    many.add_argument("--out", type=Path, required=True,
+                      help="output file: .csv, .jsonl or .parquet (Parquet needs pip install 'fashion-serve[parquet]')")
     many.add_argument("--labels", type=Path, default=None, help="IDX labels file (default: found beside the images)")
     many.add_argument("--batch-size", type=int, default=1024,
                       help="images per request (the service accepts up to 1,024); with --local, per model call")
-    many.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    many.add_argument("--concurrency", type=int, default=None,
+                      help="chunks classified at once (default: 4 requests in flight; 1 model call with --local)")
     many.add_argument("--retries", type=int, default=5, help="attempts per request on 429/503/504/connection errors")
     many.add_argument("--max-errors", type=int, default=None, help="stop after this many bad inputs (default: never)")
     many.add_argument("--fail-fast", action="store_true", help="stop at the first bad input")
@@ -142,8 +147,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     many.add_argument("--model", default=None, help="with --local: exported model folder or BentoML tag")
     many.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.command == "batch" and args.out.suffix not in (".csv", ".jsonl"):
-        parser.error("--out must end in .csv or .jsonl")
+    if args.command == "batch" and args.out.suffix not in FORMATS:
+        parser.error(f"--out must end in {', '.join(FORMATS)}")
     return args
 
 

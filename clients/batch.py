@@ -1,34 +1,42 @@
-"""Batch classification that loses nothing: streamed input, concurrent requests, resumable, atomic output.
+"""Batch classification that loses nothing and keeps up with the model.
 
-Every finished chunk is appended to a journal (``<out>.journal``) in one write,
-so a job killed at any point (SIGKILL included) resumes with ``--resume`` and
-skips exactly what the journal holds. The final output (CSV or JSON Lines,
-sorted in input order) and the error report are written to temporary files and
-renamed into place, so a reader never sees a truncated file.
+A job is a pipeline of three stages that overlap: a reader thread reads (or decodes)
+the next chunks, ``concurrency`` classifier threads run them (one for ``--local``: ONNX
+Runtime already uses every core, two model calls at once would only fight over them),
+and the calling thread writes each chunk's rows, in input order, to a part file. Every
+stage works on whole arrays; nothing loops over rows in Python except the decoding of
+image files and the ids of unreadable inputs.
+
+After each chunk is appended, one line goes to the journal (``<out>.journal``): how
+far the input is done, how long the part files are, and the running counts. A job
+killed at any point (SIGKILL included) resumes with ``--resume``: the part files are
+cut back to the last journal line and the input is read from there, so every input is
+written exactly once. The output (CSV, JSON Lines or Parquet, in input order) and the
+error report are renamed into place at the end, so a reader never sees a truncated file.
 """
 
 from __future__ import annotations
 
-import asyncio
-import csv
-import io
 import json
 import os
+import queue
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from clients.sources import Item
-from fashion.contract import IMAGE_SIZE
-from fashion.imaging import ImageError, decode_image
+from clients.formats import Rows, error_lines, micro, output_format
+from clients.sources import ArraySource, Chunk, FileSource
+from fashion.contract import NUM_CLASSES
 
 EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
-COLUMNS = ("id", "label", "class_id", "confidence", "backend", "model_version", "true_label")
-Classifier = Callable[[np.ndarray], Awaitable["Answers"]]
+ERRORS_HEADER = b"id,reason\n"
 
 
 class JobError(RuntimeError):
@@ -39,11 +47,25 @@ class JobError(RuntimeError):
 class JobConfig:
     """Batch job settings (see ``python -m clients batch --help``)."""
 
-    batch_size: int = 512
+    batch_size: int = 1024
     concurrency: int = 4
     max_errors: int | None = None
     resume: bool = False
     progress: bool = True
+    prefetch: int = 2
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What a classifier returns for a chunk: one class id and confidence per image."""
+
+    class_ids: np.ndarray  # uint8[n]
+    confidences: np.ndarray  # float32[n]
+    backend: str
+    model_version: str
+
+
+Classifier = Callable[[np.ndarray], Answers]
 
 
 @dataclass
@@ -56,6 +78,7 @@ class Summary:
     resumed: int = 0
     retried: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     accuracy: float | None = None
     confusion: np.ndarray | None = field(default=None, repr=False)
 
@@ -69,7 +92,7 @@ class Summary:
 
     def line(self) -> str:
         text = (f"total {self.total}, ok {self.ok}, failed {self.failed}, retried {self.retried}, "
-                f"{self.images_per_second:,.0f} images/s")
+                f"{self.images_per_second:,.0f} images/s, {self.cpu_seconds:.1f} CPU-s")
         if self.resumed:
             text += f", {self.resumed} taken from the journal"
         if self.accuracy is not None:
@@ -77,14 +100,20 @@ class Summary:
         return text
 
 
-@dataclass(frozen=True)
-class Answers:
-    """What a classifier returns for a chunk: one class id and confidence per image."""
+@dataclass
+class Progress:
+    """One journal line: inputs done, part file sizes and running counts (cumulative, so the last line is enough)."""
 
-    class_ids: list[int]
-    confidences: list[float]
-    backend: str
-    model_version: str
+    done: int = 0
+    out_bytes: int = 0
+    errors_bytes: int = len(ERRORS_HEADER)
+    ok: int = 0
+    failed: int = 0
+    confusion: list[int] = field(default_factory=lambda: [0] * NUM_CLASSES**2)
+    finished: bool = False
+
+    def line(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":")).encode() + b"\n"
 
 
 def journal_path(out: Path) -> Path:
@@ -95,164 +124,202 @@ def errors_path(out: Path) -> Path:
     return out.with_name(out.stem + ".errors.csv")
 
 
-def read_journal(path: Path) -> tuple[dict[int, tuple], dict[int, tuple]]:
-    """Finished rows and failed inputs by input position; a torn last line (a kill mid-write) is ignored.
+def part_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.part")
 
-    Each journal line is one chunk, column-wise: ``{"ok": {...}, "failed": {...}}``.
-    """
-    ok: dict[int, tuple] = {}
-    failed: dict[int, tuple] = {}
+
+def read_journal(path: Path) -> Progress | None:
+    """The last complete journal line; a torn last line (a kill mid-write) is ignored. ``None``: nothing done."""
     if not path.exists():
-        return ok, failed
+        return None
+    last = None
     with path.open("rb") as fh:
         for raw in fh:
-            if not raw.endswith(b"\n"):
-                break
-            chunk = json.loads(raw)
-            good, bad = chunk["ok"], chunk["failed"]
-            for row in zip(good["seq"], good["id"], good["class_id"], good["confidence"], good["true_label"],
-                           strict=True):
-                ok.setdefault(row[0], (*row[1:], good["backend"], good["model_version"]))
-            for seq, item_id, reason in zip(bad["seq"], bad["id"], bad["error"], strict=True):
-                failed.setdefault(seq, (item_id, reason))
-    return ok, failed
+            if raw.endswith(b"\n"):
+                last = raw
+    if last is None:
+        return None
+    try:
+        return Progress(**json.loads(last))
+    except (ValueError, TypeError) as exc:
+        raise JobError(f"{path}: not a journal of this version ({exc}); delete it to start over") from None
 
 
-def decode_chunk(chunk: list[tuple[int, Item]]) -> tuple[list[tuple[int, Item]], np.ndarray, dict[str, list]]:
-    """Pixels of the readable items, and the unreadable ones with the reason.
+def cut_back(path: Path, size: int) -> None:
+    """Truncate a part file to what the journal recorded (bytes written after it are redone)."""
+    try:
+        with path.open("r+b") as fh:
+            if fh.seek(0, os.SEEK_END) < size:
+                raise JobError(f"{path} is shorter than its journal says; delete the journal to start over")
+            fh.truncate(size)
+    except FileNotFoundError:
+        raise JobError(f"{path} is missing but its journal is not; delete the journal to start over") from None
 
-    Array items were validated as a whole when their source was opened; files are decoded here.
-    """
-    good, pixels = [], []
-    failed: dict[str, list] = {"seq": [], "id": [], "error": []}
-    for seq, item in chunk:
+
+def prefetched(chunks: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
+    """The chunks, read ahead by a thread of their own (at most ``depth`` waiting)."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item: object) -> bool:
+        """Queue ``item`` unless the consumer has gone (then ``False``)."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
         try:
-            array = item.pixels if item.pixels is not None else decode_image(item.path.read_bytes())
-        except (ImageError, OSError) as exc:
-            failed["seq"].append(seq)
-            failed["id"].append(item.id)
-            failed["error"].append(str(exc))
-            continue
-        good.append((seq, item))
-        pixels.append(array)
-    stacked = np.stack(pixels) if pixels else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    return good, stacked, failed
+            for chunk in chunks:
+                if not offer(chunk):
+                    return
+            offer(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+
+    reader = threading.Thread(target=read, name="batch-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=10)
 
 
-def journal_line(good: list[tuple[int, Item]], answers: Answers | None, failed: dict[str, list]) -> bytes:
-    """One chunk's results as one JSON line (written with a single write)."""
-    ok = {
-        "seq": [seq for seq, _ in good], "id": [item.id for _, item in good],
-        "class_id": answers.class_ids if answers else [],
-        # Rounded so that a resumed job (other chunk boundaries, other float rounding) writes the same file.
-        "confidence": [round(c, 6) for c in answers.confidences] if answers else [],
-        "true_label": [item.label for _, item in good],
-        "backend": answers.backend if answers else "", "model_version": answers.model_version if answers else "",
-    }
-    return json.dumps({"ok": ok, "failed": failed}).encode() + b"\n"
+class Job:
+    """The part files, journal and counts of one run; :meth:`write` appends one chunk's results."""
+
+    def __init__(self, out: Path, config: JobConfig) -> None:
+        self.out, self.config, self.format = out, config, output_format(out)
+        self.journal = journal_path(out)
+        self.part, self.errors_part = part_path(out), part_path(errors_path(out))
+        if self.journal.exists() and not config.resume:
+            raise JobError(f"{self.journal} exists from an interrupted run: pass --resume to finish it, or delete it")
+        progress = read_journal(self.journal)
+        if progress is None:
+            self.part.write_bytes(self.format.header())
+            self.errors_part.write_bytes(ERRORS_HEADER)
+            progress = Progress(out_bytes=len(self.format.header()))
+        elif not progress.finished:
+            cut_back(self.part, progress.out_bytes)
+            cut_back(self.errors_part, progress.errors_bytes)
+        self.progress, self.resumed = progress, progress.done
+        self.sink = self.journal.open("ab")
+        # A finished journal (killed while renaming): only the renames are left, no part file may be recreated.
+        self.rows_sink = None if progress.finished else self.part.open("ab")
+        self.errors_sink = None if progress.finished else self.errors_part.open("ab")
+
+    def write(self, chunk: Chunk, answers: Answers | None) -> None:
+        """Append the chunk's rows and unreadable inputs, then its journal line (one write each)."""
+        progress = self.progress
+        if answers is not None:
+            rows = Rows(chunk.ids, answers.class_ids, micro(answers.confidences), chunk.labels, answers.backend,
+                        answers.model_version)
+            progress.out_bytes += self.rows_sink.write(self.format.encode(rows))
+            self.rows_sink.flush()  # in the file before the journal says so
+            known = chunk.labels >= 0
+            if known.any():
+                pairs = chunk.labels[known].astype(np.int64) * NUM_CLASSES + answers.class_ids[known]
+                counts = np.bincount(pairs, minlength=NUM_CLASSES**2)
+                progress.confusion = (np.asarray(progress.confusion) + counts).tolist()
+            progress.ok += len(rows)
+        if chunk.failed:
+            progress.errors_bytes += self.errors_sink.write(error_lines(chunk.failed))
+            self.errors_sink.flush()
+            progress.failed += len(chunk.failed)
+        progress.done = chunk.start + chunk.count
+        self.sink.write(progress.line())
+        self.sink.flush()
+        limit = self.config.max_errors
+        if limit is not None and progress.failed > limit:
+            first = chunk.failed[0]
+            raise JobError(f"{progress.failed} inputs failed, more than --max-errors {limit}; "
+                           f"first: {first[0]}: {first[1]}")
+
+    def finish(self, summary: Summary) -> None:
+        """Mark the journal finished, rename the outputs into place, drop the journal."""
+        progress = self.progress
+        if not progress.finished:
+            progress.finished = True
+            self.sink.write(progress.line())
+            self.sink.flush()
+        self.close()
+        if self.errors_part.exists():
+            os.replace(self.errors_part, errors_path(self.out))
+        if self.part.exists():
+            self.format.finish(self.part, self.out)
+        self.journal.unlink()
+        summary.total, summary.ok, summary.failed = progress.ok + progress.failed, progress.ok, progress.failed
+        confusion = np.array(progress.confusion, np.int64).reshape(NUM_CLASSES, NUM_CLASSES)
+        if confusion.sum():
+            summary.accuracy = float(np.trace(confusion) / confusion.sum())
+            summary.confusion = confusion
+
+    def close(self) -> None:
+        for sink in (self.sink, self.rows_sink, self.errors_sink):
+            if sink is not None:
+                sink.close()
 
 
-def _chunks(items: Iterator[Item], done: set[int], size: int) -> Iterator[list[tuple[int, Item]]]:
-    chunk: list[tuple[int, Item]] = []
-    for seq, item in enumerate(items):
-        if seq in done:
-            continue
-        chunk.append((seq, item))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-async def run_job(items: Iterator[Item], total: int | None, out: Path, classify: Classifier, config: JobConfig,
-                  retried: Callable[[], int] = lambda: 0) -> Summary:
-    """Classify every item, journaling as it goes, then write the final output and error report.
+def run_job(source: ArraySource | FileSource, out: Path, classify: Classifier, config: JobConfig,
+            retried: Callable[[], int] = lambda: 0) -> Summary:
+    """Classify every input, appending results as they come, then put the output and error report in place.
 
     Raises:
         JobError: a journal exists without ``resume``, too many errors, or the classifier failed for good.
     """
     from tqdm.auto import tqdm
 
-    journal = journal_path(out)
-    if journal.exists() and not config.resume:
-        raise JobError(f"{journal} exists from an interrupted run: pass --resume to finish it, or delete it")
-    done_ok, done_failed = read_journal(journal)
-    done = set(done_ok) | set(done_failed)
-    summary = Summary(resumed=len(done), failed=len(done_failed))
-    bar = tqdm(total=total, initial=len(done), unit="img", disable=not config.progress, dynamic_ncols=True)
-    queue: asyncio.Queue = asyncio.Queue(maxsize=config.concurrency * 2)
-    start = time.perf_counter()
-    with journal.open("ab") as sink, ThreadPoolExecutor(max(2, config.concurrency)) as decoders:
-        loop = asyncio.get_running_loop()
+    job = Job(out, config)
+    summary = Summary(resumed=job.resumed)
+    bar = tqdm(total=source.total, initial=job.resumed, unit="img", disable=not config.progress, dynamic_ncols=True,
+               smoothing=0.1)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    pending: deque[tuple[Chunk, Future | None]] = deque()
+    models = ThreadPoolExecutor(max(1, config.concurrency), thread_name_prefix="classify")
+    try:
+        def write_oldest() -> None:
+            chunk, future = pending.popleft()
+            job.write(chunk, future.result() if future is not None else None)
+            bar.update(chunk.count)
 
-        async def produce() -> None:
-            chunks = _chunks(items, done, config.batch_size)
-            while (chunk := await loop.run_in_executor(decoders, next, chunks, None)) is not None:
-                await queue.put(chunk)
-            for _ in range(config.concurrency):
-                await queue.put(None)
-
-        async def consume() -> None:
-            while (chunk := await queue.get()) is not None:
-                good, pixels, failed = await loop.run_in_executor(decoders, decode_chunk, chunk)
-                answers = await classify(pixels) if len(pixels) else None
-                sink.write(journal_line(good, answers, failed))
-                sink.flush()
-                summary.failed += len(failed["seq"])
-                bar.update(len(chunk))
-                if config.max_errors is not None and summary.failed > config.max_errors:
-                    raise JobError(f"{summary.failed} inputs failed, more than --max-errors {config.max_errors}; "
-                                   f"first: {failed['id'][0]}: {failed['error'][0]}")
-
-        tasks = [asyncio.create_task(produce())] + [asyncio.create_task(consume()) for _ in range(config.concurrency)]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        finally:
-            bar.close()
-    summary.seconds = time.perf_counter() - start
+        if not job.progress.finished:
+            for chunk in prefetched(source.chunks(job.resumed, config.batch_size), config.prefetch):
+                pending.append((chunk, models.submit(classify, chunk.pixels) if len(chunk.pixels) else None))
+                if len(pending) > config.concurrency:
+                    write_oldest()
+            while pending:
+                write_oldest()
+    except BaseException:
+        models.shutdown(wait=True, cancel_futures=True)
+        job.close()
+        raise
+    finally:
+        bar.close()
+    models.shutdown()
     summary.retried = retried()
-    finish(out, summary)
+    job.finish(summary)
+    summary.seconds = time.perf_counter() - start
+    # This process's CPU over the job, every thread (the model's too with --local): on a shared machine a
+    # steadier measure of the job's cost than its wall time.
+    summary.cpu_seconds = time.process_time() - cpu_start
     return summary
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def answers_from_records(records: np.ndarray, backend: str, model_version: str) -> Answers:
+    """:class:`Answers` from rows of :data:`fashion.contract.ANSWER_DTYPE`."""
+    return Answers(records["class_id"], records["confidence"], backend, model_version)
 
 
-def finish(out: Path, summary: Summary) -> None:
-    """Write the sorted output and the error report from the journal, atomically; then drop the journal."""
-    from fashion.contract import CLASS_NAMES
-
-    ok, failed = read_journal(journal_path(out))
-    summary.total, summary.ok, summary.failed = len(ok) + len(failed), len(ok), len(failed)
-    rows = [(item_id, CLASS_NAMES[class_id], class_id, confidence, backend, version, true_label)
-            for _, (item_id, class_id, confidence, true_label, backend, version) in sorted(ok.items())]
-    buffer = io.StringIO()
-    if out.suffix == ".jsonl":
-        buffer.writelines(json.dumps(dict(zip(COLUMNS, row, strict=True))) + "\n" for row in rows)
-    else:
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows(rows)
-    _atomic_write(out, buffer.getvalue())
-    report = io.StringIO()
-    writer = csv.writer(report, lineterminator="\n")
-    writer.writerow(("id", "reason"))
-    writer.writerows(reason for _, reason in sorted(failed.items()))
-    _atomic_write(errors_path(out), report.getvalue())
-    labelled = [(row[2], row[6]) for row in rows if row[6] is not None]
-    if labelled:
-        from fashion.metrics import confusion_matrix
-
-        predicted, truth = (np.array(column) for column in zip(*labelled, strict=True))
-        summary.accuracy = float((truth == predicted).mean())
-        summary.confusion = confusion_matrix(truth, predicted)
-    journal_path(out).unlink()
+def describe(summary: Summary) -> dict[str, Any]:
+    """The summary as JSON-ready numbers (for benchmarks)."""
+    return {"total": summary.total, "ok": summary.ok, "failed": summary.failed, "resumed": summary.resumed,
+            "seconds": summary.seconds, "cpu_seconds": summary.cpu_seconds,
+            "images_per_second": summary.images_per_second}

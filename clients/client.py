@@ -24,6 +24,8 @@ import httpx
 import numpy as np
 
 RETRY_STATUSES = frozenset({429, 503, 504})
+# The compact answer (service.answers): ``fashion.contract.ANSWER_DTYPE`` rows as a .npy body.
+NPY_ANSWER = "application/x-npy"
 T = TypeVar("T")
 ImageLike = str | Path | bytes | np.ndarray | Any  # Any: a PIL image
 
@@ -79,6 +81,46 @@ class RetryPolicy:
         if retry_after and retry_after.replace(".", "", 1).isdigit():
             return max(backoff, min(float(retry_after), self.max_delay))
         return backoff
+
+
+@dataclass(frozen=True)
+class RecordAnswer:
+    """A compact answer: one :data:`fashion.contract.ANSWER_DTYPE` row per image, and who computed them."""
+
+    records: np.ndarray
+    backend: str
+    model_version: str
+
+
+def read_records(response: httpx.Response) -> RecordAnswer:
+    """The rows of a compact (``application/x-npy``) answer; a body of any other kind is a :class:`ServiceError`."""
+    from fashion.contract import ANSWER_DTYPE
+
+    records = np.load(io.BytesIO(response.content), allow_pickle=False)
+    if records.dtype != ANSWER_DTYPE:
+        raise ServiceError(response.status_code, f"answer rows of dtype {records.dtype}, expected {ANSWER_DTYPE}")
+    return RecordAnswer(records, response.headers.get("x-fashion-backend", ""),
+                        response.headers.get("x-fashion-model-version", ""))
+
+
+def expect_records(answer: Any, allow_json: bool = False) -> RecordAnswer:
+    """``answer`` if compact. A JSON answer (an older service, or a proxy that dropped ``Accept``) is an error,
+    or with ``allow_json`` turned into rows: class id and confidence as sent, probabilities of the top-k classes
+    it lists, NaN for the others."""
+    if isinstance(answer, RecordAnswer):
+        return answer
+    if not allow_json or not isinstance(answer, list) or not answer:
+        raise ServiceError(200, f"the service answered JSON, not {NPY_ANSWER}: it predates compact answers")
+    from fashion.contract import ANSWER_DTYPE
+
+    records = np.zeros(len(answer), ANSWER_DTYPE)
+    records["class_id"] = [a["class_id"] for a in answer]
+    records["confidence"] = [a["confidence"] for a in answer]
+    records["probabilities"] = np.nan
+    for row, a in zip(records, answer, strict=True):
+        for top in a.get("top_k", []):
+            row["probabilities"][top["class_id"]] = top["probability"]
+    return RecordAnswer(records, answer[0]["backend"], answer[0]["model_version"])
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -142,15 +184,17 @@ class _Requests:
                 "data": {"backend": backend} if backend else None}
 
     @staticmethod
-    def array_request(pixels: np.ndarray, backend: str | None) -> dict[str, Any]:
+    def array_request(pixels: np.ndarray, backend: str | None, accept: str = "application/json") -> dict[str, Any]:
         return {"method": "POST", "url": "/classify_array", "content": npy_bytes(pixels),
                 "params": {"backend": backend} if backend else None,
-                "headers": {"Content-Type": "application/x-npy"}}
+                "headers": {"Content-Type": "application/x-npy", "Accept": accept}}
 
     @staticmethod
     def parse(response: httpx.Response) -> Any:
         if response.status_code >= 400:
             raise ServiceError(response.status_code, _error_message(response))
+        if response.headers.get("content-type", "").startswith(NPY_ANSWER):
+            return read_records(response)
         return response.json()
 
 
@@ -165,9 +209,12 @@ class FashionClient(_Requests):
     """
 
     def __init__(self, base_url: str = "http://localhost:3000", timeout: float = 30.0,
-                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None) -> None:
+                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None,
+                 max_connections: int = 64) -> None:
         super().__init__(base_url, timeout, retry)
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        # httpx.Client is thread-safe: the batch CLI shares one between its request threads.
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
+                                 limits=httpx.Limits(max_connections=max_connections))
 
     def __enter__(self) -> FashionClient:
         return self
@@ -203,6 +250,13 @@ class FashionClient(_Requests):
     def classify_array(self, pixels: np.ndarray, backend: str | None = None) -> list[Prediction]:
         """Classify ``uint8[N, 28, 28]`` pixels in one request; answers in input order."""
         return [Prediction.from_json(p) for p in self._send(self.array_request(pixels, backend))]
+
+    def classify_array_records(self, pixels: np.ndarray, backend: str | None = None,
+                               allow_json: bool = False) -> RecordAnswer:
+        """Classify ``uint8[N, 28, 28]`` pixels, answered compactly (``Accept: application/x-npy``): class ids,
+        confidences and all probabilities as arrays; what batch jobs use. ``allow_json``: see :func:`expect_records`.
+        """
+        return expect_records(self._send(self.array_request(pixels, backend, NPY_ANSWER)), allow_json)
 
     def classify_many(self, pixels: np.ndarray, backend: str | None = None, chunk_size: int = 1024,
                       concurrency: int = 4) -> list[Prediction]:
@@ -278,6 +332,11 @@ class AsyncFashionClient(_Requests):
     async def classify_array_json(self, pixels: np.ndarray, backend: str | None = None) -> list[dict[str, Any]]:
         """The answers as the service sent them (no objects built: the cheaper path for bulk jobs)."""
         return await self._send(self.array_request(pixels, backend))
+
+    async def classify_array_records(self, pixels: np.ndarray, backend: str | None = None,
+                                     allow_json: bool = False) -> RecordAnswer:
+        """The compact answer (see :meth:`FashionClient.classify_array_records`)."""
+        return expect_records(await self._send(self.array_request(pixels, backend, NPY_ANSWER)), allow_json)
 
     async def classify_many(self, pixels: np.ndarray, backend: str | None = None, chunk_size: int = 1024,
                             concurrency: int = 4) -> list[Prediction]:

@@ -1,19 +1,33 @@
-"""In-process classification for ``batch --local``: an exported model, no server."""
+"""In-process classification for ``batch --local``: an exported model, no server.
+
+:meth:`LocalClassifier.records` is the one call for "classify this array of uint8
+images with this model": whole arrays in, :data:`fashion.contract.ANSWER_DTYPE` rows
+out (what the service's compact answer holds), so every batch path shares it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clients.batch import Answers
 from fashion.backends import BACKENDS, Predictor, load_artifact
-from fashion.contract import describe_predictions, preprocess, softmax
-from fashion.manifest import read_manifest
+from fashion.contract import answer_records, describe_predictions, preprocess, softmax, temperature_of
+from fashion.manifest import read_manifest, verify_artifact
+from fashion.ood import OodDetector, load_detector
 
 LOCAL_DEFAULT = "onnx-torch"
+
+
+def model_folder(model: str | None, backend: str) -> Path:
+    """An exported model folder, given as a path, a BentoML tag, or nothing (the store's latest model)."""
+    if model and Path(model).is_dir():
+        return Path(model)
+    import bentoml
+
+    return Path(bentoml.models.get(model or f"{BACKENDS[backend].model}:latest").path)
 
 
 @dataclass
@@ -23,28 +37,38 @@ class LocalClassifier:
     predictor: Predictor
     backend: str
     version: str
+    temperature: float = 1.0  # the export's calibration, as the service applies it
+    detector: OodDetector | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, model: str | None, backend: str | None) -> LocalClassifier:
-        """Load ``backend``'s artifact from an exported folder, a BentoML tag, or the store's latest model."""
+    def open(cls, model: str | None, backend: str | None, threads: int = 0, spin: bool = False) -> LocalClassifier:
+        """Load ``backend``'s artifact from an exported folder, a BentoML tag, or the store's latest model.
+
+        Args:
+            model: folder or tag (``None``: the store's latest model for the backend).
+            backend: a name from :data:`fashion.backends.BACKENDS` (``None``: ``onnx-torch``).
+            threads: model threads; 0 lets the runtime use every core.
+            spin: let ONNX Runtime's idle threads spin between calls. Off by default: a batch job reads and writes
+                in other threads meanwhile, and measured here (docs/batch.md) a job kept up with the model better
+                without spinning.
+        """
         backend = backend or LOCAL_DEFAULT
         spec = BACKENDS[backend]
-        if model and Path(model).is_dir():
-            model_dir = Path(model)
-        else:
-            import bentoml
-
-            model_dir = Path(bentoml.models.get(model or f"{spec.model}:latest").path)
-        predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device="auto")
-        return cls(predictor, backend, read_manifest(model_dir)["version"])
+        model_dir = model_folder(model, backend)
+        options = {"threads": threads, "spin": spin} if spec.runtime == "onnx" else {}
+        predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device="auto", **options)
+        manifest = read_manifest(model_dir)
+        detector = load_detector(verify_artifact(model_dir, manifest["ood"])) if manifest.get("ood") else None
+        return cls(predictor, backend, manifest["version"], temperature_of(manifest), detector)
 
     def classify(self, pixels: np.ndarray) -> list[dict[str, Any]]:
         """Full answers (label, confidence, top-k...), as the service gives them."""
-        return describe_predictions(softmax(self.predictor.predict(preprocess(pixels))), self.backend, self.version)
+        logits = self.predictor.predict(preprocess(pixels))
+        scores = self.detector.score(logits, pixels) if self.detector else None
+        return describe_predictions(softmax(logits, self.temperature), self.backend, self.version, ood_scores=scores,
+                                    ood_threshold=self.detector.threshold if self.detector else None)
 
-    def classify_columns(self, pixels: np.ndarray) -> Answers:
-        """Class ids and confidences only, vectorised (what a batch job writes)."""
-        probs = softmax(self.predictor.predict(preprocess(pixels)))
-        class_ids = probs.argmax(axis=1)
-        return Answers(class_ids.tolist(), probs[np.arange(len(probs)), class_ids].astype(float).tolist(),
-                       self.backend, self.version)
+    def records(self, pixels: np.ndarray) -> np.ndarray:
+        """:data:`~fashion.contract.ANSWER_DTYPE` rows for ``uint8[N, 28, 28]`` pixels: class, confidence, all ten
+        (calibrated) probabilities; whole-array operations only."""
+        return answer_records(softmax(self.predictor.predict(preprocess(pixels)), self.temperature))

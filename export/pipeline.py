@@ -12,8 +12,9 @@ import numpy as np
 
 from export import artifacts
 from fashion.backends import MODEL_NAMES, runtime_module
+from fashion.calibration import ECE_BINS, expected_calibration_error, fit_temperature
 from fashion.contract import CLASS_NAMES, INPUT_CONTRACT, preprocess, softmax
-from fashion.data import FashionMNIST
+from fashion.data import FashionMNIST, train_val_split
 from fashion.env import environment_stamp
 from fashion.manifest import checksum_tree, content_version, read_manifest, write_manifest
 from fashion.samples import sample_images
@@ -97,6 +98,31 @@ def _try_int8(staging: Path, images, labels, source_accuracy: float, config: Exp
     return report
 
 
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
+              test_labels: np.ndarray) -> dict[str, Any]:
+    """Fit the temperature on the validation split; report ECE on the test set before and after."""
+    temperature = fit_temperature(val_logits, val_labels)
+    return {"temperature": temperature, "fitted_on": f"validation split ({len(val_labels)} images)",
+            "ece_bins": ECE_BINS,
+            "test_ece_before": expected_calibration_error(softmax(test_logits), test_labels),
+            "test_ece_after": expected_calibration_error(softmax(test_logits, temperature), test_labels)}
+
+
+def write_ood(staging: Path, data: FashionMNIST, val_logits: np.ndarray, test_logits: np.ndarray,
+              temperature: float) -> dict[str, Any]:
+    """Fit the "not clothing" detector (fashion.ood), save it as ``ood.npz``; its manifest entry."""
+    from fashion import ood
+
+    split = train_val_split(data.train_labels)
+    detector = ood.fit_detector(data.train_images[split.train], data.train_images[split.val], val_logits,
+                                temperature)
+    detector.save(staging / "ood.npz")
+    test_tpr = float(detector.in_distribution(detector.score(test_logits, data.test_images)).mean())
+    return {"path": "ood.npz", "method": ood.METHOD, "threshold": detector.threshold,
+            "target_val_tpr": ood.TARGET_TPR, "test_tpr": test_tpr, "components": ood.COMPONENTS,
+            "tail_weight": ood.TAIL_WEIGHT}
+
+
 def export_run(run: Run, data: FashionMNIST, out_root: Path = DEFAULT_ARTIFACTS_DIR,
                config: ExportConfig = ExportConfig()) -> Path:
     """Export one run, verify every artifact, and write its manifest.
@@ -136,6 +162,10 @@ def export_run(run: Run, data: FashionMNIST, out_root: Path = DEFAULT_ARTIFACTS_
             if entry["test_accuracy"] != source_accuracy:
                 raise ExportError(f"{name}/{entry['path']}: test accuracy {entry['test_accuracy']} differs from "
                                   f"the source model's {source_accuracy}")
+        split = train_val_split(data.train_labels)
+        val_logits = trainer.predict_logits(preprocess(data.train_images[split.val]))
+        calibration = calibrate(val_logits, data.train_labels[split.val], reference, labels)
+        ood_entry = write_ood(staging, data, val_logits, reference, calibration["temperature"])
         int8 = _try_int8(staging, images, labels, source_accuracy, config) if (
             config.quantize and run.framework == "torch") else None
         if int8 and int8["kept"]:
@@ -147,7 +177,8 @@ def export_run(run: Run, data: FashionMNIST, out_root: Path = DEFAULT_ARTIFACTS_
             entry["sha256"] = checksum_tree(staging, entry["path"])
             entry["bytes"] = sum((staging / p).stat().st_size for p in entry["sha256"])
             checksums.update(entry["sha256"])
-        version = content_version(checksums)
+        ood_entry["sha256"] = checksum_tree(staging, ood_entry["path"])
+        version = content_version({**checksums, **ood_entry["sha256"]})
         manifest = {
             "name": name, "version": version, "framework": run.framework, "preset": run.preset,
             "seed": run.config.seed, "run": run.path.name, "train_samples": run.info["train_samples"],
@@ -156,7 +187,8 @@ def export_run(run: Run, data: FashionMNIST, out_root: Path = DEFAULT_ARTIFACTS_
             "architecture": {"layer_sizes": artifacts.layer_sizes(layers), "activation": "relu",
                              "batch_norm": "folded into the linear layers" if run.config.model.batch_norm else "none"},
             "source_test_accuracy": source_accuracy, "training_test_accuracy": run.metrics["accuracy"],
-            "artifacts": entries, "int8": int8, "environment": environment_stamp(),
+            "artifacts": entries, "int8": int8, "calibration": calibration, "ood": ood_entry,
+            "environment": environment_stamp(),
             # What the source model predicts for the bundled sample images: the service's
             # warm-up must reproduce these before it reports ready.
             "samples_expected": trainer.predict_logits(preprocess(sample_images()[0])).argmax(1).tolist(),

@@ -103,7 +103,8 @@ class Split:
     val: np.ndarray
 
 
-def _candidate(directory: Path, spec: IdxFile) -> Path | None:
+def idx_file_path(directory: Path, spec: IdxFile) -> Path | None:
+    """The file for ``spec`` in ``directory``, plain or gzipped, or None when neither is there."""
     for name in (spec.name, spec.name + ".gz"):
         path = directory / name
         if path.is_file():
@@ -113,7 +114,7 @@ def _candidate(directory: Path, spec: IdxFile) -> Path | None:
 
 def has_dataset(directory: Path) -> bool:
     """True when all four files (plain or gzipped) are in ``directory``."""
-    return all(_candidate(directory, spec) for spec in IDX_FILES.values())
+    return all(idx_file_path(directory, spec) for spec in IDX_FILES.values())
 
 
 def _not_found_message(looked_in: list[Path], reason: str) -> str:
@@ -157,7 +158,7 @@ def find_data_dir(
     if explicit:
         directory = Path(explicit).expanduser()
         if not has_dataset(directory):
-            missing = [s.name for s in IDX_FILES.values() if not _candidate(directory, s)]
+            missing = [s.name for s in IDX_FILES.values() if not idx_file_path(directory, s)]
             raise DataNotFoundError(
                 f"{directory} (from --data-dir/FASHION_MNIST_DIR) lacks: {', '.join(missing)}"
             )
@@ -289,7 +290,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None, *, download: bool = T
         The dataset; arrays are read-only.
     """
     directory = find_data_dir(data_dir, download=download)
-    arrays = {key: read_idx(_candidate(directory, spec), spec) for key, spec in IDX_FILES.items()}
+    arrays = {key: read_idx(idx_file_path(directory, spec), spec) for key, spec in IDX_FILES.items()}
     return FashionMNIST(**arrays)
 
 

@@ -1,6 +1,6 @@
 """Turn an uploaded image file into the model's 28 x 28 uint8 input, safely.
 
-Policy (also in the README):
+Policy (also in docs/serving.md, "Input policy"):
 
 * Formats: PNG, JPEG, GIF, BMP, WebP and TIFF only. The decoder itself is told
   which formats it may use (``Image.open(..., formats=...)``); a file's name or
@@ -19,6 +19,15 @@ Policy (also in the README):
   image's border is mostly light (mean of the outermost pixels above 127), the
   image is taken to be a dark object on a light background (a product photo)
   and inverted before fitting. Pass ``invert=False`` to turn this off.
+* Framing (``framing=``, see docs/inputs.md): ``"dataset"`` (the default) follows
+  Fashion-MNIST's own conversion of product photos: trim the margins whose colour
+  is within 5% of the corners' colour, resize the longest edge to 28, sharpen
+  (Pillow's ``UnsharpMask``: a Gaussian of radius 1.0, 100%), pad the short edge
+  to 28 centred, negate (when the object is darker than the background), grayscale; then the
+  background level is mapped to black (a step of ours, so grey and coloured
+  backgrounds look like the dataset's white one). ``"legacy"`` is the earlier
+  policy: scale the whole canvas, longest side to 28, onto black. Both take a
+  28 x 28 upload as already framed: only the polarity rule applies to it.
 """
 
 from __future__ import annotations
@@ -43,6 +52,16 @@ MAX_JPEG_SCANS = 100
 # smallest tiles the TIFF spec allows (16 x 16 pixels: 15,625 tiles).
 MAX_TIFF_CHUNKS = 16_384
 _TIFF_STRIP_OFFSETS, _TIFF_TILE_OFFSETS = 273, 324
+FRAMINGS = ("dataset", "legacy")
+DEFAULT_FRAMING = "dataset"
+# Fashion-MNIST's conversion trims edges "within 5% of the maximum intensity" of the corner colour.
+TRIM_TOLERANCE = 0.05 * 255
+# A row or column counts as object only when this share of its pixels (at least 2) differs from the background
+# after a 3 x 3 median: isolated noise pixels and JPEG ringing specks do not stop the trim.
+TRIM_MIN_RUN = 0.02
+# Trimming decides on a copy at most this large (the crop is then taken from the full image): a 1,000 px photo
+# needs no more to find its margins, and the median filter costs grow with pixels.
+TRIM_PROBE_SIZE = 256
 
 
 class ImageError(ValueError):
@@ -143,18 +162,108 @@ def _fit(gray: np.ndarray) -> np.ndarray:
     return canvas
 
 
+def _to_rgb(image) -> np.ndarray:
+    """``uint8[H, W, 3]``; transparent pixels become black, as in :func:`_to_gray`."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    if image.mode not in ("RGB", "L"):
+        try:
+            image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image.convert("RGB")
+        except ValueError:  # a mode Pillow cannot turn into RGB (e.g. LAB): its gray, as the legacy policy uses
+            image = image.convert("L")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def corner_colour(rgb: np.ndarray) -> np.ndarray:
+    """The background colour: per channel, the median of the four corners' 3 x 3 patches (robust to noise)."""
+    k = max(1, min(3, rgb.shape[0] // 4, rgb.shape[1] // 4))
+    patches = [rgb[:k, :k], rgb[:k, -k:], rgb[-k:, :k], rgb[-k:, -k:]]
+    return np.median(np.concatenate([p.reshape(-1, 3) for p in patches]), axis=0)
+
+
+def _content_span(mask: np.ndarray, axis: int) -> tuple[float, float] | None:
+    """First and one-past-last index (as fractions of the length) along ``axis`` that hold enough object pixels."""
+    counts = mask.sum(axis=axis)
+    needed = max(2, TRIM_MIN_RUN * mask.shape[axis])
+    hits = np.flatnonzero(counts >= needed)
+    if not len(hits):
+        return None
+    return hits[0] / len(counts), (hits[-1] + 1) / len(counts)
+
+
+def trim_box(rgb: np.ndarray, background: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the object: rows and columns not within 5% of the background colour.
+
+    Decided on a median-filtered copy of at most :data:`TRIM_PROBE_SIZE` pixels a side, so noise and JPEG
+    ringing do not count as object. The whole image when nothing differs (a blank upload stays blank).
+    """
+    from PIL import Image, ImageFilter
+
+    height, width = rgb.shape[:2]
+    probe = Image.fromarray(rgb)
+    if max(height, width) > TRIM_PROBE_SIZE:
+        scale = TRIM_PROBE_SIZE / max(height, width)
+        probe = probe.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    if min(probe.size) >= 3:
+        probe = probe.filter(ImageFilter.MedianFilter(3))
+    diff = np.abs(np.asarray(probe, dtype=np.int16) - background.astype(np.int16)).max(axis=2)
+    mask = diff > TRIM_TOLERANCE
+    rows, cols = _content_span(mask, 1), _content_span(mask, 0)
+    if rows is None or cols is None:
+        return 0, height, 0, width
+    top, bottom = int(np.floor(rows[0] * height)), int(np.ceil(rows[1] * height))
+    left, right = int(np.floor(cols[0] * width)), int(np.ceil(cols[1] * width))
+    return top, max(bottom, top + 1), left, max(right, left + 1)
+
+
+def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None) -> np.ndarray:
+    """Fashion-MNIST's own conversion of a product photo into ``uint8[28, 28]`` (see the module docs).
+
+    Args:
+        rgb: ``uint8[H, W, 3]`` decoded pixels.
+        invert: ``None`` negates when the background (corner colour) is light; ``True``/``False`` force it.
+    """
+    from PIL import Image, ImageFilter
+
+    background = corner_colour(rgb)
+    top, bottom, left, right = trim_box(rgb, background)
+    crop = Image.fromarray(np.ascontiguousarray(rgb[top:bottom, left:right]))
+    scale = IMAGE_SIZE / max(crop.size)
+    size = (min(IMAGE_SIZE, max(1, round(crop.width * scale))), min(IMAGE_SIZE, max(1, round(crop.height * scale))))
+    # Pillow's UnsharpMask is a Gaussian blur of the given radius (its std dev) subtracted at `percent` strength.
+    sharp = crop.resize(size, Image.Resampling.LANCZOS).filter(ImageFilter.UnsharpMask(radius=1.0, percent=100,
+                                                                                      threshold=0))
+    fill = tuple(round(float(c)) for c in background)
+    canvas = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), fill)
+    canvas.paste(sharp, ((IMAGE_SIZE - size[0]) // 2, (IMAGE_SIZE - size[1]) // 2))
+    gray = np.asarray(canvas.convert("L"), dtype=np.float32)
+    level = float(np.asarray(Image.new("RGB", (1, 1), fill).convert("L"))[0, 0])
+    # Polarity from the object itself: darker than its background (a product photo) means negate. Unlike the
+    # border-brightness rule this also holds on a mid-tone or saturated backdrop (red is "dark" in grayscale).
+    light = float(np.asarray(sharp.convert("L")).mean()) < level if invert is None else invert
+    if light:
+        gray, level = 255.0 - gray, 255.0 - level
+    # Background to black, full range kept: undoes a grey or coloured backdrop (Fashion-MNIST's is white).
+    stretched = (gray - level) * (255.0 / max(255.0 - level, 1.0))
+    return np.clip(np.round(stretched), 0, 255).astype(np.uint8)
+
+
 def has_light_background(gray: np.ndarray) -> bool:
     """True when the outermost ring of pixels is mostly light."""
     ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
     return float(ring.mean()) > 127
 
 
-def decode_image(data: bytes, invert: bool | None = None) -> np.ndarray:
+def decode_image(data: bytes, invert: bool | None = None, framing: str = DEFAULT_FRAMING) -> np.ndarray:
     """Decode one image file into the model's ``uint8[28, 28]`` pixels.
 
     Args:
         data: the file's bytes.
         invert: ``None`` decides from the border (see module docs); ``True``/``False`` force it.
+        framing: ``"dataset"`` (Fashion-MNIST's conversion) or ``"legacy"`` (scale the whole canvas).
 
     Returns:
         ``uint8`` array of shape ``(28, 28)``, light object on dark background.
@@ -164,6 +273,8 @@ def decode_image(data: bytes, invert: bool | None = None) -> np.ndarray:
     """
     from PIL import Image
 
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
     # Image.open already decompression-bomb-checks the header: a warning there is as much an error as in load().
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -172,7 +283,10 @@ def decode_image(data: bytes, invert: bool | None = None) -> np.ndarray:
             # Only the first frame is decoded (Image.open leaves every format on frame 0); nothing here
             # asks for n_frames or seeks, which would walk every frame of a GIF/TIFF/APNG with thousands.
             image.load()
-            gray = _to_gray(image)
+            if framing == "dataset":
+                rgb = _to_rgb(image)
+            else:
+                gray = _to_gray(image)
         except ImageError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -184,6 +298,10 @@ def decode_image(data: bytes, invert: bool | None = None) -> np.ndarray:
         # tests/fuzz_imaging.py). The list is open-ended, so whatever Pillow raises on a file is "corrupt".
         except Exception as exc:
             raise ImageError(f"the image could not be decoded ({exc}); it is truncated or corrupt", 422) from None
+    if framing == "dataset" and rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+        return frame_like_dataset(rgb, invert)
+    if framing == "dataset":  # already 28 x 28: taken as framed (the dataset's own format), as legacy does
+        gray = _to_gray(Image.fromarray(rgb))
     if invert if invert is not None else has_light_background(gray):
         gray = 255 - gray
     return _fit(gray)

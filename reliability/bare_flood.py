@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clients.bench_http import run_wrk, start_servers, stop_servers
+from benchmark.bench_http import run_wrk, start_servers, stop_servers
 from reliability.harness import BOUNDARY, upload_body
 
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,22 +10,17 @@ from pathlib import Path
 
 import httpx
 
+from benchmark.bench_http import multipart_body
 from benchmark.timing import percentile
-from clients.bench_http import free_port, multipart_body, private_bentoml_home
 from fashion.samples import sample_paths
+from service import launch as launcher
 
 REPO = Path(__file__).resolve().parents[1]
 BOUNDARY = "fashionserveboundary"
 
 
-@dataclass
-class Server:
-    """A ``bentoml serve`` process of the service on a loopback port."""
-
-    proc: subprocess.Popen
-    url: str
-    log: Path
-    health_url: str | None = None
+class Server(launcher.Server):
+    """A ``bentoml serve`` of the service (service.launch), with a look at its worker process."""
 
     def worker(self):
         """The worker process (``psutil.Process``) serving requests; BentoML's arbiter is ``proc``."""
@@ -48,32 +39,6 @@ class Server:
                 "connections": len(worker.net_connections(kind="tcp")), "cpu_s": cpu.user + cpu.system}
 
 
-    def wait_ready(self, timeout: float = 180.0) -> float:
-        """Seconds until ``/readyz`` answers 200."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - start
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.url} not ready within {timeout}s; see {self.log}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
-
-
 def host_steal_seconds() -> float:
     """CPU time the hypervisor gave to others while this machine wanted it (``steal`` in /proc/stat)."""
     import psutil
@@ -86,17 +51,7 @@ def launch(workdir: Path, env: dict[str, str] | None = None, wait: bool = True) 
 
     Its probes are also served on a port of their own (service.health), as a deployment should.
     """
-    port, health_port = free_port(), free_port()
-    log = workdir / f"server-{port}.log"
-    bentoml_cli = Path(sys.executable).parent / "bentoml"
-    proc = subprocess.Popen(
-        [str(bentoml_cli), "serve", "service.service:FashionClassifier", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FASHION_HEALTH_PORT": str(health_port),
-                       "FASHION_HEALTH_HOST": "127.0.0.1", "BENTOML_HOME": str(private_bentoml_home(workdir)),
-                       **(env or {})},
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    server = Server(proc, f"http://127.0.0.1:{port}", log, f"http://127.0.0.1:{health_port}")
+    server = launcher.start(workdir, env=env, health_port=True, kind=Server)
     if wait:
         try:
             server.wait_ready()
@@ -157,6 +112,7 @@ class Prober:
 
     urls: tuple[str, ...]
     interval: float = 0.2
+    timeout: float = 5.0
     answers: list[tuple[float, str, int | str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -175,7 +131,7 @@ class Prober:
             thread.join()
 
     def _poll(self, url: str) -> None:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=self.timeout) as client:
             while not self._stop.is_set():
                 for path in ("/livez", "/readyz"):
                     start = time.perf_counter()

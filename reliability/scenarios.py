@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmark.bench_http import run_wrk
 from benchmark.openloop import open_loop
 from benchmark.timing import percentile
-from clients.bench_http import run_wrk
 from clients.client import npy_bytes
 from reliability.harness import (
     BOUNDARY,
@@ -72,18 +72,20 @@ def check_batch_output(out: Path, expected_items: int) -> dict[str, int]:
 
 
 def overload(server: Server, workdir: Path, seconds: float = 30.0, connections: int = 1024,
-             batch_input: Path | None = None, batch_items: int = 0) -> dict[str, Any]:
+             batch_input: Path | None = None, batch_items: int = 0, probe_timeout_s: float = 5.0,
+             recovery_limit_s: float = 30.0) -> dict[str, Any]:
     """Flood ``/classify`` with ``connections`` clients that never pause, for ``seconds``.
 
-    Meanwhile: health probes every 0.2 s and (with ``batch_input``) the batch CLI over
-    the same server. After: seconds until one-at-a-time latency is back to normal.
+    Meanwhile: health probes every 0.2 s (each given ``probe_timeout_s``) and (with ``batch_input``) the
+    batch CLI over the same server. After: seconds until one-at-a-time latency is back to normal (``inf``
+    if not within ``recovery_limit_s``).
     """
     body_file, body = upload_body(workdir)
     baseline = baseline_latency(server.url, body)
     capacity = sustainable_rate(server, workdir)
     before = server.vitals()
     result: dict[str, Any] = {}
-    with Prober((server.url, server.health_url)) as prober:
+    with Prober((server.url, server.health_url), timeout=probe_timeout_s) as prober:
         flood_thread = threading.Thread(target=lambda: result.update(flood=run_wrk(
             f"{server.url}/classify", connections, seconds, body_file, BOUNDARY, timeout=60, threads=2)))
         flood_thread.start()
@@ -94,7 +96,7 @@ def overload(server: Server, workdir: Path, seconds: float = 30.0, connections: 
         flood_thread.join()
         # A one-at-a-time request now takes at most this long on a recovered server.
         normal_s = max(3 * baseline["p50_s"], baseline["p99_s"])
-        recovery = recovery_seconds(server.url, body, normal_s)
+        recovery = recovery_seconds(server.url, body, normal_s, limit_s=recovery_limit_s)
         batch: dict[str, Any] = {}
         if job is not None:
             output, _ = job.communicate(timeout=600)
@@ -127,8 +129,13 @@ async def post_npy(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[in
     return status, start, time.monotonic()
 
 
-def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_s: float = 1.5) -> dict[str, Any]:
+def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16,
+             hang_guard_s: float = 120.0) -> dict[str, Any]:
     """SIGTERM to ``bentoml serve`` while ``clients`` keep sending large requests.
+
+    The signal goes out once the first answer has come back (so requests are in flight), and the clients
+    keep sending until the process has exited: requests sent after readiness failed are then seen however
+    long the worker takes to stop. ``hang_guard_s`` bounds each wait.
 
     Returns the answers of requests sent before and after the signal, when readiness
     first failed and when the process exited, and its exit code.
@@ -137,32 +144,41 @@ def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_
     outcomes: list[tuple[float, float, int | str]] = []
     probes: list[tuple[float, int | str]] = []
 
-    async def keep_sending(client: httpx.AsyncClient, until: float) -> None:
-        while time.monotonic() < until:
-            status, start, end = await post_npy(client, server.url, body)
-            outcomes.append((start, end, status))
-
-    async def probe(client: httpx.AsyncClient, until: float) -> None:
-        while time.monotonic() < until:
-            try:
-                status: int | str = (await client.get(f"{server.url}/readyz", timeout=1)).status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            probes.append((time.monotonic(), status))
-            await asyncio.sleep(0.02)
-
     async def run() -> tuple[float, float]:
+        answered, exited_event = asyncio.Event(), asyncio.Event()
+        deadline = time.monotonic() + 3 * hang_guard_s
+
+        async def keep_sending(client: httpx.AsyncClient) -> None:
+            while not exited_event.is_set() and time.monotonic() < deadline:
+                status, start, end = await post_npy(client, server.url, body)
+                outcomes.append((start, end, status))
+                answered.set()
+
+        async def probe(client: httpx.AsyncClient) -> None:
+            while not exited_event.is_set() and time.monotonic() < deadline:
+                try:
+                    status: int | str = (await client.get(f"{server.url}/readyz", timeout=1)).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                probes.append((time.monotonic(), status))
+                await asyncio.sleep(0.02)  # probe pacing, not synchronisation
+
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=clients + 4)) as client:
-            until = time.monotonic() + after_s + 3.0
-            tasks = [asyncio.create_task(keep_sending(client, until)) for _ in range(clients)]
-            tasks.append(asyncio.create_task(probe(client, until)))
-            await asyncio.sleep(after_s)
+            tasks = [asyncio.create_task(keep_sending(client)) for _ in range(clients)]
+            tasks.append(asyncio.create_task(probe(client)))
+            try:
+                await asyncio.wait_for(answered.wait(), hang_guard_s)
+            except TimeoutError:
+                raise TimeoutError(f"no answer from {server.url} within {hang_guard_s}s before SIGTERM") from None
             signalled = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
-            exit_code = await asyncio.to_thread(server.proc.wait, 60)
-            exited = time.monotonic()
-            await asyncio.gather(*tasks)
-            return signalled, exited if exit_code is not None else float("nan")
+            try:
+                await asyncio.to_thread(server.proc.wait, hang_guard_s)
+            finally:
+                exited = time.monotonic()
+                exited_event.set()
+                await asyncio.gather(*tasks)
+            return signalled, exited
 
     signalled, exited = asyncio.run(run())
 
@@ -186,31 +202,49 @@ def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16, after_
     }
 
 
-def crash(server: Server, batch_pixels: np.ndarray, in_flight: int = 8, timeout: float = 30.0) -> dict[str, Any]:
-    """SIGKILL the worker while ``in_flight`` requests run; then keep a retrying client going."""
+def crash(server: Server, batch_pixels: np.ndarray, in_flight: int = 8, timeout: float = 30.0,
+          retry_attempts: int = 60) -> dict[str, Any]:
+    """SIGKILL the worker while ``in_flight`` clients keep requests running; then keep a retrying client going.
+
+    Each client sends its next request as soon as the last is answered, and the kill comes once the worker
+    has answered one: so requests are in the worker when it dies, on a fast machine as on a slow one.
+    """
     from clients.client import FashionClient, RetryPolicy
 
     body = npy_bytes(batch_pixels)
     worker = server.worker()
+    killed_at = [float("inf")]
 
-    async def one(client: httpx.AsyncClient) -> tuple[int | str, float]:
-        status, start, end = await post_npy(client, server.url, body)
-        return status, end - start
+    async def keep_sending(client: httpx.AsyncClient, answered: asyncio.Event,
+                           rows: list[tuple[int | str, float, float]]) -> None:
+        """Send one request after another until one ends after the kill."""
+        while True:
+            rows.append(await post_npy(client, server.url, body))
+            answered.set()
+            if rows[-1][2] >= killed_at[0]:
+                return
 
     async def run() -> tuple[list[tuple[int | str, float]], float]:
         async with httpx.AsyncClient(timeout=timeout) as client:
-            tasks = [asyncio.create_task(one(client)) for _ in range(in_flight)]
-            await asyncio.sleep(0.05)
-            killed = time.monotonic()
+            answered = asyncio.Event()
+            rows: list[list[tuple[int | str, float, float]]] = [[] for _ in range(in_flight)]
+            tasks = [asyncio.create_task(keep_sending(client, answered, mine)) for mine in rows]
+            await asyncio.wait_for(answered.wait(), timeout)
+            killed_at[0] = time.monotonic()
             worker.send_signal(signal.SIGKILL)
-            return [await task for task in tasks], killed
+            await asyncio.gather(*tasks)
+            # In flight at the kill: sent before it, ended after it.
+            hit = [(status, end - start) for mine in rows for status, start, end in mine
+                   if start < killed_at[0] <= end]
+            return hit, killed_at[0]
 
     answers, killed = asyncio.run(run())
     # A client that retries (the project's own) sends at once and rides over the restart.
     retried: dict[str, Any] = {}
 
     def retrying_client() -> None:
-        with FashionClient(server.url, timeout=timeout, retry=RetryPolicy(attempts=60, max_delay=0.5)) as client:
+        retry = RetryPolicy(attempts=retry_attempts, max_delay=0.5)
+        with FashionClient(server.url, timeout=timeout, retry=retry) as client:
             retried["answers"] = len(client.classify_array(batch_pixels[:16]))
             retried["retries"] = client.retry.retried
             retried["after_s"] = time.monotonic() - killed
@@ -223,7 +257,7 @@ def crash(server: Server, batch_pixels: np.ndarray, in_flight: int = 8, timeout:
     return {
         "killed_pid": worker.pid, "replacement_pid": server.worker().pid,
         "in_flight_outcomes": [str(status) for status, _ in answers],
-        "in_flight_slowest_s": max(seconds for _, seconds in answers),
+        "in_flight_slowest_s": max((seconds for _, seconds in answers), default=0.0),
         "ready_again_after_s": ready_after, "retrying_client": retried,
     }
 

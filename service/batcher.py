@@ -11,21 +11,24 @@ Why not BentoML's adaptive batcher (``batchable=True``): it learns how long to
 hold requests from the waits it has seen. After a burst it keeps holding a lone
 request for tens of milliseconds, and every held request feeds that wait back
 into its estimate, so latency stayed high for minutes after an overload here
-(README "Reliability"). It also answers 503 without ``Retry-After``.
+(docs/reliability.md). It also answers 503 without ``Retry-After``.
 
 The queue is bounded (:class:`OverloadedError`, answered 503 with ``Retry-After``),
-and a job whose client has gone away is dropped before it reaches the model.
+a job that has waited longer than the wait budget is refused the same way when its turn
+comes (its client should retry rather than wait on), and a job whose client has gone away
+is dropped before it reaches the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +48,7 @@ class Job:
     backend: str
     pixels: np.ndarray
     future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
 
 
 @functools.cache
@@ -57,21 +60,30 @@ def metrics() -> dict[str, Any]:
         "batch": Histogram("fashion_batch_size", "Images per model call", buckets=BATCH_BUCKETS),
         "wait": Histogram("fashion_queue_wait_seconds", "Time from queueing to the model call",
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)),
-        "refused": Counter("fashion_queue_refused", "Requests refused because the queue was full"),
+        "refused": Counter("fashion_queue_refused", "Requests refused: queue full or wait budget spent"),
     }
 
 
 class MicroBatcher:
     """Queues prediction jobs and runs them in batches on one model thread."""
 
-    def __init__(self, run_batch: RunBatch, max_batch_images: int = 256, max_queued_images: int = 16384) -> None:
+    def __init__(self, run_batch: RunBatch, max_batch_images: int = 256, max_queued_images: int = 16384,
+                 hold_file: str | None = None, max_wait_s: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         """
         Args:
             run_batch: ``(backend, uint8[n, 28, 28]) -> float32[n, 10]`` logits; runs in the model thread.
             max_batch_images: images per model call; one larger job still runs, alone.
             max_queued_images: images allowed to wait; past this, :meth:`predict` raises OverloadedError.
+            hold_file: tests only: no model call starts while this file exists (see :meth:`_wait_while_held`).
+            max_wait_s: a job that has waited longer than this when its turn comes fails with
+                OverloadedError instead of running (``None``: no limit).
+            clock: seconds, monotonic (tests pass their own).
         """
         self.run_batch = run_batch
+        self.hold_file = hold_file
+        self.max_wait_s = max_wait_s
+        self.clock = clock
         self.max_batch_images = max_batch_images
         self.max_queued_images = max_queued_images
         self.queue: deque[Job] = deque()
@@ -92,7 +104,7 @@ class MicroBatcher:
             metrics()["refused"].inc()
             raise OverloadedError(f"{self.queued_images:,} images are already queued; try again shortly")
         self._start()
-        job = Job(backend, pixels, asyncio.get_running_loop().create_future())
+        job = Job(backend, pixels, asyncio.get_running_loop().create_future(), self.clock())
         self.queue.append(job)
         self.queued_images += len(pixels)
         self._wake.set()
@@ -109,25 +121,51 @@ class MicroBatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.hold_file is not None:
+                await self._wait_while_held()
+                for job in self.queue:  # a test's hold is not queueing: the wait budget starts now
+                    job.enqueued = self.clock()
             while self.queue:
                 jobs = self._take()
                 if jobs:
                     await self._run(loop, jobs)
 
+    async def _wait_while_held(self) -> None:
+        """The test gate: hold every model call while :attr:`hold_file` exists.
+
+        Meanwhile ``<hold_file>.queued`` holds the number of queued jobs, so a test knows when its burst
+        is all queued before it lifts the hold (then the burst runs as merged calls, deterministically).
+        """
+        written = -1
+        while os.path.exists(self.hold_file):
+            if len(self.queue) != written:
+                written = len(self.queue)
+                with open(f"{self.hold_file}.queued.tmp", "w") as out:
+                    out.write(str(written))
+                os.replace(f"{self.hold_file}.queued.tmp", f"{self.hold_file}.queued")
+            await asyncio.sleep(0.01)
+
     def _take(self) -> list[Job]:
         """Queued jobs, oldest first, up to the batch limit (the first job always fits)."""
         jobs: list[Job] = []
         images = 0
+        oldest = self.clock() - self.max_wait_s if self.max_wait_s is not None else None
         while self.queue and (not jobs or images + len(self.queue[0].pixels) <= self.max_batch_images):
             job = self.queue.popleft()
             self.queued_images -= len(job.pixels)
-            if not job.future.done():
-                jobs.append(job)
-                images += len(job.pixels)
+            if job.future.done():
+                continue
+            if oldest is not None and job.enqueued < oldest:
+                metrics()["refused"].inc()
+                job.future.set_exception(OverloadedError(
+                    f"waited over the {self.max_wait_s * 1000:.0f} ms budget for the model; try again shortly"))
+                continue
+            jobs.append(job)
+            images += len(job.pixels)
         return jobs
 
     async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         series = metrics()
         for job in jobs:
             series["wait"].observe(now - job.enqueued)

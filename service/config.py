@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fashion.backends import BACKENDS
+from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
 DEFAULT_BACKEND = "onnx-torch"
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEVICES = ("auto", "cpu", "cuda")
+# Per-backend devices unless FASHION_DEVICES says otherwise. TensorFlow's GPU build needs CUDA 12 wheels
+# (tensorflow[and-cuda]) beside the CUDA 13 ones torch and ONNX Runtime use: gigabytes for a model that ONNX
+# Runtime already serves on the GPU, so the SavedModel stays on the CPU and /model_info says so (docs/deploy.md).
+DEFAULT_DEVICES = (("savedmodel", "cpu"),)
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the container may use by its CFS quota, or ``None`` when unlimited or unknown.
+
+    cgroup v2: ``cpu.max`` holds ``"<quota> <period>"`` or ``"max <period>"``. cgroup v1:
+    ``cpu/cpu.cfs_quota_us`` (``-1``: unlimited) over ``cpu/cpu.cfs_period_us`` (also mounted as
+    ``cpu,cpuacct``). Kubernetes turns a container's ``limits.cpu`` into this quota, while
+    ``os.cpu_count()`` still reports every core of the node.
+    """
+    v2 = root / "cpu.max"
+    if v2.is_file():
+        quota, _, period = v2.read_text().strip().partition(" ")
+        return None if quota == "max" or not period else int(quota) / int(period)
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        if (v1 / "cpu.cfs_quota_us").is_file():
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
+    return None
+
+
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """Whole CPUs this process may use: the cgroup quota (rounded up), capped by the CPUs it is pinned to."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        limit = cgroup_cpu_limit(root)
+    except (OSError, ValueError):  # an unreadable or odd file: fall back to the cores, never fail to start
+        limit = None
+    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 class ConfigError(ValueError):
@@ -20,25 +60,42 @@ class ServiceConfig:
     """What the service loads and which limits it enforces.
 
     Environment variables (all optional): ``FASHION_BACKENDS`` (comma list, default all),
-    ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_THREADS``
+    ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_DEVICES`` (per backend,
+    ``savedmodel=cpu,torch=cuda``; default ``savedmodel=cpu``), ``FASHION_THREADS``
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
     ``FASHION_TOP_K``, ``FASHION_MAX_IN_FLIGHT`` (API requests in progress before 429),
-    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_HEALTH_PORT``
-    and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off).
+    ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_QUEUE_BUDGET_MS``
+    (a request that has waited this long for the model is answered 503 with ``Retry-After``; 0: no limit),
+    ``FASHION_HEALTH_PORT`` and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
+    ``FASHION_GC_FREEZE`` (1, the default: freeze the heap once the models are warm, see
+    service.gcstats; 0: leave the collector alone),
+    ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails),
+    ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md).
+    ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
     """
 
     backends: tuple[str, ...] = tuple(BACKENDS)
     default_backend: str = DEFAULT_BACKEND
     device: str = "auto"
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    devices: tuple[tuple[str, str], ...] = DEFAULT_DEVICES
+    threads: int = field(default_factory=lambda: available_cpus())
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 1024
     top_k: int = 3
     max_in_flight: int = 256
     max_queued_images: int = 16384
+    # Far above a healthy wait (a full queue of 16,384 images is a few model calls) and below the 30 s request
+    # timeout: at 1,000 ms, big batch requests from 16 clients on a busy 2-core machine were already refused.
+    queue_budget_ms: int = 5000
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
+    liveness_stale_s: float = 10.0
     explicit_backends: bool = False
+    framing: str = DEFAULT_FRAMING
+    gc_freeze: bool = True
+    # For tests only (FASHION_BATCH_HOLD_FILE): while this file exists the batcher starts no model call, so a
+    # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
+    batch_hold_file: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -46,10 +103,28 @@ class ServiceConfig:
             raise ConfigError(f"unknown backend(s) {unknown}; known: {sorted(BACKENDS)}")
         if self.default_backend not in self.backends:
             raise ConfigError(f"default backend {self.default_backend!r} is not among {list(self.backends)}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images) < 1:
+        for name, device in self.devices:
+            if name not in BACKENDS or device not in DEVICES:
+                raise ConfigError(f"FASHION_DEVICES: {name}={device} is not <backend>=auto|cpu|cuda with a backend "
+                                  f"of {sorted(BACKENDS)}")
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"framing must be one of {list(FRAMINGS)}, not {self.framing!r}")
+        if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images,
+               self.threads) < 1 or self.liveness_stale_s <= 0:
             raise ConfigError("limits must be positive")
+        if self.queue_budget_ms < 0:
+            raise ConfigError("the queue budget must be 0 (no limit) or positive")
+
+    @property
+    def queue_budget_s(self) -> float | None:
+        """The queue wait budget in seconds, ``None`` for no limit."""
+        return self.queue_budget_ms / 1000 if self.queue_budget_ms else None
+
+    def device_for(self, backend: str) -> str:
+        """The device asked for ``backend``: its FASHION_DEVICES entry, else FASHION_DEVICE."""
+        return dict(self.devices).get(backend, self.device)
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -60,16 +135,41 @@ class ServiceConfig:
         default = env.get("FASHION_DEFAULT_BACKEND") or (
             DEFAULT_BACKEND if DEFAULT_BACKEND in backends else backends[0])
         try:
+            devices = dict(DEFAULT_DEVICES) | parse_devices(env.get("FASHION_DEVICES", ""))
             return cls(
-                backends=backends, default_backend=default, device=env.get("FASHION_DEVICE", "auto"),
-                threads=int(env.get("FASHION_THREADS", os.cpu_count() or 1)),
+                devices=tuple(devices.items()), backends=backends, default_backend=default,
+                device=env.get("FASHION_DEVICE", "auto"),
+                threads=int(env.get("FASHION_THREADS") or available_cpus()),
                 max_body_bytes=int(env.get("FASHION_MAX_BODY_BYTES", cls.max_body_bytes)),
                 max_images=int(env.get("FASHION_MAX_IMAGES", cls.max_images)),
                 top_k=int(env.get("FASHION_TOP_K", cls.top_k)), explicit_backends=bool(listed),
                 max_in_flight=int(env.get("FASHION_MAX_IN_FLIGHT", cls.max_in_flight)),
                 max_queued_images=int(env.get("FASHION_MAX_QUEUED_IMAGES", cls.max_queued_images)),
+                queue_budget_ms=int(env.get("FASHION_QUEUE_BUDGET_MS", cls.queue_budget_ms)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
+                liveness_stale_s=float(env.get("FASHION_LIVENESS_STALE_S", cls.liveness_stale_s)),
+                framing=env.get("FASHION_FRAMING", cls.framing),
+                gc_freeze=parse_switch(env.get("FASHION_GC_FREEZE", "1")),
+                batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
+
+
+def parse_devices(text: str) -> dict[str, str]:
+    """``{"torch": "cuda", ...}`` from ``torch=cuda,savedmodel=cpu`` (FASHION_DEVICES)."""
+    pairs = [item.strip() for item in text.split(",") if item.strip()]
+    if any("=" not in pair for pair in pairs):
+        raise ConfigError(f"FASHION_DEVICES must be <backend>=<device>, comma-separated; got {text!r}")
+    return {name.strip(): device.strip() for name, _, device in (pair.partition("=") for pair in pairs)}
+
+
+def parse_switch(value: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is an error."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1 or 0, got {value!r}")

@@ -28,12 +28,12 @@ import numpy as np
 
 from fashion.contract import IMAGE_SIZE, NUM_CLASSES
 from fashion.data import DataError, parse_idx
-from service.inputs import RequestError
+from service.inputs import RequestError, form_value
 
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE
 IDX_IMAGES_HEADER = 16  # magic + 3 dimensions
 IDX_LABELS_HEADER = 8  # magic + 1 dimension
-# Array names looked for in an .npz, as the batch CLI does (clients.sources.load_arrays).
+# Array names looked for in an .npz, as the batch CLI does (clients.sources.npz_source).
 IMAGE_KEYS = ("images", "x", "pixels")
 LABEL_KEYS = ("labels", "y")
 FORM_FIELDS = frozenset({"images", "labels", "backend"})
@@ -133,7 +133,7 @@ def split_upload(upload: Upload) -> UploadParts:
             raise RequestError(f"form field {name!r} given {len(values)} times; send one dataset per task")
     if not fields.get("images") or not fields["images"][0]:
         raise RequestError("no dataset file in the 'images' field", 400)
-    backend = fields["backend"][0].decode("utf-8", "replace") if "backend" in fields else None
+    backend = form_value(fields["backend"][0].decode("utf-8", "replace")) if "backend" in fields else None
     return UploadParts(fields["images"][0], fields.get("labels", [None])[0], upload.backend or backend)
 
 

@@ -6,24 +6,74 @@ turn behind them: seconds in the overload run (results/reliability.md), long eno
 for Kubernetes to kill a pod that is merely busy. This server runs in its own thread,
 so a probe needs only a share of the interpreter, not a turn of the loop.
 
+Liveness is the event loop's: a :class:`Heartbeat` task on the loop stamps the time every
+second, and ``/livez`` answers 503 once the stamp is older than ``FASHION_LIVENESS_STALE_S``
+(default 10 s), i.e. when the loop is stuck (a blocking call, a deadlock) and no request can
+be answered even though this thread still can. A loop that is merely busy still runs the
+task between requests, so a flood does not fail liveness.
+
 Enabled with ``FASHION_HEALTH_PORT`` (``FASHION_HEALTH_HOST``, default ``0.0.0.0``).
-It answers GET ``/livez`` (200 while the worker lives) and ``/readyz`` (200 once the
-models are ready, else 503 with the reason), and nothing else (404).
+It answers GET ``/livez`` (200 while the loop beats, else 503 with how long it has been
+silent) and ``/readyz`` (200 once the models are ready, else 503 with the reason), the JSON status
+pages it is given (``/gcz``: the collector's passes and pauses, see service.gcstats; ``/gcz/census``:
+tracked objects by type), and nothing else (404).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 log = logging.getLogger("bentoml.fashion_serve")
 
 
-def make_handler(not_ready: Callable[[], str | None]) -> type[BaseHTTPRequestHandler]:
-    """A request handler answering the two probes from ``not_ready()`` (``None`` when ready)."""
+class Heartbeat:
+    """The event loop's pulse, read by the probe thread.
+
+    Args:
+        stale_after: seconds without a beat after which the loop counts as stuck.
+        interval: seconds between beats.
+    """
+
+    def __init__(self, stale_after: float, interval: float = 1.0) -> None:
+        self.stale_after, self.interval = stale_after, interval
+        self.last: float | None = None  # None until the loop has started beating (the start is the startup probe's)
+        self.task: asyncio.Task | None = None
+
+    async def beat(self) -> None:
+        """Stamp the time, forever, on the loop this runs on."""
+        while True:
+            self.last = time.monotonic()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        """Begin beating on the running event loop (call from it, e.g. a startup hook)."""
+        self.task = asyncio.get_running_loop().create_task(self.beat(), name="liveness-heartbeat")
+
+    def age(self) -> float | None:
+        """Seconds since the last beat; ``None`` before the first."""
+        return None if self.last is None else time.monotonic() - self.last
+
+    def stuck_reason(self) -> str | None:
+        """``None`` while the loop beats (or has not started yet); else how long it has been silent."""
+        silent = self.age()
+        return f"the event loop has not run for {silent:.1f} s" if silent and silent > self.stale_after else None
+
+
+StatusPages = Mapping[str, Callable[[], dict[str, Any]]]
+
+
+def make_handler(not_ready: Callable[[], str | None], pages: StatusPages | None = None,
+                 heartbeat: Heartbeat | None = None) -> type[BaseHTTPRequestHandler]:
+    """A request handler answering the two probes from ``not_ready()`` (``None`` when ready) and ``heartbeat``
+    (none: live while this thread runs), and each of ``pages`` (path to a function returning the JSON body)."""
+    pages = dict(pages or {})
 
     class ProbeHandler(BaseHTTPRequestHandler):
         server_version = "fashion-serve-health"
@@ -31,12 +81,17 @@ def make_handler(not_ready: Callable[[], str | None]) -> type[BaseHTTPRequestHan
 
         def do_GET(self) -> None:  # http.server calls this name
             if self.path == "/livez":
-                self.answer(200, {"live": True})
+                reason = heartbeat.stuck_reason() if heartbeat else None
+                age = heartbeat.age() if heartbeat else None
+                self.answer(503 if reason else 200, {"live": reason is None, "reason": reason,
+                                                     "heartbeat_age_s": None if age is None else round(age, 3)})
             elif self.path == "/readyz":
                 reason = not_ready()
                 self.answer(503 if reason else 200, {"ready": reason is None, "reason": reason})
+            elif self.path in pages:
+                self.answer(200, pages[self.path]())
             else:
-                self.answer(404, {"error": "only /livez and /readyz are served on this port"})
+                self.answer(404, {"error": f"only {['/livez', '/readyz', *pages]} are served on this port"})
 
         def answer(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
@@ -52,9 +107,12 @@ def make_handler(not_ready: Callable[[], str | None]) -> type[BaseHTTPRequestHan
     return ProbeHandler
 
 
-def start_health_server(host: str, port: int, not_ready: Callable[[], str | None]) -> ThreadingHTTPServer:
-    """Serve the probes on ``host:port`` from a daemon thread; returns the server (``shutdown()`` stops it)."""
-    server = ThreadingHTTPServer((host, port), make_handler(not_ready))
+def start_health_server(host: str, port: int, not_ready: Callable[[], str | None],
+                        pages: StatusPages | None = None,
+                        heartbeat: Heartbeat | None = None) -> ThreadingHTTPServer:
+    """Serve the probes (and status ``pages``) on ``host:port`` from a daemon thread; returns the server
+    (``shutdown()`` stops it)."""
+    server = ThreadingHTTPServer((host, port), make_handler(not_ready, pages, heartbeat))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="health-probes", daemon=True).start()
     log.info("health probes on http://%s:%d/livez and /readyz", host, port)

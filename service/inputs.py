@@ -19,22 +19,26 @@ from typing import Annotated, Any
 import anyio
 import bentoml
 import numpy as np
-from _bentoml_sdk.io_models import IORootModel  # not re-exported by bentoml; see JSONAnswer
+
+# The one private BentoML module used (not re-exported; see JSONAnswer). bentofile.yaml pins BentoML exactly
+# and tests/unit/test_bentoml_seam.py checks this seam, so an upgrade that moves it fails a test, not a deploy.
+from _bentoml_sdk.io_models import IORootModel
 from bentoml.exceptions import BentoMLException
-from pydantic import Field
+from bentoml.validators import DType, Shape
+from pydantic import Field, PlainSerializer, SerializationInfo
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from fashion.backends import BACKENDS
 from fashion.contract import IMAGE_SIZE, NUM_CLASSES
-from fashion.imaging import ImageError, decode_image
+from fashion.imaging import FRAMINGS, ImageError, decode_image
 from service.config import ServiceConfig
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
 NPY_CONTENT_TYPES = ("application/x-npy", "application/octet-stream")
 INLINE_DECODE_BYTES = 64 * 1024
 # Form fields (or query parameters) an image upload may carry besides its files.
-UPLOAD_OPTIONS = ("backend", "top_k", "return_input")
+UPLOAD_OPTIONS = ("backend", "top_k", "return_input", "framing")
 
 
 class RequestError(BentoMLException):
@@ -48,6 +52,22 @@ class RequestError(BentoMLException):
 def settings() -> ServiceConfig:
     """The limits in force (read from the environment once per process)."""
     return ServiceConfig.from_env()
+
+
+def form_value(value: str | None) -> str | None:
+    """A form field as the client meant it: BentoML's own client JSON-encodes every non-file field
+    (``backend="onnx-tf"`` arrives as ``"onnx-tf"`` in quotes, ``None`` as ``null``), while curl, this
+    project's client and the web page send the raw text. A JSON string or ``null`` is decoded; any other
+    text (``onnx-tf``, ``3``, ``true``) is already what it means and passes unchanged."""
+    if value is None or value == "null":
+        return None
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return value
 
 
 def parse_backend(value: Any) -> str:
@@ -75,6 +95,15 @@ def parse_flag(name: str, value: Any) -> bool:
     if text not in ("", "0", "1", "false", "true"):
         raise RequestError(f"{name} must be 0, 1, false or true; got {text[:16]!r}", 400)
     return text in ("1", "true")
+
+
+def parse_framing(value: Any) -> str:
+    """``dataset`` or ``legacy`` (see fashion.imaging); absent: FASHION_FRAMING (default ``dataset``)."""
+    if value in (None, ""):
+        return settings().framing
+    if value not in FRAMINGS:
+        raise RequestError(f"framing must be one of {list(FRAMINGS)}; got {str(value)[:16]!r}", 400)
+    return value
 
 
 def not_ready_reason() -> str | None:
@@ -164,12 +193,12 @@ async def read_image_files(request: Request) -> tuple[list[bytes], dict[str, str
     return files, fields
 
 
-def decode_all(files: list[bytes]) -> np.ndarray:
-    """Decode every file; the first refusal names the image's position."""
+def decode_all(files: list[bytes], framing: str = "dataset") -> np.ndarray:
+    """Decode every file with one framing policy; the first refusal names the image's position."""
     pixels = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for i, data in enumerate(files):
         try:
-            pixels[i] = decode_image(data)
+            pixels[i] = decode_image(data, framing=framing)
         except ImageError as exc:
             where = f"image {i}: " if len(files) > 1 else ""
             raise RequestError(f"{where}{exc}", exc.status) from None
@@ -208,12 +237,12 @@ def _load_npy(body: bytes) -> np.ndarray:
         raise RequestError(f"not a .npy file: {exc}", 400) from None
 
 
-async def decode_files(files: list[bytes]) -> np.ndarray:
+async def decode_files(files: list[bytes], framing: str = "dataset") -> np.ndarray:
     """Decode on the event loop when the files are small (a thread hop costs more than a 28 x 28 PNG),
     in a worker thread otherwise so that a large image never stalls other requests."""
     if sum(len(f) for f in files) <= INLINE_DECODE_BYTES:
-        return decode_all(files)
-    return await anyio.to_thread.run_sync(decode_all, files)
+        return decode_all(files, framing)
+    return await anyio.to_thread.run_sync(decode_all, files, framing)
 
 
 class JSONAnswer(IORootModel[Any]):
@@ -238,15 +267,19 @@ class ImageUpload(bentoml.IODescriptor):
                               "field or ?top_k=); default FASHION_TOP_K (3); 10 gives every probability")
     return_input: bool = Field(False, description="add 'pixels' to each answer: the 28 x 28 uint8 image the "
                                                   "model received (form field or ?return_input=1)")
+    framing: str | None = Field(None, description="'dataset' (trim margins, Fashion-MNIST's own conversion) or "
+                                "'legacy' (scale the whole canvas); form field or ?framing=; default "
+                                "FASHION_FRAMING (dataset); see docs/inputs.md")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
         files, fields = await read_image_files(request)
-        option = {name: request.query_params.get(name) or fields.get(name) for name in UPLOAD_OPTIONS}
+        option = {name: request.query_params.get(name) or form_value(fields.get(name)) for name in UPLOAD_OPTIONS}
         backend = check_loaded(parse_backend(option["backend"]))
         top_k, return_input = parse_top_k(option["top_k"]), parse_flag("return_input", option["return_input"])
-        return cls.model_construct(images=await decode_files(files), backend=backend, top_k=top_k,
-                                   return_input=return_input)
+        framing = parse_framing(option["framing"])
+        return cls.model_construct(images=await decode_files(files, framing), backend=backend, top_k=top_k,
+                                   return_input=return_input, framing=framing)
 
 
 class NoInput(bentoml.IODescriptor):
@@ -258,10 +291,18 @@ class NoInput(bentoml.IODescriptor):
         return cls.model_construct()
 
 
+# How BentoML declares an array input (its iris example: ``Annotated[np.ndarray, Shape((-1, 4)), DType(...)]``):
+# the schema says "tensor", so BentoML's client sends a numpy array as nested lists instead of failing to
+# JSON-encode it. The service still reads the body itself (``from_http_request``), so the annotation only
+# describes the input; .npy bodies and 2-D single images keep working.
+PixelTensor = Annotated[np.ndarray, Shape((-1, IMAGE_SIZE, IMAGE_SIZE)), DType("uint8")]
+
+
 class PixelArray(bentoml.IODescriptor):
     """``N x 28 x 28`` uint8 pixels: JSON ``{"pixels": [...], "backend": ...}`` or a raw ``.npy`` body."""
 
-    pixels: Annotated[list[list[list[int]]], Field(description="N x 28 x 28 whole numbers 0-255")]
+    pixels: PixelTensor = Field(description="N x 28 x 28 whole numbers 0-255 (a uint8 numpy array with "
+                                            "BentoML's client)")
     backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)}; default: the fastest")
 
     @classmethod
@@ -271,9 +312,11 @@ class PixelArray(bentoml.IODescriptor):
         return cls.model_construct(pixels=pixels, backend=check_loaded(parse_backend(backend)))
 
 
-def parse_pixel_body(body: bytes, content_type: str, backend: str | None) -> tuple[np.ndarray, Any]:
+def parse_pixel_body(body: bytes, content_type: str, backend: str | None,
+                     optional: bool = False) -> tuple[np.ndarray | None, Any]:
     """Pixels from a JSON ``{"pixels": ..., "backend": ...}`` or ``.npy`` body, and the backend value given (or
-    ``backend``, the query's); for /classify_array and /parity."""
+    ``backend``, the query's); for /classify_array and /parity. ``optional``: a JSON object without pixels
+    (or with ``"pixels": null``, as BentoML's client sends an omitted argument) gives ``None``."""
     if content_type in NPY_CONTENT_TYPES:
         array = _load_npy(body)
     elif content_type in ("application/json", ""):
@@ -283,30 +326,47 @@ def parse_pixel_body(body: bytes, content_type: str, backend: str | None) -> tup
             raise RequestError(f"body is not valid JSON: {exc}", 400) from None
         except RecursionError:  # e.g. 100,000 nested brackets, found by fuzzing the v2 twin of this parser
             raise RequestError("body is nested too deeply to be pixels", 400) from None
-        if not isinstance(payload, dict) or "pixels" not in payload:
+        if not isinstance(payload, dict) or ("pixels" not in payload and not optional):
             raise RequestError("expected a JSON object with a 'pixels' field", 400)
         unknown = sorted(set(payload) - {"pixels", "backend"})
         if unknown:
             raise RequestError(f"unknown field(s) {unknown}; expected 'pixels' and optional 'backend'", 400)
-        array, backend = payload["pixels"], payload.get("backend", backend)
+        array, backend = payload.get("pixels"), payload.get("backend", backend)
+        if array is None and optional:
+            return None, backend
     else:
         raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json or a .npy body "
                            "(application/x-npy)", 415)
     return validate_pixels(array), backend
 
 
-class ParityInput(bentoml.IODescriptor):
-    """Images as for /classify_array (JSON ``{"pixels": ...}`` or a ``.npy`` body), or no body: the bundled samples."""
+def encode_optional_pixels(value: np.ndarray | None, info: SerializationInfo) -> Any:
+    """Pixels as BentoML's tensor type encodes them (nested lists in JSON), and ``None`` as null: BentoML's own
+    encoder asserts an array, so a proxy built from our class could not send /parity without pixels."""
+    if value is None:
+        return None
+    return np.asarray(value).tolist() if info.mode_is_json() else value
 
-    pixels: Annotated[list[list[list[int]]] | None, Field(None, description="N x 28 x 28 whole numbers 0-255; no "
-                                                          "body: the ten bundled sample images")]
+
+OptionalPixelTensor = Annotated[PixelTensor, PlainSerializer(encode_optional_pixels)]
+
+
+class ParityInput(bentoml.IODescriptor):
+    """Images as for /classify_array (JSON ``{"pixels": ...}`` or a ``.npy`` body), or none (no body, ``{}`` or
+    ``{"pixels": null}``): the bundled samples."""
+
+    # A tensor with a default rather than ``PixelTensor | None``: BentoML's client encodes an array only when
+    # the field's schema says "tensor" at its top, not inside an anyOf with null.
+    pixels: OptionalPixelTensor = Field(None, description="N x 28 x 28 whole numbers 0-255; none: the ten bundled "
+                                                  "sample images")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ParityInput:
         body = await read_body(request, settings().max_body_bytes, allow_empty=True)
         if not body:
             return cls.model_construct(pixels=None)
-        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"))
+        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"),
+                                           optional=True)
         if backend is not None:
             raise RequestError("/parity runs every loaded backend; it takes no 'backend'", 400)
         return cls.model_construct(pixels=pixels)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fashion.backends import BACKENDS, Predictor, load_artifact
-from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax
-from fashion.manifest import read_manifest
+from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax, temperature_of
+from fashion.env import has_nvidia_gpu
+from fashion.manifest import read_manifest, verify_artifact
+from fashion.ood import OodDetector, load_detector
 from fashion.samples import sample_images
 from service import parity
 from service.config import ServiceConfig
@@ -32,6 +35,14 @@ class LoadedBackend:
     predictor: Predictor
     manifest: dict[str, Any]
     load_seconds: float
+    device_requested: str = "auto"
+    # None for a model exported before the "not clothing" detector existed: answers then carry no OOD fields.
+    detector: OodDetector | None = field(default=None, repr=False)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the export fitted (1.0 when it fitted none)."""
+        return temperature_of(self.manifest)
 
     def info(self) -> dict[str, Any]:
         entry = self.manifest["artifacts"][BACKENDS[self.name].artifact]
@@ -40,8 +51,30 @@ class LoadedBackend:
             "model_version": self.manifest["version"], "artifact": entry["path"], "format": entry["format"],
             "sha256": entry["sha256"], "test_accuracy": entry["test_accuracy"],
             "source_framework": self.manifest["framework"], "preset": self.manifest["preset"],
-            "load_seconds": round(self.load_seconds, 3), **self.predictor.describe(),
+            "load_seconds": round(self.load_seconds, 3), "device_requested": self.device_requested,
+            **self.predictor.describe(),
+            "calibration_temperature": self.temperature,
+            "ood_threshold": self.detector.threshold if self.detector else None,
         }
+
+
+def place_backends(requested: dict[str, str], gpu_present: bool) -> tuple[dict[str, str], str | None]:
+    """Devices to load each backend on, and the one warning to log when CUDA is asked for but absent.
+
+    ``auto`` stays ``auto`` (each runtime picks CUDA where a GPU is present); ``cuda`` without a GPU becomes
+    ``cpu``, so that the service still starts, with one warning naming the backends that fell back.
+    """
+    fallback = sorted(name for name, device in requested.items() if device == "cuda" and not gpu_present)
+    placed = {name: "cpu" if name in fallback else device for name, device in requested.items()}
+    warning = (f"CUDA was asked for {', '.join(fallback)} but this machine has no NVIDIA GPU; they run on the CPU "
+               "(see device and device_requested in /model_info)") if fallback else None
+    return placed, warning
+
+
+def load_ood(model_dir: Path, manifest: dict[str, Any]) -> OodDetector | None:
+    """The model's "not clothing" detector, checked against its manifest entry; ``None`` if it has none."""
+    entry = manifest.get("ood")
+    return load_detector(verify_artifact(model_dir, entry)) if entry else None
 
 
 class ModelRegistry:
@@ -54,8 +87,8 @@ class ModelRegistry:
         self.error: str | None = None
         self.ready = False
 
-    def load_all(self, model_dirs: dict[str, Path]) -> None:
-        """Verify checksums, load, and warm up every configured backend; then mark ready.
+    def load_all(self, model_dirs: dict[str, Path], before_ready: Callable[[], object] | None = None) -> None:
+        """Verify checksums, load, and warm up every configured backend; call ``before_ready``; then mark ready.
 
         Never raises: a failure is kept in :attr:`error` (shown by the info endpoint
         and the logs) and the service stays not ready.
@@ -63,6 +96,10 @@ class ModelRegistry:
         warm: dict[str, np.ndarray] = {}
         try:
             samples, _ = sample_images()
+            requested = {name: self.config.device_for(name) for name in self.config.backends}
+            devices, warning = place_backends(requested, has_nvidia_gpu())
+            if warning:
+                log.warning(warning)
             for name in self.config.backends:
                 spec = BACKENDS[name]
                 model_dir = model_dirs[spec.model]
@@ -72,13 +109,16 @@ class ModelRegistry:
                     log.info("backend %s skipped: %s", name, self.skipped[name])
                     continue
                 start = time.perf_counter()
-                predictor = load_artifact(model_dir, spec.artifact, spec.runtime, self.config.device,
+                predictor = load_artifact(model_dir, spec.artifact, spec.runtime, devices[name],
                                           threads=self.config.threads)
-                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start)
+                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start, requested[name],
+                                        load_ood(model_dir, manifest))
                 warm[name] = self.warm_up(backend, samples)
                 self.backends[name] = backend
                 log.info("backend %s ready: %s", name, backend.predictor.describe())
             self.check_parity(warm)
+            if before_ready:
+                before_ready()
             self.ready = True
         except Exception as exc:  # keep serving /livez and the reason; readiness stays false
             self.error = f"{type(exc).__name__}: {exc}"
@@ -129,8 +169,13 @@ class ModelRegistry:
         """``float32[N, 10]`` logits for ``uint8[N, 28, 28]`` pixels (runs the model)."""
         return self.get(name).predictor.predict(preprocess(pixels))
 
+    def ood_scores(self, name: str | None, logits: np.ndarray, images: np.ndarray) -> np.ndarray | None:
+        """Per image, how clothing-like it is (fashion.ood); ``None`` when the model has no detector."""
+        detector = self.get(name).detector
+        return detector.score(logits, images) if detector else None
+
     def describe(self, name: str | None, logits: np.ndarray, top_k: int | None = None,
-                 pixels: np.ndarray | None = None) -> list[dict[str, Any]]:
+                 pixels: np.ndarray | None = None, images: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Label, confidence and top-k per row of ``logits``, in input order.
 
         Args:
@@ -139,18 +184,18 @@ class ModelRegistry:
             top_k: classes per answer (``None``: the configured number).
             pixels: when given, the ``uint8[N, 28, 28]`` input; each answer then carries its image as
                 ``pixels`` (28 lists of 28 ints), so a client can see what the model received.
+            images: the ``uint8[N, 28, 28]`` input, for the "not clothing" fields (``ood_score``,
+                ``in_distribution``); without it, or without a detector, answers carry neither.
         """
         backend = self.get(name)
-        answers = describe_predictions(softmax(logits), backend.name, backend.manifest["version"],
-                                       top_k or self.config.top_k)
+        scores = self.ood_scores(name, logits, images) if images is not None else None
+        answers = describe_predictions(softmax(logits, backend.temperature), backend.name,
+                                       backend.manifest["version"], top_k or self.config.top_k, scores,
+                                       backend.detector.threshold if backend.detector else None)
         if pixels is not None:
             for answer, image in zip(answers, pixels, strict=True):
                 answer["pixels"] = image.tolist()
         return answers
-
-    def classify(self, name: str | None, pixels: np.ndarray) -> list[dict[str, Any]]:
-        """Label, confidence and top-k for ``uint8[N, 28, 28]`` pixels, in input order."""
-        return self.describe(name, self.logits(name, pixels))
 
     def info(self) -> dict[str, Any]:
         """Per configured backend: loaded or not, device/providers, version, checksums, accuracy."""
@@ -161,4 +206,5 @@ class ModelRegistry:
             else:
                 backends[name] = {"loaded": False, "reason": self.skipped.get(name) or self.error or "loading"}
         return {"ready": self.ready, "default_backend": self.config.default_backend, "error": self.error,
+                "gpu_present": has_nvidia_gpu(),
                 "class_names": list(CLASS_NAMES), "backends": backends}

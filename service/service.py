@@ -22,6 +22,7 @@ every configured backend has loaded, passed its checksums and its warm-up),
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -32,11 +33,22 @@ import numpy as np
 from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
+from service import deadline, eventloop
 from service.admission import AdmissionMiddleware
+from service.answers import NPY, negotiate, records_response
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
-from service.health import start_health_server
-from service.inputs import ImageUpload, JSONAnswer, NoInput, ParityInput, PixelArray, not_ready_reason
+from service.gcstats import GCRecorder, census, settle_heap
+from service.health import Heartbeat, start_health_server
+from service.inputs import (
+    ImageUpload,
+    JSONAnswer,
+    NoInput,
+    ParityInput,
+    PixelArray,
+    RequestError,
+    not_ready_reason,
+)
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 from service.tasks import TASK_ROUTE, DatasetUpload, TaskBoard, TaskMiddleware, run_dataset_task, task_limits
@@ -50,14 +62,24 @@ log = logging.getLogger("bentoml.fashion_serve")
 MAX_BATCH_IMAGES = 256
 
 
+def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error answer from an endpoint that takes ``ctx`` (BentoML then sends ``ctx``'s status, not the
+    response's, so both are set)."""
+    ctx.response.status_code = status
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
 @bentoml.service(
     name="fashion-classifier",
     workers=1,
     # Models run on the batcher's one thread; BentoML's thread pool only serves /model_info.
     threads=1,
     # The in-flight limit is AdmissionMiddleware's (it sends Retry-After; BentoML's does not).
-    traffic={"timeout": 30},
-    # Measured on 2 cores (README "Serving"): the access log and OpenTelemetry's per-request spans (no
+    # concurrency: the in-flight requests per replica that BentoML's autoscaler (BentoCloud) aims for. One image per
+    # request, throughput stops growing at about 16 concurrent requests here while p99 keeps rising (ENVIRONMENT.md's
+    # HTTP baselines); the batcher merges whatever is waiting, so more per replica only queues.
+    traffic={"timeout": 30, "concurrency": 16},
+    # Measured on 2 cores (docs/serving.md): the access log and OpenTelemetry's per-request spans (no
     # exporter is configured, so they are built and dropped) each cost a large share of the
     # worker's CPU. Both can be turned back on with a BentoML configuration file.
     logging={"access": {"enabled": False}},
@@ -72,13 +94,26 @@ class FashionClassifier:
     def __init__(self) -> None:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
-        self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images)
+        self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images,
+                                    self.config.batch_hold_file, self.config.queue_budget_s)
         self.tasks = TaskBoard(task_limits())
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
+        self.gc = GCRecorder().install()
+        self.heartbeat = Heartbeat(self.config.liveness_stale_s)
         if self.config.health_port:
-            start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason)
+            start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason,
+                                {"/gcz": self.gc.snapshot, "/gcz/census": census}, heartbeat=self.heartbeat)
         # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
-        threading.Thread(target=self.registry.load_all, args=(model_dirs,), name="load-models", daemon=True).start()
+        # Once warm, and before the first request is let in, what is alive lives as long as the worker:
+        # freeze it out of the collector's reach (service.gcstats).
+        settle = functools.partial(settle_heap, self.gc, self.config.gc_freeze)
+        threading.Thread(target=self.registry.load_all, args=(model_dirs, settle), name="load-models",
+                         daemon=True).start()
+
+    @bentoml.on_startup
+    async def start_heartbeat(self) -> None:
+        """Liveness beats on the loop that answers requests (service.health)."""
+        self.heartbeat.start()
 
     def __is_ready__(self) -> bool:
         return self.registry.ready
@@ -87,39 +122,60 @@ class FashionClassifier:
         """``None`` once ready; else why not (loading, or the error that stopped loading)."""
         return None if self.registry.ready else self.registry.error or "loading"
 
-    async def classify_pixels(self, backend: str, pixels: np.ndarray, top_k: int | None = None,
-                              return_input: bool = False) -> list[dict[str, Any]] | JSONResponse:
-        """Answers from the batcher (with the input pixels if asked), or 503 with ``Retry-After`` when its
-        queue is full."""
+    async def classify_pixels(self, backend: str, pixels: np.ndarray, ctx: bentoml.Context, top_k: int | None = None,
+                              return_input: bool = False) -> list[dict[str, Any]] | Response:
+        """Answers from the batcher (with the input pixels if asked), as JSON or compact rows as ``Accept`` asks
+        (service.answers; 406 before any model runs when neither is acceptable), or 503 with ``Retry-After``
+        when the batcher's queue is full."""
+        try:
+            answer = negotiate(ctx.request.headers.get("accept"))
+            if answer == NPY and return_input:
+                raise RequestError(f"return_input needs a JSON answer; the {NPY} rows hold no pixels", 400)
+        except RequestError as exc:
+            return refusal(ctx, exc.error_code.value, str(exc))
         try:
             logits = await self.batcher.predict(backend, pixels)
-            return self.registry.describe(backend, logits, top_k, pixels if return_input else None)
         except OverloadedError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+            return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
+        if answer == NPY:
+            loaded = self.registry.get(backend)
+            return records_response(logits, backend, loaded.manifest["version"], temperature=loaded.temperature)
+        return self.registry.describe(backend, logits, top_k, pixels if return_input else None, images=pixels)
 
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer)
-    async def classify(self, images: np.ndarray, backend: str, top_k: int | None = None,
-                       return_input: bool = False) -> list[dict[str, Any]]:
-        """Classify uploaded image(s); requests arriving together are batched per backend.
+    async def classify(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,
+                       return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
+        """Classify uploaded image(s); requests arriving together are batched per backend. ``framing`` was
+        applied while decoding (service.inputs); each answer says whether the image looks like clothing.
 
-        Try it in a browser: [/ui/](/ui/).
+        Try it in a browser: [/ui/](/ui/). `Accept: application/x-npy` answers compact rows instead of JSON.
         """
-        return await self.classify_pixels(backend, images, top_k, return_input)
+        return await self.classify_pixels(backend, images, ctx, top_k, return_input)
 
     @bentoml.api(route="/classify_batch", input_spec=ImageUpload, output_spec=JSONAnswer)
-    async def classify_batch(self, images: np.ndarray, backend: str, top_k: int | None = None,
-                             return_input: bool = False) -> list[dict[str, Any]]:
-        """Classify many uploaded images in one call (the same as /classify); answers in input order."""
-        return await self.classify_pixels(backend, images, top_k, return_input)
+    async def classify_batch(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,
+                             return_input: bool = False, framing: str | None = None) -> list[dict[str, Any]]:
+        """Classify many uploaded images in one call (the same as /classify); answers in input order.
+
+        `Accept: application/x-npy` answers compact rows instead of JSON.
+        """
+        return await self.classify_pixels(backend, images, ctx, top_k, return_input)
 
     @bentoml.api(route="/classify_array", input_spec=PixelArray, output_spec=JSONAnswer)
-    async def classify_array(self, pixels: np.ndarray, backend: str) -> list[dict[str, Any]]:
-        """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order."""
-        return await self.classify_pixels(backend, pixels)
+    async def classify_array(self, pixels: np.ndarray, backend: str, ctx: bentoml.Context) -> list[dict[str, Any]]:
+        """Classify N x 28 x 28 uint8 pixels (JSON or .npy); answers in input order.
+
+        `Accept: application/x-npy` answers compact rows (class id, confidence, probabilities) instead of JSON.
+        """
+        return await self.classify_pixels(backend, pixels, ctx)
 
     @bentoml.task(route=TASK_ROUTE, input_spec=DatasetUpload, output_spec=JSONAnswer)
-    async def classify_dataset(self, images: Any, ctx: bentoml.Context) -> dict[str, Any] | Response:
-        """A whole dataset file as a task: POST /classify_dataset/submit, then progress, status, get (service.tasks)."""
+    async def classify_dataset(self, images: Any, ctx: bentoml.Context, labels: Any = None,
+                               backend: str | None = None) -> dict[str, Any] | Response:
+        """A whole dataset file as a task: POST /classify_dataset/submit, then progress, status, get (service.tasks).
+
+        ``labels`` and ``backend`` are in the schema for clients; the task reads them from ``images`` (the upload).
+        """
         return await run_dataset_task(self.tasks, self.batcher, self.registry, ctx, images)
 
     @bentoml.api(route="/parity", input_spec=ParityInput, output_spec=JSONAnswer)
@@ -133,6 +189,11 @@ class FashionClassifier:
         return self.registry.info()
 
 
+# BentoML's per-request timeout leaves every request's timer alive for traffic.timeout seconds
+# (service.deadline); ours cancels it when the request ends.
+deadline.install()
+# FASHION_EVENT_LOOP=asyncio: uvloop accepts one connection per turn of the loop (service.eventloop).
+eventloop.install()
 # Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
 FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)

@@ -53,8 +53,10 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fashion.contract import CLASS_NAMES, NUM_CLASSES, softmax
+from fashion.backends import BACKENDS
+from fashion.contract import CLASS_NAMES, NUM_CLASSES, answer_records, softmax
 from fashion.metrics import confusion_matrix
+from service.answers import NPY, negotiate, npy_body
 from service.batcher import MicroBatcher, OverloadedError
 from service.datasets import Upload, declared_count, read_dataset
 from service.inputs import RequestError, parse_backend, read_body
@@ -85,6 +87,9 @@ class TaskLimits:
     # here (README "Dataset tasks"): during an onnx-torch task, online p99 16 ms with 256, 92 ms with 1,024.
     chunk_images: int = 256
     max_active: int = 4
+    # For tests only (FASHION_TASK_HOLD_FILE): while this file exists, a task waits before each chunk after
+    # its first, so that a test sees it part-way through (and can cancel it there) without racing its end.
+    hold_file: str | None = None
 
     def __post_init__(self) -> None:
         if min(self.max_images, self.max_bytes, self.chunk_images, self.max_active) < 1:
@@ -96,7 +101,8 @@ class TaskLimits:
         return cls(max_images=int(env.get("FASHION_MAX_TASK_IMAGES", cls.max_images)),
                    max_bytes=int(env.get("FASHION_MAX_TASK_BYTES", cls.max_bytes)),
                    chunk_images=int(env.get("FASHION_TASK_CHUNK_IMAGES", cls.chunk_images)),
-                   max_active=int(env.get("FASHION_MAX_ACTIVE_TASKS", cls.max_active)))
+                   max_active=int(env.get("FASHION_MAX_ACTIVE_TASKS", cls.max_active)),
+                   hold_file=env.get("FASHION_TASK_HOLD_FILE") or None)
 
 
 @functools.cache
@@ -189,11 +195,20 @@ async def predict_when_admitted(task: TaskProgress, batcher: MicroBatcher, backe
             task.check_cancel()
 
 
+async def wait_while_held(task: TaskProgress, hold_file: str | None) -> None:
+    """The test gate: wait while ``hold_file`` exists, stopping at once if the task is canceled meanwhile."""
+    while hold_file is not None and os.path.exists(hold_file):
+        task.check_cancel()
+        await asyncio.sleep(0.01)
+
+
 async def classify_in_chunks(task: TaskProgress, batcher: MicroBatcher, backend: str, pixels: np.ndarray,
-                             chunk: int) -> np.ndarray:
+                             chunk: int, hold_file: str | None = None) -> np.ndarray:
     """``float32[N, 10]`` logits, one chunk at a time through the batcher, counting progress."""
     logits = np.empty((len(pixels), NUM_CLASSES), dtype=np.float32)
     for start in range(0, len(pixels), chunk):
+        if start:
+            await wait_while_held(task, hold_file)
         task.check_cancel()
         stop = min(start + chunk, len(pixels))
         logits[start:stop] = await predict_when_admitted(task, batcher, backend, pixels[start:stop])
@@ -202,9 +217,11 @@ async def classify_in_chunks(task: TaskProgress, batcher: MicroBatcher, backend:
     return logits
 
 
-def summarize(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-    """Predicted class ids, names and confidences (column-wise), plus accuracy and confusion matrix with labels."""
-    probs = softmax(logits)
+def summarize(logits: np.ndarray, labels: np.ndarray | None, temperature: float = 1.0,
+              ood_scores: np.ndarray | None = None, ood_threshold: float = 0.0) -> dict[str, Any]:
+    """Predicted class ids, names and calibrated confidences (column-wise), plus accuracy and confusion matrix
+    with labels; with ``ood_scores``, the "not clothing" columns ``ood_scores`` and ``in_distribution``."""
+    probs = softmax(logits, temperature)
     class_ids = probs.argmax(axis=1)
     confidences = probs[np.arange(len(probs)), class_ids].astype(np.float64)
     answer: dict[str, Any] = {
@@ -212,6 +229,9 @@ def summarize(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
         # Six places, as the batch CLI writes them.
         "confidences": np.round(confidences, 6).tolist(), "accuracy": None, "confusion_matrix": None,
     }
+    if ood_scores is not None:
+        answer["ood_scores"] = np.round(ood_scores, 4).tolist()
+        answer["in_distribution"] = (ood_scores >= ood_threshold).tolist()
     if labels is not None:
         answer["accuracy"] = float((class_ids == labels).mean())
         answer["confusion_matrix"] = confusion_matrix(labels, class_ids).tolist()
@@ -249,7 +269,8 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: An
         backend = parse_backend(dataset.backend)
         version = loaded_version(registry, backend)
         task.total = len(dataset.pixels)
-        logits = await classify_in_chunks(task, batcher, backend, dataset.pixels, board.limits.chunk_images)
+        logits = await classify_in_chunks(task, batcher, backend, dataset.pixels, board.limits.chunk_images,
+                                          board.limits.hold_file)
     except RequestError as exc:
         task.end("failed", str(exc))
         return failure(ctx, task, exc.error_code.value)
@@ -262,26 +283,51 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: An
         raise
     seconds = time.perf_counter() - started
     header = {"task_id": task.task_id, "backend": backend, "model_version": version, "seconds": round(seconds, 3)}
+    # The submit's Accept, checked there (TaskMiddleware.submit): JSON, or the compact rows (service.answers).
+    answer = negotiate(ctx.request.headers.get("accept"))
     # 100,000 answers are megabytes of JSON: built in a thread, not on the event loop that serves online requests.
-    body = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels)
+    loaded = registry.get(backend)
+    scores = registry.ood_scores(backend, logits, dataset.pixels)
+    threshold = loaded.detector.threshold if loaded.detector else 0.0
+    result = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels, answer,
+                                            loaded.temperature, scores, threshold)
     task.check_cancel()  # canceled while it rendered: canceled it stays
     task.end("completed")
     log.info("task %s: %d images on %s in %.2f s", task.task_id, task.total, backend, seconds)
-    return Response(body, media_type="application/json")
+    return result
 
 
-def render_result(header: dict[str, Any], logits: np.ndarray, labels: np.ndarray | None) -> bytes:
-    """The result's JSON: ``header`` then :func:`summarize`."""
-    return json.dumps({**header, **summarize(logits, labels)}).encode()
+def render_result(header: dict[str, Any], logits: np.ndarray, labels: np.ndarray | None,
+                  answer: str = "application/json", temperature: float = 1.0, ood_scores: np.ndarray | None = None,
+                  ood_threshold: float = 0.0) -> Response:
+    """The result: JSON (``header`` then :func:`summarize`, calibrated, with the "not clothing" columns), or with
+    ``answer`` :data:`~service.answers.NPY` the compact rows, ``header``'s facts (and the accuracy, given labels)
+    in ``X-Fashion-*`` headers."""
+    if answer != NPY:
+        body = {**header, **summarize(logits, labels, temperature, ood_scores, ood_threshold)}
+        return Response(json.dumps(body).encode(), media_type="application/json")
+    records = answer_records(softmax(logits, temperature))
+    facts = {"X-Fashion-Backend": header["backend"], "X-Fashion-Model-Version": header["model_version"],
+             "X-Fashion-Task-Id": header["task_id"], "X-Fashion-Seconds": str(header["seconds"])}
+    if labels is not None:
+        facts["X-Fashion-Accuracy"] = repr(float((records["class_id"] == labels).mean()))
+    return Response(npy_body(records), media_type=NPY, headers={**facts, "Vary": "Accept"})
 
 
 class DatasetUpload(bentoml.IODescriptor):
     """A dataset file: the raw body, or a multipart form (``images``, optional ``labels`` and ``backend``)."""
 
     images: Path = Field(description="uint8 N x 28 x 28 images: .npy, .npz (images and optional labels) or an IDX "
-                                     "images file, raw or gzipped; in a multipart form also an optional 'labels' "
-                                     "file (IDX or .npy) and 'backend' field (or ?backend=). At most "
-                                     "FASHION_MAX_TASK_IMAGES images (default 100,000).")
+                                     "images file, raw or gzipped. At most FASHION_MAX_TASK_IMAGES images "
+                                     "(default 100,000).")
+    # Declared so that the schema (and BentoML's client, which builds requests from it) knows the form's
+    # other fields; the task reads all three from the upload itself (service.datasets.split_upload).
+    # ``Path`` with a None default rather than ``Path | None``: BentoML's client sends a field as a file only
+    # when its schema says "file" at its top, not inside an anyOf with null.
+    labels: Path = Field(None, description="optional true labels (IDX or .npy, raw or gzipped): the "
+                                                  "result then adds accuracy and a confusion matrix")
+    backend: str | None = Field(None, description=f"one of {sorted(BACKENDS)} (form field or ?backend=); "
+                                                  "default: the fastest")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> DatasetUpload:
@@ -373,6 +419,7 @@ class TaskMiddleware:
                 return None
             if not body:
                 raise RequestError("empty request body: send a dataset file", 400)
+            negotiate(request.headers.get("accept"))  # 406 now, not a task that fails at its end
             upload = Upload(body, request.headers.get("content-type", ""), request.query_params.get("backend"))
             count = await anyio.to_thread.run_sync(declared_count, upload)
             if count is not None and count > limits.max_images:

@@ -55,7 +55,12 @@ log = logging.getLogger("bentoml.fashion_serve")
 SERVER_NAME = "fashion-serve"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
 PROBABILITIES = "probabilities"
-OUTPUTS = (OUTPUT_NAME, PROBABILITIES)
+# "Not clothing" (fashion.ood): a 0-1 score per image and whether it reaches the model's validated threshold.
+OOD_SCORE, IN_DISTRIBUTION = "ood_score", "in_distribution"
+OUTPUTS = (OUTPUT_NAME, PROBABILITIES, OOD_SCORE, IN_DISTRIBUTION)
+# (datatype, dims without the batch dimension) per output.
+OUTPUT_SPECS = {OUTPUT_NAME: ("FP32", [NUM_CLASSES]), PROBABILITIES: ("FP32", [NUM_CLASSES]),
+                OOD_SCORE: ("FP32", [1]), IN_DISTRIBUTION: ("BOOL", [1])}
 INPUT_DATATYPE = "UINT8"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Platform names follow the specification's "<project>_<format>"; a state dict has no listed name.
@@ -178,7 +183,8 @@ def configure_model(backend: LoadedBackend) -> dict[str, Any]:
         "name": backend.name, "platform": PLATFORMS[BACKENDS[backend.name].runtime],
         "max_batch_size": settings().max_images,
         "input": [{"name": INPUT_NAME, "data_type": f"TYPE_{INPUT_DATATYPE}", "dims": [IMAGE_SIZE, IMAGE_SIZE]}],
-        "output": [{"name": name, "data_type": "TYPE_FP32", "dims": [NUM_CLASSES]} for name in OUTPUTS],
+        "output": [{"name": name, "data_type": f"TYPE_{OUTPUT_SPECS[name][0]}", "dims": OUTPUT_SPECS[name][1]}
+                   for name in OUTPUTS],
         # Requests are batched together (service.batcher), as Triton's dynamic batcher would.
         "dynamic_batching": {},
     }
@@ -186,12 +192,12 @@ def configure_model(backend: LoadedBackend) -> dict[str, Any]:
 
 def describe_model(backend: LoadedBackend) -> dict[str, Any]:
     """The specification's model metadata object for one loaded backend."""
-    classes = [-1, NUM_CLASSES]
     return {
         "name": backend.name, "versions": [backend.manifest["version"]],
         "platform": PLATFORMS[BACKENDS[backend.name].runtime],
         "inputs": [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, IMAGE_SIZE, IMAGE_SIZE]}],
-        "outputs": [{"name": name, "datatype": "FP32", "shape": classes} for name in OUTPUTS],
+        "outputs": [{"name": name, "datatype": OUTPUT_SPECS[name][0], "shape": [-1, *OUTPUT_SPECS[name][1]]}
+                    for name in OUTPUTS],
     }
 
 
@@ -203,6 +209,8 @@ async def infer(request: Request) -> Response:
     payload = parse_header(header)
     pixels = read_input(payload["inputs"], binary)
     outputs = requested_outputs(payload)
+    if backend.detector is None and "outputs" not in payload:  # a model exported before the detector existed
+        outputs = [o for o in outputs if o.name not in (OOD_SCORE, IN_DISTRIBUTION)]
     try:
         logits = await current_service().batcher.predict(backend.name, pixels)
     except OverloadedError as exc:
@@ -213,7 +221,7 @@ async def infer(request: Request) -> Response:
     answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
     if "id" in payload:
         answer["id"] = payload["id"]
-    return encode_response(answer, [output_tensor(output, logits) for output in outputs])
+    return encode_response(answer, [output_tensor(output, logits, backend, pixels) for output in outputs])
 
 
 async def read_request(request: Request) -> bytes:
@@ -374,14 +382,30 @@ def requested_outputs(payload: dict[str, Any]) -> list[RequestedOutput]:
     return outputs
 
 
-def output_tensor(output: RequestedOutput, logits: np.ndarray) -> tuple[dict[str, Any], bytes | None]:
+def output_values(name: str, logits: np.ndarray, backend: LoadedBackend, pixels: np.ndarray) -> np.ndarray:
+    """The values of one output: logits, calibrated probabilities, or the "not clothing" fields (``[N, 1]``)."""
+    if name == OUTPUT_NAME:
+        return logits
+    if name == PROBABILITIES:
+        return softmax(logits, backend.temperature)
+    if backend.detector is None:
+        raise V2Error(f"output {name!r}: model {backend.manifest['version']} was exported without a detector", 400)
+    scores = backend.detector.score(logits, pixels).astype(np.float32)[:, None]
+    return scores if name == OOD_SCORE else backend.detector.in_distribution(scores)
+
+
+def output_tensor(output: RequestedOutput, logits: np.ndarray, backend: LoadedBackend,
+                  pixels: np.ndarray) -> tuple[dict[str, Any], bytes | None]:
     """One response output (and its binary data when asked for binary)."""
-    values = logits if output.name == OUTPUT_NAME else softmax(logits)
+    values = output_values(output.name, logits, backend, pixels)
     if output.class_count:
+        if output.name not in (OUTPUT_NAME, PROBABILITIES):
+            raise V2Error(f"'classification' applies to {OUTPUT_NAME} and {PROBABILITIES}, not {output.name}")
         return classification_tensor(output, values)
-    tensor: dict[str, Any] = {"name": output.name, "datatype": "FP32", "shape": list(values.shape)}
+    datatype = OUTPUT_SPECS[output.name][0]
+    tensor: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(values.shape)}
     if output.binary:
-        raw = values.astype("<f4").tobytes()
+        raw = values.astype("<f4" if datatype == "FP32" else "?").tobytes()
         return {**tensor, "parameters": {"binary_data_size": len(raw)}}, raw
     return {**tensor, "data": values.ravel().tolist()}, None
 

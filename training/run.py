@@ -40,11 +40,11 @@ class Run:
 def trainer_class(framework: str) -> type:
     """The backend's Trainer class; importing only that framework."""
     if framework == "torch":
-        from training.torch_backend import TorchTrainer
+        from training.torch_trainer import TorchTrainer
 
         return TorchTrainer
     if framework == "tf":
-        from training.tf_backend import TfTrainer
+        from training.tf_trainer import TfTrainer
 
         return TfTrainer
     raise ValueError(f"unknown framework {framework!r}; choose from {FRAMEWORKS}")

@@ -118,6 +118,9 @@ async function drawOriginal(blob) {
 function showAnswer(answer, latencyMs, image) {
   $("label").textContent = answer.label;
   $("confidence").textContent = `${percent(answer.confidence)} confident`;
+  // The model's "not clothing" check (fashion.ood): absent from models exported before it existed.
+  $("not-clothing").hidden = answer.in_distribution !== false;
+  $("ood-score").textContent = answer.ood_score === undefined ? "" : `clothing score ${answer.ood_score.toFixed(3)}`;
   $("shown-backend").textContent = answer.backend;
   $("version").textContent = answer.model_version;
   $("latency").textContent = `${latencyMs.toFixed(1)} ms (round trip measured in this browser)`;

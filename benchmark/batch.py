@@ -1,0 +1,389 @@
+"""Sustained batch throughput as a fraction of bare ONNX Runtime: ``python -m benchmark.batch`` (``make bench-batch``).
+
+On one input of at least a million images (the test set tiled, saved as ``.npy``),
+each repeat measures, in this order on the same machine:
+
+* **bare**: ``session.run`` of the same ONNX model at batch 1,024 on ready float32
+  input (ONNX Runtime's default session options), the ceiling;
+* **local**: ``python -m clients batch --local`` as its own process (wall time, its
+  in-job rate, its peak RSS);
+* **service**: ``python -m clients batch`` through a real ``bentoml serve`` (compact
+  ``application/x-npy`` answers);
+* **tasks**: the same images as dataset tasks (``/classify_dataset``) of at most
+  100,000 images each, two in flight, compact results, from the first upload to the
+  last result.
+
+The machine may be shared: each run is compared with bare rates measured just before
+and after it, and the report gives the median of the repeats. Writes ``results/batch-bench-<machine>.md``
+and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.report import machine_name
+from fashion.env import environment_stamp
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+TARGETS = {"local": 0.90, "service": 0.60, "tasks": 0.50}
+TASK_IMAGES = 100_000
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure (see ``--help``)."""
+
+    images: int = 1_000_000
+    repeats: int = 3
+    batch_size: int = 1024
+    modes: tuple[str, ...] = ("local", "service", "tasks")
+    url: str | None = None
+    model: str | None = None
+    work: Path | None = None
+    out: Path = RESULTS
+    task_concurrency: int = 2
+    bare_images: int = 200_000
+
+
+def make_input(folder: Path, images: int) -> Path:
+    """The test set tiled to ``images`` rows, as ``.npy`` (kept between runs)."""
+    from fashion.data import load_fashion_mnist
+
+    path = folder / f"fashion-{images}.npy"
+    if path.exists() and path.stat().st_size == 128 + images * 784:
+        return path
+    test = load_fashion_mnist().test_images
+    tiled = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(images, 28, 28))
+    for start in range(0, images, len(test)):
+        stop = min(images, start + len(test))
+        tiled[start:stop] = test[:stop - start]
+    tiled.flush()
+    del tiled
+    return path
+
+
+def onnx_model_dir(model: str | None) -> Path:
+    """The exported model folder the local job and the bare measurement use (the store's latest by default)."""
+    from clients.local import model_folder
+
+    return model_folder(model, "onnx-torch")
+
+
+def run_calls(predictor: Any, inputs: np.ndarray, images: int, batch: int) -> tuple[int, float, float]:
+    """Images done, wall and CPU seconds (this process, every thread) of ``predict`` over at least ``images``
+    images, ``batch`` a call."""
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
+    while done < images:
+        for first in range(0, len(inputs) - batch + 1, batch):
+            predictor.predict(inputs[first:first + batch])
+            done += batch
+    return done, time.perf_counter() - start, time.process_time() - cpu
+
+
+def bare_rate(model_dir: Path, images: int, batch: int) -> dict[str, float]:
+    """``session.run`` alone at ``batch`` images a call on ready float32 input.
+
+    Returns:
+        ``rate``: images/s with ONNX Runtime's default session options; ``cpu_per_image``: CPU seconds per image
+        of a session whose idle threads do not spin (spinning burns CPU while the caller is between calls, which
+        would make the bare figure look costlier than the work), over ``images`` images each.
+    """
+    from fashion.backends import load_artifact
+    from fashion.contract import preprocess
+    from fashion.data import load_fashion_mnist
+
+    inputs = preprocess(load_fashion_mnist().test_images)
+    default = load_artifact(model_dir, "onnx", "onnx", device="cpu")
+    quiet = load_artifact(model_dir, "onnx", "onnx", device="cpu", spin=False)
+    for predictor in (default, quiet):
+        predictor.predict(inputs[:batch])  # warm-up
+    done, wall, _ = run_calls(default, inputs, images, batch)
+    quiet_done, _, cpu = run_calls(quiet, inputs, images, batch)
+    return {"rate": done / wall, "cpu_per_image": cpu / quiet_done}
+
+
+def cpu_of(pid: int | None) -> float:
+    """CPU seconds so far of a process and its children (the service's worker); 0 without one."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+# Runs the batch CLI, then prints the process's own peak RSS. getrusage and wait4 would not do: their peak
+# counts the pages the child shared with this (large) process between fork and exec; VmHWM belongs to the
+# memory the CLI itself mapped after exec.
+CLI_WITH_PEAK = """
+import re, sys
+from clients.__main__ import main
+code = main(sys.argv[1:])
+status = open("/proc/self/status").read()
+print("peak RSS kB", re.search(r"VmHWM:\\s+(\\d+)", status).group(1), flush=True)
+sys.exit(code)
+"""
+
+
+def run_cli(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+    """One batch CLI process: wall seconds, the in-job rate and CPU it printed, its own peak RSS."""
+    log = work / "cli.log"
+    start = time.perf_counter()
+    with log.open("w+b") as output:
+        code = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, *args], cwd=REPO, env=env, stdout=output,
+                              stderr=subprocess.STDOUT, timeout=1800).returncode
+    wall = time.perf_counter() - start
+    text = log.read_text(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"clients {' '.join(args)} exited {code}: {text[-2000:]}")
+    rate = float(re.search(r"([\d,]+) images/s", text).group(1).replace(",", ""))
+    cpu = float(re.search(r"([\d.]+) CPU-s", text).group(1))
+    peak = int(re.search(r"peak RSS kB (\d+)", text).group(1)) / 1024
+    return {"wall_s": wall, "rate": rate, "cpu_s": cpu, "peak_rss_mib": peak}
+
+
+def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig) -> dict[str, Any]:
+    out = work / "local.csv"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return run_cli(["batch", str(source), "--out", str(out), "--local", "--model", str(model_dir), "--quiet",
+                    "--batch-size", str(config.batch_size)], env, work)
+
+
+def run_service(source: Path, url: str, work: Path, config: BenchConfig, server: int | None) -> dict[str, Any]:
+    """The CLI through the service; CPU is the client's in-job CPU plus the server's over the whole run."""
+    out = work / "service.csv"
+    before = cpu_of(server)
+    result = run_cli(["--url", url, "batch", str(source), "--out", str(out), "--quiet",
+                      "--batch-size", str(config.batch_size)], dict(os.environ), work)
+    result["cpu_s"] += cpu_of(server) - before
+    return result
+
+
+def task_body(source: Path, start: int, count: int) -> bytes:
+    """Rows ``start`` to ``start + count`` of the input as a ``.npy`` upload."""
+    pixels = np.load(source, mmap_mode="r")[start:start + count]
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(pixels), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def one_task(url: str, source: Path, start: int, count: int) -> int:
+    """Submit one dataset task (compact result), wait for it, check and return the number of answers."""
+    import httpx
+
+    from fashion.contract import ANSWER_DTYPE
+
+    with httpx.Client(base_url=url, timeout=300) as client:
+        reply = client.post("/classify_dataset/submit", content=task_body(source, start, count),
+                            headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+        reply.raise_for_status()
+        task_id = reply.json()["task_id"]
+        while (view := client.get("/classify_dataset/progress", params={"task_id": task_id}).json())["status"] \
+                == "in_progress":
+            time.sleep(0.02)
+        if view["status"] != "completed":
+            raise RuntimeError(f"task {task_id} ended {view}")
+        result = client.get("/classify_dataset/get", params={"task_id": task_id})
+        records = np.load(io.BytesIO(result.content), allow_pickle=False)
+        if records.dtype != ANSWER_DTYPE or len(records) != count:
+            raise RuntimeError(f"task {task_id}: {len(records)} rows of {records.dtype}, expected {count}")
+        return count
+
+
+def run_tasks(source: Path, url: str, images: int, config: BenchConfig, server: int | None) -> dict[str, Any]:
+    """All ``images`` as tasks of :data:`TASK_IMAGES`, ``task_concurrency`` at a time; rate over the whole wall.
+    CPU: the server's, and this process's (which makes and uploads the files) over the same time."""
+    starts = range(0, images, TASK_IMAGES)
+    start, cpu = time.perf_counter(), time.process_time() + cpu_of(server)
+    with ThreadPoolExecutor(config.task_concurrency) as pool:
+        done = sum(pool.map(lambda s: one_task(url, source, s, min(TASK_IMAGES, images - s)), starts))
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "rate": done / wall, "cpu_s": time.process_time() + cpu_of(server) - cpu,
+            "peak_rss_mib": None}
+
+
+def start_service(work: Path):
+    """The service (service.launch: loopback, a BentoML home of its own), ready."""
+    from service import launch
+
+    server = launch.start(work)
+    server.wait_ready()
+    return server
+
+
+def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None, work: Path,
+            server: int | None) -> list[dict[str, Any]]:
+    """Every repeat runs each mode between two bare measurements; its fraction divides its rate by their mean.
+
+    Others' work on a shared machine comes and goes within seconds: a bare rate taken just before and just
+    after each run is the fairest ceiling for it.
+    """
+    repeats = []
+    for repeat in range(config.repeats):
+        row: dict[str, Any] = {"repeat": repeat + 1, "bare_runs": [bare_rate(model_dir, config.bare_images,
+                                                                           config.batch_size)]}
+        for mode in config.modes:
+            if mode == "local":
+                result = run_local(source, model_dir, work, config)
+            elif mode == "service":
+                result = run_service(source, url, work, config, server)
+            else:
+                result = run_tasks(source, url, config.images, config, server)
+            row["bare_runs"].append(bare_rate(model_dir, config.bare_images, config.batch_size))
+            around = row["bare_runs"][-2:]
+            result["bare"] = statistics.mean(b["rate"] for b in around)
+            result["fraction"] = result["rate"] / result["bare"]
+            result["wall_fraction"] = config.images / result["wall_s"] / result["bare"]
+            result["cpu_fraction"] = statistics.mean(b["cpu_per_image"] for b in around) * config.images \
+                / result["cpu_s"]
+            row[mode] = result
+            print(f"repeat {repeat + 1} {mode}: {result['rate']:,.0f} images/s in the job, bare around it "
+                  f"{result['bare']:,.0f}: {result['fraction']:.2f}; CPU {result['cpu_fraction']:.2f}; process "
+                  f"{result['wall_s']:.1f} s", flush=True)
+        row["bare"] = statistics.median(b["rate"] for b in row["bare_runs"])
+        repeats.append(row)
+    return repeats
+
+
+def summarize(config: BenchConfig, repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repeats, and each target met or not."""
+    summary: dict[str, Any] = {"bare": statistics.median(b["rate"] for r in repeats for b in r["bare_runs"])}
+    for mode in config.modes:
+        runs = [r[mode] for r in repeats]
+        summary[mode] = {key: statistics.median(run[key] for run in runs)
+                         for key in ("rate", "bare", "wall_s", "fraction", "wall_fraction", "cpu_fraction")}
+        peaks = [run["peak_rss_mib"] for run in runs if run["peak_rss_mib"] is not None]
+        summary[mode]["peak_rss_mib"] = max(peaks) if peaks else None
+        summary[mode]["target"] = TARGETS[mode]
+        summary[mode]["met"] = summary[mode]["fraction"] >= TARGETS[mode]
+    return summary
+
+
+def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Path:
+    """``<stem>.md`` (the table) and ``<stem>.json`` (every run) under ``config.out``."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    summary, env = results["summary"], results["environment"]
+    lines = [f"# Batch throughput: {config.images:,} images, median of {config.repeats} repeats", "",
+             f"{env['cpu']}, {env['cores']} cores; {results['date']}; `python -m benchmark.batch "
+             f"--images {config.images}`. The machine may be shared: each fraction divides a run's rate by the bare "
+             "rate measured just before and after it.", "",
+             f"Bare `session.run` at batch {config.batch_size} ({config.bare_images:,} images, measured before and "
+             f"after every run): **{summary['bare']:,.0f} images/s** (median of all).", "",
+             "| path | in-job images/s | bare around it | fraction of bare | target | process wall s "
+             "| wall-based fraction | CPU-based fraction | peak RSS MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for mode in config.modes:
+        s = summary[mode]
+        peak = f"{s['peak_rss_mib']:,.0f}" if s["peak_rss_mib"] is not None else "-"
+        lines.append(f"| {mode} | {s['rate']:,.0f} | {s['bare']:,.0f} | {s['fraction']:.2f} | >= {s['target']:.2f} "
+                     f"{'met' if s['met'] else '**not met**'} | {s['wall_s']:.1f} | {s['wall_fraction']:.2f} "
+                     f"| {s['cpu_fraction']:.2f} | {peak} |")
+    lines += ["", "Runs (in-job images/s, and the fraction of the mean bare rate just before and after the run):", ""]
+    for row in results["repeats"]:
+        bares = ", ".join(f"{b['rate']:,.0f}" for b in row["bare_runs"])
+        parts = [f"bare {bares}"]
+        parts += [f"{m} {row[m]['rate']:,.0f} ({row[m]['fraction']:.2f})" for m in config.modes]
+        lines.append(f"- repeat {row['repeat']}: " + ", ".join(parts))
+    lines += ["", "In-job rate: what the job prints (images over the job's own time, from the first chunk read to "
+              "the output in place). Process wall: the whole CLI process, start-up and model loading included "
+              "(for tasks: first upload to last result). Peak RSS: the largest of the CLI processes (`VmHWM`, "
+              "read by the process as it ends). CPU-based fraction: bare CPU seconds per image (a session whose "
+              "idle threads do not spin) over the path's (the CLI's in-job CPU plus the server's over the run); "
+              "it moves less than the wall rates when others load the machine.",
+              "", "A wall fraction above 1 means the bare session lost more to others' load than the job did: "
+              "the bare session keeps ONNX Runtime's default of spinning idle threads, which waste their time "
+              "slices when the cores are oversubscribed; the jobs' own sessions do not spin. Then the CPU-based "
+              "fraction is the figure to read."]
+    path = config.out / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def render(path: Path) -> int:
+    """Rewrite the Markdown report from its JSON (after a change to the report's layout); measures nothing."""
+    results = json.loads(path.read_text())
+    config = BenchConfig(**{**results["config"], "modes": tuple(results["config"]["modes"]),
+                            "out": path.parent, "work": None})
+    print(write_report(config, results, path.stem))
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> BenchConfig:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1_000_000, help="images per job (default 1,000,000)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; the report gives medians (default 3)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="images per model call or request (default 1024)")
+    parser.add_argument("--modes", nargs="+", default=["local", "service", "tasks"],
+                        choices=["local", "service", "tasks"], help="paths to measure (default: all)")
+    parser.add_argument("--bare-images", type=int, default=200_000,
+                        help="images per bare session.run measurement, before and after each run (default 200,000)")
+    parser.add_argument("--url", default=None, help="a running service (default: start one)")
+    parser.add_argument("--model", default=None, help="exported model folder or BentoML tag (default: latest)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the input and outputs (default: a temp)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes (default results/)")
+    parser.add_argument("--render", type=Path, default=None, help="rewrite the report from this results JSON only")
+    args = parser.parse_args(argv)
+    if args.render:
+        raise SystemExit(render(args.render))
+    return BenchConfig(images=args.images, repeats=args.repeats, batch_size=args.batch_size, modes=tuple(args.modes),
+                       url=args.url, model=args.model, work=args.work, out=args.out,
+                       bare_images=args.bare_images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    work = config.work or Path(tempfile.mkdtemp(prefix="fashion-bench-batch-"))
+    work.mkdir(parents=True, exist_ok=True)
+    source, model_dir = make_input(work, config.images), onnx_model_dir(config.model)
+    server, url = None, config.url
+    needs_server = any(mode != "local" for mode in config.modes)
+    if needs_server and url is None:
+        server = start_service(work)
+        url = server.url
+    try:
+        repeats = measure(config, source, model_dir, url, work, server.proc.pid if server is not None else None)
+    finally:
+        if server is not None:
+            server.stop()
+    env = environment_stamp()
+    results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "environment": env,
+               "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+               "repeats": repeats, "summary": summarize(config, repeats)}
+    path = write_report(config, results, f"batch-bench-{machine_name(env, None)}")
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Reliability and security of the running service: overload, shutdown, crash, hostile clients and input.
+
+Short versions of the scenarios in reliability/scenarios.py, each against its own
+real ``bentoml serve``; ``python -m reliability`` runs the full lengths and writes
+results/reliability.md (the soak: ``python -m reliability soak``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from fashion.samples import sample_paths
+from reliability import scenarios
+from reliability.harness import launch
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = sample_paths()[0].read_bytes()
+
+
+@pytest.fixture()
+def own_server(server, tmp_path):
+    """A server of its own (this test may kill it), over the session's registered models."""
+    instance = launch(tmp_path)
+    yield instance
+    instance.stop()
+
+
+def flood(tmp_path: Path, data_dir, seconds: float, connections: int, env: dict[str, str] | None = None) -> dict:
+    """The overload scenario against a server of its own, the batch CLI over the test images alongside.
+
+    Probe timeouts and the recovery limit are hang guards here (the figures are recorded by
+    ``python -m reliability``): a probe answers in milliseconds, recovery takes about a second.
+    """
+    instance = launch(tmp_path, env=env)
+    try:
+        images = next(Path(data_dir).glob("t10k-images-idx3-ubyte*"))
+        return scenarios.overload(instance, tmp_path, seconds=seconds, connections=connections, batch_input=images,
+                                  batch_items=10_000, probe_timeout_s=60, recovery_limit_s=120)
+    finally:
+        assert instance.stop() == 0
+
+
+def test_overload_sheds_load_with_retry_after_and_loses_nothing(server, tmp_path, data_dir):
+    report = flood(tmp_path, data_dir, seconds=6, connections=512, env={"FASHION_MAX_IN_FLIGHT": "64"})
+    assert report["unexpected_statuses"] == {} and report["statuses"].get("429", 0) > 0, report["statuses"]
+    assert report["retry_after_missing"] == 0
+    assert sum(report["socket_errors"].values()) == 0, report["socket_errors"]  # every request got its answer
+    # Probes on the health port answer throughout; the API port's answer too, but in the loop's turn
+    # (a timeout of 5 s may pass there: its figures are reported, not asserted).
+    assert all(key.endswith(" 200") for key in report["probes_health_port"]["statuses"]), report["probes_health_port"]
+    assert report["probes_health_port"]["probes"] >= 10
+    assert report["recovery_s"] < float("inf")  # back to one-at-a-time latency within the 120-s hang guard
+    job = report["batch_job"]
+    assert (job["exit_code"], job["rows"], job["lost"], job["duplicates"]) == (0, 10_000, 0, 0), job
+
+
+@pytest.mark.long
+def test_a_30_second_flood_of_1024_connections(server, tmp_path, data_dir):
+    """The full-length overload of the issue; ``python -m reliability overload`` records its figures."""
+    report = flood(tmp_path, data_dir, seconds=30, connections=1024)
+    assert report["unexpected_statuses"] == {} and report["retry_after_missing"] == 0
+    assert sum(report["socket_errors"].values()) == 0
+    assert all(key.endswith(" 200") for key in report["probes_health_port"]["statuses"])
+    assert report["recovery_s"] < float("inf")
+    assert (report["batch_job"]["lost"], report["batch_job"]["duplicates"]) == (0, 0)
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(own_server, dataset):
+    report = scenarios.shutdown(own_server, dataset.test_images[:1024])
+    assert report["in_flight_at_signal"] and set(report["in_flight_at_signal"]) == {"200"}, report
+    # New work is refused once the worker began to stop (its readiness failed).
+    assert report["sent_after_readiness_failed"] and "200" not in report["sent_after_readiness_failed"], report
+    assert report["exit_code"] == 0
+    assert report["readiness_failed_after_s"] is not None
+    assert report["readiness_failed_after_s"] <= report["exit_after_s"]
+
+
+def test_a_killed_worker_fails_its_requests_fast_and_is_replaced(own_server, dataset):
+    # 600 retries of at most 0.5 s: a 300-s hang guard for the worker's restart (seconds, measured).
+    report = scenarios.crash(own_server, dataset.test_images[:1024], retry_attempts=600)
+    # Requests the worker had not answered when it died fail (one may finish just before the kill).
+    assert any(outcome != "200" for outcome in report["in_flight_outcomes"]), report
+    assert report["in_flight_slowest_s"] < 30  # failed, not hung until the client's timeout
+    assert report["replacement_pid"] != report["killed_pid"]
+    assert report["retrying_client"]["answers"] == 16  # the project's client rode over the restart
+    httpx.get(f"{own_server.url}/readyz").raise_for_status()
+
+
+def test_aborted_slow_and_idle_clients_leave_no_trace(own_server, tmp_path):
+    report = scenarios.misbehaving_clients(own_server, tmp_path, aborted=100, slow=20, idle=300, hold_s=3)
+    assert set(report["requests_meanwhile"]) == {"200"}, report["requests_meanwhile"]
+    before, after = report["vitals_before"], report["vitals_after"]
+    assert after["open_fds"] <= before["open_fds"] + 2, report
+    assert after["rss_mib"] < before["rss_mib"] + 100, report
+
+
+def test_api_fuzzed_from_its_openapi_schema_never_answers_5xx(server, tmp_path):
+    """schemathesis generates valid and invalid requests for every operation in /docs.json."""
+    cli = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [str(cli), "run", f"{server}/docs.json", "--checks", "not_a_server_error", "--max-examples", "40",
+         "--phases", "coverage,fuzzing", "--mode", "all", "--workers", "1", "--seed", "1",
+         "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("route", ["/classify", "/classify_batch", "/classify_array", "/model_info"])
+def test_pickled_bodies_are_refused_without_being_unpickled(server, tmp_path, route):
+    marker = tmp_path / "pwned"
+    body = pickle.dumps(_Payload(marker))
+    reply = httpx.post(f"{server}{route}", content=body, headers={"Content-Type": "application/vnd.bentoml+pickle"})
+    assert reply.status_code == 415, reply.text
+    for content_type in ("application/x-npy", "application/octet-stream"):
+        reply = httpx.post(f"{server}{route}", content=body, headers={"Content-Type": content_type})
+        # /model_info never reads its body; every other route must refuse the bytes.
+        assert reply.status_code == 200 if route == "/model_info" else 400 <= reply.status_code < 500, reply.text
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([_Payload(marker)], dtype=object), allow_pickle=True)  # an object .npy
+    reply = httpx.post(f"{server}/classify_array", content=buffer.getvalue(),
+                       headers={"Content-Type": "application/x-npy"})
+    assert reply.status_code == 422
+    assert not marker.exists()
+
+
+@pytest.fixture()
+def listener():
+    """A local HTTP server that records every request it gets (it must get none)."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # http.server calls this name
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(SAMPLE)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    httpd.shutdown()
+
+
+def test_no_request_makes_the_service_read_a_path_or_fetch_a_url(server, listener):
+    url, hits = listener
+    path = str(sample_paths()[0])
+    for target in (f"{url}/a.png", path, f"file://{path}"):
+        attempts = [
+            httpx.post(f"{server}/classify", data={"images": target}, files={"x": ("", b"")}),
+            httpx.post(f"{server}/classify", content=target.encode(), headers={"Content-Type": "image/png"}),
+            httpx.post(f"{server}/classify_batch", data={"images": [target, target]}, files={"x": ("", b"")}),
+            httpx.post(f"{server}/classify_array", json={"pixels": target}),
+            httpx.post(f"{server}/classify_array", json={"pixels": [[target]]}),
+            httpx.post(f"{server}/classify", params={"backend": target}, files={"images": ("a.png", SAMPLE)}),
+        ]
+        assert all(400 <= reply.status_code < 500 for reply in attempts), [r.status_code for r in attempts]
+    time.sleep(0.5)
+    assert hits == []
+
+
+def _png(width: int, height: int, idat: bytes) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+HOSTILE_IMAGES = {
+    # 50,000 x 50,000 declared: 2.5 gigapixels from a few bytes.
+    "png header bomb": (_png(50_000, 50_000, zlib.compress(b"\0" * 1024)), 413),
+    # 2,000 x 2,000 zeros (4 MP, the limit) compressed about 1000:1: allowed, decoded within bounds.
+    "png zlib bomb within limits": (_png(2_000, 2_000, zlib.compress(b"\0" * (2_001 * 2_000), 9)), 200),
+    "gif header bomb": (b"GIF89a" + struct.pack("<HH", 65_535, 65_535) + b"\x00\x00\x00" + b"," +
+                        struct.pack("<HHHH", 0, 0, 65_535, 65_535) + b"\x00\x02\x02\x4c\x01\x00;", 413),
+    "png signature, jpeg body": (b"\x89PNG\r\n\x1a\n" + b"\xff\xd8\xff\xe0" + bytes(200), 422),
+    "svg named png": (b'<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"/>', 415),
+    "postscript": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n", 415),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_IMAGES))
+def test_spoofed_formats_and_bombs_are_refused_quickly_over_http(server, name):
+    body, status = HOSTILE_IMAGES[name]
+    start = time.perf_counter()
+    reply = httpx.post(f"{server}/classify", files={"images": ("a.png", body, "image/png")}, timeout=30)
+    elapsed = time.perf_counter() - start
+    assert reply.status_code == status, reply.text
+    # The limit the issue sets is 1 s (measured: tens of milliseconds); 5 s keeps a busy CI machine green.
+    assert elapsed < 5, elapsed

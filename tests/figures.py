@@ -1,0 +1,166 @@
+"""Every figure in the docs comes from a file under results/: extract, normalise, look up.
+
+A figure is a number in the prose of README.md, SECURITY.md or docs/*.md, outside fenced code
+blocks, inline code and link targets. It is sourced when some number in a results file, rounded to
+the figure's own decimals, equals it, directly or as the same quantity in another unit (a fraction
+as a percentage, seconds as milliseconds, bytes as MB). Numbers that are not measurements (the
+28 x 28 contract, versions, ports, small counts in prose) are skipped by the rules in
+:func:`is_figure`, each with its reason.
+
+``python -m tests.figures`` prints the unsourced figures of the repository with their lines.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A number as docs write it: 1,024 / 0.6 / 88.9 / 290 (signs and units are separate tokens).
+NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w])")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+LINK_TARGET = re.compile(r"\]\([^)]*\)|<https?://[^>]*>|https?://\S+")
+HTML_TAG = re.compile(r"<[^>]+>")
+# Versions (2.14.1, v1.4, Python 3.11), dates and times, CVE and issue numbers, hex, file names with digits.
+NOT_FIGURES = re.compile(
+    r"\bv?\d+\.\d+\.\d+(?:\.\d+)?\b"            # x.y.z versions
+    r"|\b(?:Python|PyTorch|TensorFlow|TF|torch|Keras|BentoML|ONNX|opset|CUDA|Ubuntu|Debian|ORT|Runtime|Optuna"
+    r"|onnxruntime|onnxruntime-gpu|tf2onnx|Triton|Chromium|Playwright|Pillow|numpy|NumPy)[ -]v?\d+(?:\.\d+)*"
+    r"|\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?"  # dates
+    r"|\bCVE-\d{4}-\d+|#\d+\b|\bissue \d+"
+    r"|\b0x[0-9a-fA-F]+\b"
+    r"|\b[\w-]*\d[\w-]*\.(?:py|md|json|png|jpg|jpeg|txt|onnx|csv|gz|yaml)\b"
+    r"|\b(?:port|ports|localhost:|:)\s?\d{4,5}\b"  # ports
+    r"|\bH100|\bH200|\bA100|\bEPYC \d+\w*|\bfp(?:16|32)|\bint8|\bx86[-_]64|\bsha256|\bSHA-256|\bUTF-8|\bIPv[46]"
+    r"|\bIDX\d?|\bidx\d-ubyte|\bt10k|\bRFC \d+|\bHTTP/\d(?:\.\d)?|\b[1-5]xx\b"
+    r"|\bp\d{2}(?:\.\d)?\b|\b\d+(?:st|nd|rd|th)\b"
+    r"|\bet al\., \d{4}\b"  # the year of a cited paper
+)
+
+# Numbers that are facts of the design, not measurements. Each is listed with why.
+ALLOWED = {
+    "28": "the image side of the input contract (28 x 28)",
+    "784": "28 x 28 pixels",
+    "10": "the ten classes of Fashion-MNIST",
+    "60,000": "the training set's size (the dataset's definition)",
+    "70,000": "the dataset's size",
+    "10,000": "the test set's size",
+    "255": "the pixel range",
+    "3000": "the default port", "3001": "the default probe port",
+    "200": "an HTTP status", "400": "an HTTP status", "404": "an HTTP status", "406": "an HTTP status",
+    "409": "an HTTP status",
+    "413": "an HTTP status", "415": "an HTTP status", "422": "an HTTP status", "429": "an HTTP status",
+    "500": "an HTTP status", "503": "an HTTP status",
+    "1,024": "the per-request image limit (FASHION_MAX_IMAGES) and batch sizes of the sweep",
+    "256": "the batcher's batch limit and a batch size of the sweep",
+    "16,384": "the queue limit (FASHION_MAX_QUEUED_IMAGES) and the TIFF chunk limit",
+    "100,000": "the task image limit (FASHION_MAX_TASK_IMAGES)",
+    "8": "8 MiB body limit (FASHION_MAX_BODY_BYTES)",
+    "4": "the 4-megapixel decode limit",
+    "2": "2 cores of the CI machine",
+}
+SMALL_COUNT = 12  # integers up to this are counts in prose ("two frameworks", "step 3"), not measurements
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number in a document: where, as written, and its value."""
+
+    path: Path
+    line: int
+    text: str
+    value: float
+    decimals: int
+
+
+def prose(markdown: str) -> str:
+    """``markdown`` with code (fenced and inline), link targets and HTML tags blanked, lines kept."""
+    def blank(match: re.Match) -> str:
+        return re.sub(r"[^\n]", " ", match.group(0))
+
+    for pattern in (FENCE, INLINE_CODE, LINK_TARGET, HTML_TAG, NOT_FIGURES):
+        markdown = pattern.sub(blank, markdown)
+    return markdown
+
+
+def is_figure(text: str, value: float, decimals: int) -> bool:
+    """Whether a number needs a source: not on the allow-list, not a small whole count."""
+    if text in ALLOWED or text.replace(",", "") in ALLOWED:
+        return False
+    whole = decimals == 0 and value.is_integer()
+    # Powers of two from 64 up are settings in these docs (batch sizes, chunk sizes, matrix widths), not results.
+    power_of_two = whole and value >= 64 and int(value) & (int(value) - 1) == 0
+    return not (whole and value <= SMALL_COUNT) and not power_of_two
+
+
+def figures(path: Path) -> list[Figure]:
+    """Every figure in the prose of the document at ``path``."""
+    found = []
+    for number, line in enumerate(prose(path.read_text(encoding="utf-8")).splitlines(), 1):
+        for match in NUMBER.finditer(line):
+            whole, fraction = match.group(1), match.group(2) or ""
+            value = float(whole.replace(",", "") + fraction)
+            decimals = max(0, len(fraction) - 1)
+            if is_figure(match.group(0), value, decimals):
+                found.append(Figure(path, number, match.group(0), value, decimals))
+    return found
+
+
+# The same quantity in other units: percent of a fraction, ms of s, s of ms, MB and MiB of bytes.
+SCALES = (1, 100, 1e3, 1e-3, 1e-6, 1 / 2**20)
+
+
+def result_values(results: Path) -> list[float]:
+    """Every number in the text files under ``results`` (JSON, Markdown, text)."""
+    values = []
+    for path in sorted(results.rglob("*")):
+        if path.suffix.lower() not in (".md", ".json", ".txt", ".csv") or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for match in re.finditer(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?", text):
+            try:
+                values.append(abs(float(match.group(0).replace(",", ""))))
+            except ValueError:
+                continue
+    return values
+
+
+def sourced(values: list[float]) -> set[tuple[int, str]]:
+    """``(decimals, rounded text)`` for every result value in every unit, as docs would round it."""
+    keys = set()
+    for value in set(values):
+        for scale in SCALES:
+            scaled = value * scale
+            if scaled >= 1e12:
+                continue
+            for decimals in range(5):
+                keys.add((decimals, f"{scaled:.{decimals}f}"))
+    return keys
+
+
+def unsourced(documents: list[Path], results: Path) -> list[Figure]:
+    """The figures of ``documents`` that no file under ``results`` holds."""
+    keys = sourced(result_values(results))
+    return [f for doc in documents for f in figures(doc) if (f.decimals, f"{f.value:.{f.decimals}f}") not in keys]
+
+
+def documents(repo: Path = REPO) -> list[Path]:
+    """The documents whose figures must be sourced: README.md, SECURITY.md, docs/*.md."""
+    return [p for p in [repo / "README.md", repo / "SECURITY.md", *sorted((repo / "docs").glob("*.md"))]
+            if p.exists()]
+
+
+def main() -> int:
+    missing = unsourced(documents(), REPO / "results")
+    for figure in missing:
+        print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text}")
+    print(f"{len(missing)} figures with no source in results/", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Dataset-style framing of uploads (``fashion.imaging``), on synthetic images with known answers."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashion.imaging import decode_image, frame_like_dataset
+
+BLOCK = np.zeros((28, 28), dtype=np.uint8)
+BLOCK[:, 7:21] = 255  # a 60 x 30 object framed: longest edge 28 rows, short edge 14 columns, centred
+
+
+def encode(rgb: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    """Image file bytes of an ``uint8[H, W, 3]`` (or ``[H, W]``) array."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def canvas(height: int, width: int, colour, obj_colour=(0, 0, 0), top: int = 40, left: int = 50) -> np.ndarray:
+    """A 60 x 30 solid object of ``obj_colour`` pasted at (top, left) on a background of ``colour``."""
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rgb[:] = colour
+    rgb[top:top + 60, left:left + 30] = obj_colour
+    return rgb
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (128, 128, 128), (200, 60, 40), (240, 240, 200)])
+def test_margins_of_any_light_colour_are_trimmed(background):
+    """A dark object on a light margin of a known colour comes out as the object alone, filling the frame."""
+    assert np.array_equal(decode_image(encode(canvas(200, 160, background))), BLOCK)
+
+
+@pytest.mark.parametrize("top,left", [(0, 0), (10, 120), (139, 129), (70, 5)])
+def test_placement_does_not_matter(top, left):
+    """Off-centre or at the very edge, the object is found and centred."""
+    assert np.array_equal(decode_image(encode(canvas(200, 160, (255, 255, 255), top=top, left=left))), BLOCK)
+
+
+def test_light_object_on_dark_background_is_not_negated():
+    """Polarity as before: a dark border means the image is already light-on-dark."""
+    dark = canvas(120, 300, (0, 0, 0), obj_colour=(255, 255, 255))
+    assert np.array_equal(decode_image(encode(dark)), BLOCK)
+    dark_grey = canvas(120, 300, (40, 40, 40), obj_colour=(255, 255, 255))
+    assert np.array_equal(decode_image(encode(dark_grey)), BLOCK)
+
+
+def test_noise_and_jpeg_ringing_do_not_stop_the_trim():
+    """Sensor noise on the margin and JPEG artefacts keep the object's box within a pixel."""
+    rng = np.random.default_rng(0)
+    clean = canvas(300, 240, (255, 255, 255), top=100, left=90)
+    noisy = np.clip(clean.astype(np.int16) + rng.normal(0, 4, clean.shape).round().astype(np.int16), 0, 255)
+    for data in (encode(noisy.astype(np.uint8)), encode(clean, "JPEG", quality=60)):
+        framed = decode_image(data)
+        rows, cols = np.flatnonzero(framed.max(1) > 127), np.flatnonzero(framed.max(0) > 127)
+        assert (rows[0], rows[-1]) == (0, 27)
+        assert abs(cols[0] - 7) <= 1 and abs(cols[-1] - 20) <= 1
+        assert np.abs(framed.astype(int) - BLOCK).mean() < 12
+
+
+def test_object_size_is_normalised():
+    """The same object at 30% or 100% of its frame gives the same 28 x 28 image."""
+    small = canvas(200, 200, (255, 255, 255), top=70, left=85)
+    full = np.zeros((60, 30, 3), dtype=np.uint8)
+    full_on_margin = np.pad(full, ((2, 2), (2, 2), (0, 0)), constant_values=255)
+    assert np.array_equal(decode_image(encode(small)), decode_image(encode(full_on_margin)))
+
+
+def test_blank_and_constant_uploads_come_out_black():
+    """Nothing to trim to: a uniform picture of any colour, or a single pixel, is all background."""
+    for colour in ((255, 255, 255), (128, 128, 128), (0, 0, 0)):
+        assert not decode_image(encode(np.full((50, 80, 3), colour, dtype=np.uint8))).any()
+    assert not decode_image(encode(np.full((1, 1), 128, dtype=np.uint8))).any()
+
+
+def test_28_by_28_uploads_are_taken_as_framed():
+    """A Fashion-MNIST-sized upload is the dataset's own format: both policies pass it through."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 120, (28, 28), dtype=np.uint8)
+    assert np.array_equal(decode_image(encode(pixels)), pixels)
+    assert np.array_equal(decode_image(encode(pixels), framing="legacy"), pixels)
+
+
+def test_legacy_framing_scales_the_whole_canvas():
+    """The switch back: with ``legacy`` the margin shrinks the object (200 px high canvas -> 60 px is 8 rows)."""
+    framed = decode_image(encode(canvas(200, 200, (255, 255, 255), top=70, left=85)), framing="legacy")
+    rows = np.flatnonzero(framed.max(1) > 127)
+    assert 7 <= len(rows) <= 10
+
+
+def test_unknown_framing_is_refused():
+    with pytest.raises(ValueError, match="framing"):
+        decode_image(encode(canvas(100, 100, (255, 255, 255), top=0, left=0)), framing="square")
+
+
+def test_frame_like_dataset_forced_polarity():
+    """``invert=False`` keeps a light background light, mapped to black only by the background stretch."""
+    rgb = canvas(200, 160, (255, 255, 255))
+    assert np.array_equal(frame_like_dataset(rgb, invert=True), BLOCK)
+    assert not frame_like_dataset(rgb, invert=False).any()

@@ -1,0 +1,143 @@
+"""The collector record, the freeze, and the per-request deadline that leaves no timer behind."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from service import deadline
+from service.config import ConfigError, ServiceConfig, parse_switch
+from service.deadline import DeadlineMiddleware
+from service.gcstats import GCRecorder, census
+
+
+def test_recorder_times_every_pass_by_generation():
+    recorder = GCRecorder().install()
+    try:
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        recorder.uninstall()
+    snap = recorder.snapshot()
+    young, full = snap["generations"][0], snap["generations"][2]
+    assert young["passes"] >= 1 and full["passes"] >= 1
+    assert sum(full["pauses_ms"].values()) == full["passes"] and full["max_ms"] <= full["total_ms"]
+    recorder.reset()
+    assert recorder.snapshot()["generations"][2]["passes"] == 0
+
+
+def test_census_counts_tracked_objects_by_type():
+    class Marker:
+        pass
+
+    kept = [Marker() for _ in range(5000)]
+    counted = census(top=50)
+    assert counted["by_type"]["Marker"] >= len(kept) and counted["tracked_objects"] >= len(kept)
+
+
+async def call(app, path="/x"):
+    """Drive an ASGI app with one GET; returns the messages it sent."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send)
+    return sent
+
+
+async def answer_after(delay_s: float, scope, receive, send):
+    await asyncio.sleep(delay_s)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await asyncio.sleep(delay_s)  # after the first byte no limit applies
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def timers(loop) -> int:
+    """Timers still scheduled on the loop (asyncio's default loop keeps them in ``_scheduled``)."""
+    return sum(not handle.cancelled() for handle in loop._scheduled)
+
+
+def test_deadline_answers_504_when_the_response_does_not_start_in_time():
+    app = DeadlineMiddleware(lambda *a: answer_after(5.0, *a), timeout=0.05)
+    sent = asyncio.run(asyncio.wait_for(call(app), 10))
+    assert sent[0]["status"] == 504 and b"0.05 seconds" in sent[1]["body"]
+
+
+def test_deadline_leaves_no_timer_behind_a_finished_request():
+    async def scenario():
+        app = DeadlineMiddleware(lambda *a: answer_after(0.0, *a), timeout=30)
+        before = timers(asyncio.get_running_loop())
+        replies = [await call(app) for _ in range(100)]
+        return replies, timers(asyncio.get_running_loop()) - before
+
+    replies, left = asyncio.run(scenario())
+    assert all(r[0]["status"] == 200 and r[1]["body"] == b"ok" for r in replies)
+    assert left == 0  # BentoML's TimeoutMiddleware leaves one 30 s timer per request here
+
+
+def test_deadline_only_limits_the_first_byte():
+    app = DeadlineMiddleware(lambda *a: answer_after(0.1, *a), timeout=0.15)
+    sent = asyncio.run(asyncio.wait_for(call(app), 10))  # 0.2 s in all, but the start came at 0.1 s
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok"
+
+
+def test_install_replaces_bentomls_timeout_middleware():
+    from bentoml._internal.server.http import traffic
+
+    original = traffic.TimeoutMiddleware
+    try:
+        assert deadline.install() and traffic.TimeoutMiddleware is DeadlineMiddleware
+    finally:
+        traffic.TimeoutMiddleware = original
+
+
+def test_gc_freeze_switch(monkeypatch):
+    assert parse_switch("ON") and not parse_switch("0")
+    with pytest.raises(ValueError):
+        parse_switch("maybe")
+    monkeypatch.setenv("FASHION_GC_FREEZE", "0")
+    assert ServiceConfig.from_env().gc_freeze is False
+    monkeypatch.setenv("FASHION_GC_FREEZE", "sometimes")
+    with pytest.raises(ConfigError):
+        ServiceConfig.from_env()
+
+
+def test_health_port_serves_the_gc_pages():
+    import httpx
+
+    from service.health import start_health_server
+    from service.launch import free_port
+
+    recorder = GCRecorder().install()
+    port = free_port()
+    server = start_health_server("127.0.0.1", port, lambda: None, {"/gcz": recorder.snapshot, "/gcz/census": census})
+    try:
+        gc.collect()
+        snap = httpx.get(f"http://127.0.0.1:{port}/gcz", timeout=10).json()
+        counted = httpx.get(f"http://127.0.0.1:{port}/gcz/census", timeout=30).json()
+        missing = httpx.get(f"http://127.0.0.1:{port}/nothing", timeout=10)
+    finally:
+        server.shutdown()
+        recorder.uninstall()
+    assert snap["generations"][2]["passes"] >= 1 and "frozen_objects" in snap
+    assert counted["tracked_objects"] > 0 and counted["by_type"]
+    assert missing.status_code == 404 and "/gcz" in missing.json()["error"]
+
+
+def test_event_loop_choice(monkeypatch):
+    from uvicorn import config
+
+    from service import eventloop
+
+    monkeypatch.setitem(config.LOOP_FACTORIES, "auto", config.LOOP_FACTORIES["auto"])
+    before = config.LOOP_FACTORIES["auto"]
+    assert eventloop.install("auto") == "auto" and config.LOOP_FACTORIES["auto"] == before
+    assert eventloop.install("asyncio") == "asyncio" and config.LOOP_FACTORIES["auto"].endswith("asyncio_loop_factory")
+    with pytest.raises(ValueError):
+        eventloop.install("trio")
