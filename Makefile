@@ -68,13 +68,13 @@ ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> resu
 test-timing: data ## Time each test tier once -> results/test-suite.md
 	$(PY) -m tests.timing
 
-bench-load: data ## Time loading + verifying all 70,000 images
+bench-load: data ## Time loading + verifying all 70,000 images -> results/data-load.txt
 	$(PY) -m fashion bench-load
 
 bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<machine>.md (needs wrk)
 	$(PY) -m benchmark
 
-bench-http: export ## Service vs bare Starlette over HTTP (needs wrk: apt-get install wrk)
+bench-http: export ## Service vs bare Starlette over HTTP -> results/service-bench-cpu.{json,txt} (needs wrk)
 	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
 
 peers: export ## Side by side with peer servers, 15 s x 3 levels x 3 reps -> results/peers-<machine>.md (needs wrk)

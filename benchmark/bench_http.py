@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each target")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "service-bench-cpu.json",
+                        help="the results as JSON; the printed table goes beside it as .txt")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     body_file.write_bytes(multipart_body(image, boundary))
     servers = start_servers(workdir)
     bento, bare = servers["bentoml"][1], servers["bare"][1]
-    results = []
+    results, lines = [], []
     try:
         targets = [("bare-starlette", "onnx-torch", f"{bare}/classify")] + [
             ("bentoml", b, f"{bento}/classify?backend={b}") for b in args.backends]
@@ -129,29 +130,34 @@ def main(argv: list[str] | None = None) -> int:
             for connections in args.concurrency:
                 stats = run_wrk(url, connections, args.seconds, body_file, boundary)
                 results.append({"server": server, "backend": backend, "concurrency": connections, **stats})
-                print(f"{server:<15} {backend:<11} c={connections:<3} {stats['rps']:>8.0f} req/s  "
-                      f"p50 {stats['p50_us'] / 1000:6.2f} ms  p99 {stats['p99_us'] / 1000:7.2f} ms  "
-                      f"status {stats['statuses']}  socket errors {stats['socket_errors']}", flush=True)
+                lines.append(f"{server:<15} {backend:<11} c={connections:<3} {stats['rps']:>8.0f} req/s  "
+                             f"p50 {stats['p50_us'] / 1000:6.2f} ms  p99 {stats['p99_us'] / 1000:7.2f} ms  "
+                             f"status {stats['statuses']}  socket errors {stats['socket_errors']}")
+                print(lines[-1], flush=True)
     finally:
         stop_servers(servers)
-    print_summary(results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                                        "environment": environment_stamp(), "seconds": args.seconds,
-                                        "results": results}, indent=2) + "\n")
+    fractions = summary(results)
+    print("\n".join(fractions))
+    lines += fractions
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                                    "environment": environment_stamp(), "seconds": args.seconds,
+                                    "results": results}, indent=2) + "\n")
+    args.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(f"report: {args.out}, {args.out.with_suffix('.txt')}")
     return 0
 
 
-def print_summary(results: list[dict]) -> None:
-    """Each BentoML figure as a fraction of the bare app at the same concurrency."""
+def summary(results: list[dict]) -> list[str]:
+    """Each BentoML figure as a fraction of the bare app at the same concurrency, as lines."""
     bare = {r["concurrency"]: r["rps"] for r in results if r["server"] == "bare-starlette"}
-    print("\nBentoML single-image throughput as a fraction of the bare Starlette app (same work):")
+    lines = ["", "BentoML single-image throughput as a fraction of the bare Starlette app (same work):"]
     for r in results:
         if r["server"] == "bentoml":
             errors = sum(v for k, v in r["statuses"].items() if not k.startswith("2")) + r["socket_errors"]
-            print(f"  {r['backend']:<11} c={r['concurrency']:<3} {r['rps'] / bare[r['concurrency']]:.2f}"
-                  f"  (non-2xx + socket errors: {errors})")
+            lines.append(f"  {r['backend']:<11} c={r['concurrency']:<3} {r['rps'] / bare[r['concurrency']]:.2f}"
+                         f"  (non-2xx + socket errors: {errors})")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Online latency while a dataset task runs: ``python -m benchmark.bench_task --url http://localhost:3000``.
+"""Online latency while a dataset task runs: ``python -m benchmark.bench_task`` -> results/task-bench.md.
 
-For each backend: one client sends one test image at a time to ``/classify_array`` for a few
-seconds (latency alone), then again while a task classifies the 60,000 training images with that
-backend (latency during the task). Prints the p50/p99/max of each and the task's images/s, from
-submit to ``completed`` (upload and parsing included). Run the server with
-``FASHION_TASK_CHUNK_IMAGES=...`` to compare chunk sizes.
+For each task chunk size (a service started with ``FASHION_TASK_CHUNK_IMAGES``) and each backend:
+one client sends one test image at a time to ``/classify_array`` for a few seconds (latency alone),
+then again while a task classifies the 60,000 training images with that backend (latency during
+the task). Reports the p50/p99 of each and the task's images/s, from submit to ``completed``
+(upload and parsing included). ``--url`` measures a running service instead, at its own chunk size.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmark.served import served
 from fashion.data import load_fashion_mnist
 
 
@@ -47,46 +49,63 @@ def run_task(url: str, body: bytes, backend: str) -> dict:
     return view
 
 
-def summary(latencies: list[float]) -> str:
+def percentiles_ms(latencies: list[float]) -> str:
+    """``p50 / p99 ms`` of request latencies in seconds."""
     ordered = sorted(latencies)
-    return (f"p50 {1000 * statistics.median(ordered):.1f} / p99 {1000 * ordered[int(0.99 * len(ordered))]:.1f} / "
-            f"max {1000 * ordered[-1]:.0f} ms ({len(ordered)} requests)")
+    return f"{1000 * statistics.median(ordered):.1f} / {1000 * ordered[int(0.99 * len(ordered))]:.1f} ms"
 
 
-def measure(url: str, body: bytes, pixels: list, backend: str, alone_seconds: float) -> str:
-    """One line: online latency alone, then during a task over ``body`` on ``backend``, and the task's speed."""
+def measure(url: str, body: bytes, pixels: list, backend: str, alone_seconds: float) -> dict:
+    """Online latency alone, then during a task over ``body`` on ``backend``, and the task's outcome."""
     end = time.monotonic() + alone_seconds
     alone = online_latencies(url, pixels, lambda: time.monotonic() > end)
     with ThreadPoolExecutor(1) as pool:
         task = pool.submit(run_task, url, body, backend)
         during = online_latencies(url, pixels, task.done)
         outcome = task.result()
-    rate = outcome["total"] / outcome["seconds"]
-    return (f"{backend}: alone {summary(alone)}; during the task {summary(during)}; task {outcome['status']}, "
-            f"{outcome['total']:,} images in {outcome['seconds']:.2f} s, {rate:,.0f} images/s")
+    return {"alone": percentiles_ms(alone), "during": percentiles_ms(during), "status": outcome["status"],
+            "images_per_s": outcome["total"] / outcome["seconds"]}
+
+
+def row(backend: str, chunk: str, found: dict) -> str:
+    """One Markdown table row."""
+    return (f"| {backend} | {chunk} | {found['alone']} | {found['during']} | {found['status']} "
+            f"| {found['images_per_s']:,.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.bench_task", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--url", default="http://localhost:3000", help="the running service")
+    parser.add_argument("--url", default=None, help="a running service (default: start one per chunk size)")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1024, 256],
+                        help="task chunk sizes, one started service each (ignored with --url)")
     parser.add_argument("--backends", nargs="+", default=["onnx-torch", "savedmodel", "torch"],
                         help="backends the task runs on")
     parser.add_argument("--alone-seconds", type=float, default=3.0, help="how long latency is measured alone")
-    parser.add_argument("--out", type=Path, default=Path("results/task-bench.md"), help="the lines, as Markdown")
+    parser.add_argument("--out", type=Path, default=Path("results/task-bench.md"), help="the report, as Markdown")
     args = parser.parse_args(argv)
 
     data = load_fashion_mnist()
     buffer = io.BytesIO()
     np.save(buffer, data.train_images)
-    lines = []
-    for backend in args.backends:
-        lines.append(measure(args.url, buffer.getvalue(), data.test_images[:1].tolist(), backend, args.alone_seconds))
-        print(lines[-1])
+    pixels = data.test_images[:1].tolist()
+    rows = []
+    for chunk in [None] if args.url else args.chunks:
+        label = "the server's" if chunk is None else f"{chunk:,}"
+        with served(args.url, {"FASHION_TASK_CHUNK_IMAGES": str(chunk)} if chunk else None) as url:
+            for backend in args.backends:
+                rows.append(row(backend, label, measure(url, buffer.getvalue(), pixels, backend, args.alone_seconds)))
+                print(rows[-1], flush=True)
+    command = " ".join(["python -m benchmark.bench_task", *(sys.argv[1:] if argv is None else argv)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f"# A dataset task over the training images, online latency alongside ({args.url})\n\n"
-                        + "".join(f"- {line}\n" for line in lines))
-    print(f"report: {args.out}")
+    args.out.write_text(
+        f"# A dataset task over the {len(data.train_images):,} training images, online latency alongside\n\n"
+        f"Written by `{command}`. One client sends one image at a time to `/classify_array`, alone for "
+        f"{args.alone_seconds:g} s, then while the task runs; the task's rate runs from submit to `completed`, "
+        "upload included. The machine may have been shared.\n\n"
+        "| task backend | chunk | online p50 / p99 alone | online p50 / p99 during the task | task | task images/s |\n"
+        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
+    print(args.out.read_text())
     return 0
 
 

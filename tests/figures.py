@@ -61,6 +61,7 @@ ALLOWED = {
     "100,000": "the task image limit (FASHION_MAX_TASK_IMAGES)",
     "8": "8 MiB body limit (FASHION_MAX_BODY_BYTES)",
     "4": "the 4-megapixel decode limit",
+    "4,000,000": "the same decode limit in pixels (fashion.imaging.MAX_PIXELS)",
     "2": "2 cores of the CI machine",
 }
 SMALL_COUNT = 12  # integers up to this are counts in prose ("two frameworks", "step 3"), not measurements
