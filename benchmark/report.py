@@ -55,12 +55,32 @@ def _plot(results: dict[str, Any], folder: Path, stem: str) -> list[str]:
     return names
 
 
+def matmul_devices(inproc: dict[str, Any]) -> dict[str, str]:
+    """The device each matmul library ran on, judged from the run's data.
+
+    On a GPU run numpy is on the CPU, torch on the GPU, and ONNX Runtime wherever its backends ran:
+    runs before the fallback check kept a MatMul that ONNX Runtime had quietly moved to the CPU.
+    """
+    device = inproc["device"]
+    ort = {p.get("device") for p in inproc["providers"].values() if p.get("runtime") == "onnxruntime"}
+    where = {"numpy": "cpu", "torch": device, "onnxruntime": device if device in ort else "cpu"}
+    return {lib: where.get(lib, device) for lib in inproc["matmul_gflops"]}
+
+
+def ceiling_sentence(inproc: dict[str, Any]) -> str:
+    """How the ceiling was found: each library's matmul on the device it ran on, and which ones count."""
+    devices = matmul_devices(inproc)
+    counted = [lib for lib, dev in devices.items() if dev == inproc["device"]]
+    libs = ", ".join(f"{lib} {gflops:.0f} GFLOP/s on {devices[lib]}" for lib, gflops in inproc["matmul_gflops"].items())
+    return (f"Ceiling: float32 matmul ({libs}; the best on {inproc['device']} counts: "
+            f"{', '.join(counted)}) / {inproc['flops_per_image'] / 1e6:.2f} MFLOP per image = ")
+
+
 def _inprocess_tables(inproc: dict[str, Any]) -> list[str]:
     lines = [
         "## In-process",
         "",
-        f"Ceiling: float32 matmul ({', '.join(f'{k} {v:.0f}' for k, v in inproc['matmul_gflops'].items())} "
-        f"GFLOP/s; the best counts) / {inproc['flops_per_image'] / 1e6:.2f} MFLOP per image = "
+        ceiling_sentence(inproc) +
         f"**{inproc['ceiling_images_per_s']:,.0f} images/s**. Each call: median (p99) milliseconds, "
         "images/s, fraction of the ceiling.",
         "",
