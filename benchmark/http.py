@@ -96,7 +96,7 @@ def run_http(images: np.ndarray, plan: HttpPlan) -> dict[str, Any]:
         print("bare Starlette ceiling (same decode, same ONNX model, same JSON)", flush=True)
         for concurrency in plan.concurrency:
             measure("single", "bare-starlette", f"{bare}/classify", "single-png", concurrency)
-        print("service, one image per request, adaptive batching", flush=True)
+        print("service, one image per request (its batcher merges concurrent ones)", flush=True)
         for backend in plan.backends:
             for concurrency in plan.concurrency:
                 measure("single", backend, f"{bento}/classify?backend={backend}", "single-png", concurrency,
