@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.figures import REPO, documents, figures, unsourced
 
+
 def test_every_figure_in_the_docs_is_in_a_results_file():
     missing = [f"{f.path.name}:{f.line}: {f.text}" for f in unsourced(documents(), REPO / "results")]
     assert not missing, f"figures with no source under results/ (python -m tests.figures lists them): {missing}"
