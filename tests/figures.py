@@ -7,7 +7,8 @@ as a percentage, seconds as milliseconds, bytes as MB). Numbers that are not mea
 28 x 28 contract, versions, ports, small counts in prose) are skipped by the rules in
 :func:`is_figure`, each with its reason.
 
-``python -m tests.figures`` prints the unsourced figures of the repository with their lines.
+``python -m tests.figures`` prints the unsourced figures of the repository with their lines;
+``python -m tests.figures --sources`` prints every figure with the results files that hold it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ NOT_FIGURES = re.compile(
     r"\bv?\d+\.\d+\.\d+(?:\.\d+)?\b"            # x.y.z versions
     r"|\b(?:Python|PyTorch|TensorFlow|TF|torch|Keras|BentoML|ONNX|opset|CUDA|Ubuntu|Debian|ORT|Runtime|Optuna"
     r"|onnxruntime|onnxruntime-gpu|tf2onnx|Triton|Chromium|Playwright|Pillow|numpy|NumPy)[ -]v?\d+(?:\.\d+)*"
+    r"|\bglibc (?:≥ |>= )?\d+\.\d+"  # a C library version
     r"|\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?"  # dates
     r"|\bCVE-\d{4}-\d+|#\d+\b|\bissue \d+"
     r"|\b0x[0-9a-fA-F]+\b"
@@ -54,7 +56,7 @@ ALLOWED = {
     "200": "an HTTP status", "400": "an HTTP status", "404": "an HTTP status", "406": "an HTTP status",
     "409": "an HTTP status",
     "413": "an HTTP status", "415": "an HTTP status", "422": "an HTTP status", "429": "an HTTP status",
-    "500": "an HTTP status", "503": "an HTTP status",
+    "500": "an HTTP status", "503": "an HTTP status", "504": "an HTTP status",
     "1,024": "the per-request image limit (FASHION_MAX_IMAGES) and batch sizes of the sweep",
     "256": "the batcher's batch limit and a batch size of the sweep",
     "16,384": "the queue limit (FASHION_MAX_QUEUED_IMAGES) and the TIFF chunk limit",
@@ -115,19 +117,27 @@ def figures(path: Path) -> list[Figure]:
 SCALES = (1, 100, 1e3, 1e-3, 1e-6, 1 / 2**20)
 
 
-def result_values(results: Path) -> list[float]:
-    """Every number in the text files under ``results`` (JSON, Markdown, text)."""
+def result_files(results: Path) -> list[Path]:
+    """The text files under ``results`` (JSON, Markdown, text, CSV)."""
+    return [p for p in sorted(results.rglob("*"))
+            if p.is_file() and p.suffix.lower() in (".md", ".json", ".txt", ".csv")]
+
+
+def values_of(path: Path) -> list[float]:
+    """Every number in one results file."""
     values = []
-    for path in sorted(results.rglob("*")):
-        if path.suffix.lower() not in (".md", ".json", ".txt", ".csv") or not path.is_file():
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for match in re.finditer(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?", text):
+        try:
+            values.append(abs(float(match.group(0).replace(",", ""))))
+        except ValueError:
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for match in re.finditer(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?", text):
-            try:
-                values.append(abs(float(match.group(0).replace(",", ""))))
-            except ValueError:
-                continue
     return values
+
+
+def result_values(results: Path) -> list[float]:
+    """Every number in the text files under ``results``."""
+    return [value for path in result_files(results) for value in values_of(path)]
 
 
 def sourced(values: list[float]) -> set[tuple[int, str]]:
@@ -155,7 +165,18 @@ def documents(repo: Path = REPO) -> list[Path]:
             if p.exists()]
 
 
+def sources(documents: list[Path], results: Path) -> dict[Figure, list[str]]:
+    """Each figure of ``documents`` with the results files that hold it, to audit matches by chance."""
+    held = {path.relative_to(results).as_posix(): sourced(values_of(path)) for path in result_files(results)}
+    return {f: [name for name, keys in held.items() if (f.decimals, f"{f.value:.{f.decimals}f}") in keys]
+            for doc in documents for f in figures(doc)}
+
+
 def main() -> int:
+    if "--sources" in sys.argv[1:]:
+        for figure, held in sources(documents(), REPO / "results").items():
+            print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text}: {', '.join(held) or 'NONE'}")
+        return 0
     missing = unsourced(documents(), REPO / "results")
     for figure in missing:
         print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.figures import REPO, documents, figures, unsourced
+from tests.figures import REPO, documents, figures, sources, unsourced
 
 
 def test_every_figure_in_the_docs_is_in_a_results_file():
@@ -41,3 +41,10 @@ def test_the_real_readme_with_one_figure_changed_fails_the_check(tmp_path):
     edited = tmp_path / "README.md"
     edited.write_text("\n".join(lines))
     assert "987,654,321" in {f.text for f in unsourced([edited], REPO / "results")}
+
+
+def test_sources_names_the_file_that_holds_each_figure(tmp_path):
+    doc, results = write_case(tmp_path, "It answers 1,275 requests/s and 4,321 more.\n", "| rps | 1275.4 |\n")
+    (results / "other.txt").write_text("4321\n")
+    assert {f.text: held for f, held in sources([doc], results).items()} == {"1,275": ["bench.md"],
+                                                                             "4,321": ["other.txt"]}
