@@ -248,8 +248,12 @@ def run_shards(todo: list[Shard], model_dir: Path, backend: str | None, parts: P
     # A dead actor is restarted and its shards run again on it: Ray Data's defaults for actor pools
     # (max_restarts=-1, max_task_retries=-1, set in ActorPoolMapOperator._apply_default_remote_args). Passing
     # them to map_batches is deprecated since Ray 2.60, and the retry is safe here: a shard commits once.
-    for row in results.iter_rows():
-        yield int(row["shard"]), int(row["failed"])
+    try:
+        for row in results.iter_rows():
+            yield int(row["shard"]), int(row["failed"])
+    except ray.exceptions.RayError as exc:
+        # A shard that cannot be read (a truncated file) fails in its actor; the committed shards stay.
+        raise JobError(f"the Ray job failed: {exc}; shards committed so far are kept for --resume") from exc
 
 
 def assemble(parts: Path, shards: list[Shard], out: Path) -> None:

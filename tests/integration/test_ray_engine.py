@@ -165,3 +165,15 @@ def test_a_stopped_job_resumes_from_its_committed_shards(ray_cluster, exported, 
     assert summary.resumed >= 100 and summary.total == 601 and summary.failed == 1
     assert out.read_bytes() == (tmp_path / "cli.csv").read_bytes()
     assert (tmp_path / "ray.errors.csv").read_bytes() == (tmp_path / "cli.errors.csv").read_bytes()
+
+
+def test_a_truncated_shard_fails_the_job_and_keeps_the_others(ray_cluster, exported, dataset, tmp_path, capsys):
+    np.save(tmp_path / "a.npy", dataset.test_images[:300])
+    np.save(tmp_path / "b.npy", dataset.test_images[300:600])
+    with (tmp_path / "b.npy").open("r+b") as fh:
+        fh.truncate(fh.seek(0, os.SEEK_END) - 784 * 10)
+    out = tmp_path / "out.csv"
+    assert on_ray([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")], out, exported["torch"]) == 2
+    assert "truncated" in capsys.readouterr().err
+    assert parts_folder(out).is_dir() and not (parts_folder(out) / "00001").exists()
+    assert not out.exists()
