@@ -93,17 +93,28 @@ def local_classifier(args: argparse.Namespace):
     return classify, lambda: 0
 
 
+def ray_job(args: argparse.Namespace, config: JobConfig):
+    """The job on Ray Data (clients/ray_engine.py): the inputs' shards over a pool of Ray actors."""
+    from clients.ray_engine import RayConfig, run_ray_job
+
+    ray = RayConfig(address=args.ray_address, workers=args.ray_workers, shard_size=args.shard_size)
+    return run_ray_job(args.input, args.out, args.model, args.backend, config, ray)
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     out = args.out
     try:
-        source = open_source(args.input, args.labels)
-        classify, retried = local_classifier(args) if args.local else remote_classifier(args)
         max_errors = 0 if args.fail_fast else args.max_errors
         # --local: one model call at a time (ONNX Runtime already uses every core) unless asked otherwise.
         concurrency = args.concurrency or (1 if args.local else 4)
         config = JobConfig(batch_size=args.batch_size, concurrency=concurrency, max_errors=max_errors,
                            resume=args.resume, progress=not args.quiet)
-        summary = run_job(source, out, classify, config, retried)
+        if args.engine == "ray":
+            summary = ray_job(args, config)
+        else:
+            source = open_source(args.input[0], args.labels)
+            classify, retried = local_classifier(args) if args.local else remote_classifier(args)
+            summary = run_job(source, out, classify, config, retried)
     except (JobError, SourceError, ServiceError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -114,7 +125,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         from fashion.plots import plot_confusion_matrix
 
         png = out.with_name(out.stem + ".confusion.png")
-        plot_confusion_matrix(summary.confusion, png, f"{args.input}: accuracy {summary.accuracy:.4f}")
+        plot_confusion_matrix(summary.confusion, png, f"{' '.join(args.input)}: accuracy {summary.accuracy:.4f}")
         print(f"confusion matrix: {png}")
     return summary.exit_code
 
@@ -131,7 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     one.add_argument("--json", action="store_true", help="JSON instead of a table")
     many = commands.add_parser("batch", help="classify a folder, glob, IDX file or .npy/.npz array",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    many.add_argument("input", help="folder (recursive), glob, IDX images file, .npy or .npz")
+    many.add_argument("input", nargs="+",
+                      help="folder (recursive), glob, IDX images file, .npy or .npz; with --engine ray, several")
     many.add_argument("--out", type=Path, required=True,
                       help="output file: .csv, .jsonl or .parquet (Parquet needs pip install 'fashion-serve[parquet]')")
     many.add_argument("--labels", type=Path, default=None, help="IDX labels file (default: found beside the images)")
@@ -146,9 +158,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     many.add_argument("--local", action="store_true", help="run the ONNX model in this process, no server")
     many.add_argument("--model", default=None, help="with --local: exported model folder or BentoML tag")
     many.add_argument("--quiet", action="store_true", help="no progress bar")
+    many.add_argument("--engine", choices=["threads", "ray"], default="threads",
+                      help="threads: this process (through the service, or --local); ray: the model in the actors of "
+                           "a Ray cluster, one shard per task (pip install 'fashion-serve[ray]'; docs/batch.md)")
+    many.add_argument("--ray-address", default=None,
+                      help="with --engine ray: 'auto' (the cluster `ray start` runs here), ray://head:10001, "
+                           "or none to start Ray for this job")
+    many.add_argument("--ray-workers", type=int, default=None, help="with --engine ray: actors (default: one a CPU)")
+    many.add_argument("--shard-size", type=int, default=8192,
+                      help="with --engine ray: image files per shard (each array file is one shard)")
     args = parser.parse_args(argv)
     if args.command == "batch" and args.out.suffix not in FORMATS:
         parser.error(f"--out must end in {', '.join(FORMATS)}")
+    if args.command == "batch" and args.engine == "threads" and len(args.input) > 1:
+        parser.error("several inputs need --engine ray (the threads engine reads one folder, glob or file)")
+    if args.command == "batch" and args.engine == "ray" and args.labels is not None:
+        parser.error("--labels does not apply to --engine ray: each IDX shard's labels are found beside it")
     return args
 
 
