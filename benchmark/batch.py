@@ -253,6 +253,24 @@ def start_service(work: Path):
     return server
 
 
+def cpu_used(server: int | None) -> tuple[float, float, float]:
+    """Wall time now; CPU seconds used so far by every process on the machine; by this benchmark (itself, the
+    CLI processes it has waited for, and the server)."""
+    import psutil
+
+    machine = psutil.cpu_times()
+    own = os.times()
+    return (time.perf_counter(), sum(machine) - machine.idle - getattr(machine, "iowait", 0.0),
+            own.user + own.system + own.children_user + own.children_system + cpu_of(server))
+
+
+def others_share(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """The share of the machine's CPU time that other processes used between two :func:`cpu_used` readings:
+    0 on a quiet machine; what the wall rates lost to a shared one."""
+    wall, machine, own = (b - a for a, b in zip(before, after, strict=True))
+    return max(0.0, machine - own) / (wall * (os.cpu_count() or 1))
+
+
 def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None, work: Path,
             server: int | None) -> list[dict[str, Any]]:
     """Every repeat runs each mode between two bare measurements; its fraction divides its rate by their mean.
@@ -301,6 +319,16 @@ def summarize(config: BenchConfig, repeats: list[dict[str, Any]]) -> dict[str, A
     return summary
 
 
+def shared_note(results: dict[str, Any]) -> str:
+    """How much of the machine other processes took during the measurement (absent from older results)."""
+    share = results.get("others_cpu_share")
+    if share is None:
+        return ""
+    return (f" Other processes used {share:.0%} of the machine's CPU time while it ran"
+            + (" (a shared machine: the absolute rates are low, the fractions are the figures to read)."
+               if share >= 0.05 else "."))
+
+
 def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Path:
     """``<stem>.md`` (the table) and ``<stem>.json`` (every run) under ``config.out``."""
     config.out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +337,7 @@ def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Pat
     lines = [f"# Batch throughput: {config.images:,} images, median of {config.repeats} repeats", "",
              f"{env['cpu']}, {env['cores']} cores; {results['date']}; `python -m benchmark.batch "
              f"--images {config.images}`. The machine may be shared: each fraction divides a run's rate by the bare "
-             "rate measured just before and after it.", "",
+             f"rate measured just before and after it.{shared_note(results)}", "",
              f"Bare `session.run` at batch {config.batch_size} ({config.bare_images:,} images, measured before and "
              f"after every run): **{summary['bare']:,.0f} images/s** (median of all).", "",
              "| path | in-job images/s | bare around it | fraction of bare | target | process wall s "
@@ -386,14 +414,17 @@ def main(argv: list[str] | None = None) -> int:
         server = start_service(work)
         url = server.url
     try:
-        repeats = measure(config, source, model_dir, url, work, server.proc.pid if server is not None else None)
+        pid = server.proc.pid if server is not None else None
+        before = cpu_used(pid)
+        repeats = measure(config, source, model_dir, url, work, pid)
+        others = others_share(before, cpu_used(pid))
     finally:
         if server is not None:
             server.stop()
     env = environment_stamp()
     results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "environment": env,
                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-               "repeats": repeats, "summary": summarize(config, repeats)}
+               "repeats": repeats, "summary": summarize(config, repeats), "others_cpu_share": others}
     path = write_report(config, results, f"batch-bench-{machine_name(env, None)}")
     print(path.read_text())
     return 0
