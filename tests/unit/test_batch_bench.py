@@ -32,6 +32,7 @@ def test_progress_is_polled_at_half_the_time_a_task_still_needs(view, delay):
 
 def test_the_report_says_how_much_of_the_machine_others_took():
     assert others_share((0.0, 0.0, 0.0), (10.0, 15.0, 5.0)) == pytest.approx(1.0 / os.cpu_count())
-    assert "shared machine" in shared_note({"others_cpu_share": 0.4})
+    note = shared_note({"others_cpu_share": 0.4})
+    assert "shared machine" in note and "rerun" in note
     assert "shared" not in shared_note({"others_cpu_share": 0.01})
     assert shared_note({}) == ""

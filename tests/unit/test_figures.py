@@ -35,7 +35,6 @@ KNOWN_UNSOURCED = {
     ("tasks.md", "24,440"),  # docs/tasks.md line 84
     ("tasks.md", "37.1"),  # docs/tasks.md line 85
     ("tasks.md", "22,463"),  # docs/tasks.md line 85
-    ("training.md", "0.896"),  # docs/training.md line 51
     ("training.md", "0.9011"),  # docs/training.md line 59
 }
 
