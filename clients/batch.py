@@ -89,6 +89,10 @@ class Stages:
     prepare: Callable[[np.ndarray], Any] = unchanged
     answer: Callable[[Any], Answers] = unchanged
 
+    def __call__(self, pixels: np.ndarray) -> Answers:
+        """All three in the calling thread: a :data:`Classifier` for whoever runs chunks some other way."""
+        return self.answer(self.infer(self.prepare(pixels)))
+
 
 @dataclass
 class Summary:
