@@ -94,7 +94,7 @@ def test_stages_run_in_the_reader_model_and_writer_threads_and_write_what_one_ca
     run_job(memory_source(45), tmp_path / "plain.csv", by_first_pixel, config)
     assert (tmp_path / "staged.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
     assert summary.ok == 45
-    pixels = memory_source(12).chunks(0, 12).__next__().pixels
-    assert np.array_equal(stages(pixels).class_ids, by_first_pixel(pixels).class_ids)  # a Classifier too
     assert threads == {"prepare": {"batch-reader"}, "infer": {"classify_0"},
                        "answer": {threading.current_thread().name}}
+    pixels = memory_source(12).chunks(0, 12).__next__().pixels
+    assert np.array_equal(stages(pixels).class_ids, by_first_pixel(pixels).class_ids)  # a Classifier too
