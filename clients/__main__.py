@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from clients.batch import EXIT_FAILED, JobConfig, JobError, answers_from_records, run_job
+from clients.batch import EXIT_FAILED, JobConfig, JobError, Stages, answers_from_records, run_job
 from clients.client import FashionClient, RetryPolicy, ServiceError
 from clients.formats import FORMATS
 from clients.sources import SourceError, open_source
@@ -84,13 +84,15 @@ def remote_classifier(args: argparse.Namespace):
 def local_classifier(args: argparse.Namespace):
     """The same job without a server: the ONNX model in this process."""
     from clients.local import LocalClassifier
+    from fashion.contract import preprocess
 
     model = LocalClassifier.open(args.model, args.backend)
 
-    def classify(pixels):
-        return answers_from_records(model.records(pixels), model.backend, model.version)
+    def answer(logits):
+        return answers_from_records(model.records_of(logits), model.backend, model.version)
 
-    return classify, lambda: 0
+    # LocalClassifier.records, split so that the model's thread runs nothing but the model (clients.batch.Stages).
+    return Stages(infer=model.predictor.predict, prepare=preprocess, answer=answer), lambda: 0
 
 
 def ray_job(args: argparse.Namespace, config: JobConfig):

@@ -3,7 +3,9 @@
 A job is a pipeline of three stages that overlap: a reader thread reads (or decodes)
 the next chunks, ``concurrency`` classifier threads run them (one for ``--local``: ONNX
 Runtime already uses every core, two model calls at once would only fight over them),
-and the calling thread writes each chunk's rows, in input order, to a part file. Every
+and the calling thread writes each chunk's rows, in input order, to a part file. A
+classifier given as :class:`Stages` has its own work split the same way (``--local``:
+scaling in the reader, the model alone in its thread, softmax in the writer). Every
 stage works on whole arrays; nothing loops over rows in Python except the decoding of
 image files and the ids of unreadable inputs.
 
@@ -27,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -66,6 +68,30 @@ class Answers:
 
 
 Classifier = Callable[[np.ndarray], Answers]
+T = TypeVar("T")
+
+
+def unchanged(value: T) -> T:
+    return value
+
+
+@dataclass(frozen=True)
+class Stages:
+    """A classifier in three parts, each run by the pipeline thread that has time for it.
+
+    The model's thread is the job's bottleneck: anything else it does between model calls
+    is time the model is not running. ``prepare`` runs in the reader thread on each chunk's
+    pixels, ``infer`` in a classifier thread on what ``prepare`` returned, ``answer`` in the
+    writing thread on what ``infer`` returned. A plain :data:`Classifier` is ``infer`` alone.
+    """
+
+    infer: Callable[[Any], Any]
+    prepare: Callable[[np.ndarray], Any] = unchanged
+    answer: Callable[[Any], Answers] = unchanged
+
+    def __call__(self, pixels: np.ndarray) -> Answers:
+        """All three in the calling thread: a :data:`Classifier` for whoever runs chunks some other way."""
+        return self.answer(self.infer(self.prepare(pixels)))
 
 
 @dataclass
@@ -156,7 +182,7 @@ def cut_back(path: Path, size: int) -> None:
         raise JobError(f"{path} is missing but its journal is not; delete the journal to start over") from None
 
 
-def prefetched(chunks: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
+def prefetched(chunks: Iterator[T], depth: int) -> Iterator[T]:
     """The chunks, read ahead by a thread of their own (at most ``depth`` waiting)."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -268,7 +294,13 @@ class Job:
                 sink.close()
 
 
-def run_job(source: ArraySource | FileSource, out: Path, classify: Classifier, config: JobConfig,
+def prepared(chunks: Iterator[Chunk], prepare: Callable[[np.ndarray], Any]) -> Iterator[tuple[Chunk, Any]]:
+    """Each chunk with its pixels prepared for the model (``None``: no readable input in it)."""
+    for chunk in chunks:
+        yield chunk, prepare(chunk.pixels) if len(chunk.pixels) else None
+
+
+def run_job(source: ArraySource | FileSource, out: Path, classify: Classifier | Stages, config: JobConfig,
             retried: Callable[[], int] = lambda: 0) -> Summary:
     """Classify every input, appending results as they come, then put the output and error report in place.
 
@@ -277,6 +309,7 @@ def run_job(source: ArraySource | FileSource, out: Path, classify: Classifier, c
     """
     from tqdm.auto import tqdm
 
+    stages = classify if isinstance(classify, Stages) else Stages(classify)
     job = Job(out, config)
     summary = Summary(resumed=job.resumed)
     bar = tqdm(total=source.total, initial=job.resumed, unit="img", disable=not config.progress, dynamic_ncols=True,
@@ -287,12 +320,13 @@ def run_job(source: ArraySource | FileSource, out: Path, classify: Classifier, c
     try:
         def write_oldest() -> None:
             chunk, future = pending.popleft()
-            job.write(chunk, future.result() if future is not None else None)
+            job.write(chunk, stages.answer(future.result()) if future is not None else None)
             bar.update(chunk.count)
 
         if not job.progress.finished:
-            for chunk in prefetched(source.chunks(job.resumed, config.batch_size), config.prefetch):
-                pending.append((chunk, models.submit(classify, chunk.pixels) if len(chunk.pixels) else None))
+            chunks = prepared(source.chunks(job.resumed, config.batch_size), stages.prepare)
+            for chunk, inputs in prefetched(chunks, config.prefetch):
+                pending.append((chunk, models.submit(stages.infer, inputs) if inputs is not None else None))
                 if len(pending) > config.concurrency:
                     write_oldest()
             while pending:

@@ -71,4 +71,8 @@ class LocalClassifier:
     def records(self, pixels: np.ndarray) -> np.ndarray:
         """:data:`~fashion.contract.ANSWER_DTYPE` rows for ``uint8[N, 28, 28]`` pixels: class, confidence, all ten
         (calibrated) probabilities; whole-array operations only."""
-        return answer_records(softmax(self.predictor.predict(preprocess(pixels)), self.temperature))
+        return self.records_of(self.predictor.predict(preprocess(pixels)))
+
+    def records_of(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`records` from the model's logits (a batch job computes them in another thread)."""
+        return answer_records(softmax(logits, self.temperature))

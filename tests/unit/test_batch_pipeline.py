@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from clients.batch import Answers, JobConfig, JobError, prefetched, run_job
+from clients.batch import Answers, JobConfig, JobError, Stages, prefetched, run_job
 from clients.sources import ArraySource
 
 
@@ -76,3 +76,25 @@ def test_a_consumer_that_stops_early_does_not_wait_for_the_reader():
     reader.close()
     # Hang guard, 50x what it takes: the reader sees the stop within one 0.1 s queue timeout.
     assert time.monotonic() - started < 5
+
+
+def test_stages_run_in_the_reader_model_and_writer_threads_and_write_what_one_call_writes(tmp_path):
+    threads: dict[str, set[str]] = {"prepare": set(), "infer": set(), "answer": set()}
+
+    def stage(name, work):
+        def run(value):
+            threads[name].add(threading.current_thread().name)
+            return work(value)
+        return run
+
+    stages = Stages(infer=stage("infer", lambda first: first), prepare=stage("prepare", lambda px: px[:, 0, 0]),
+                    answer=stage("answer", lambda first: by_first_pixel(first[:, None, None])))
+    config = JobConfig(batch_size=10, concurrency=1, progress=False)
+    summary = run_job(memory_source(45), tmp_path / "staged.csv", stages, config)
+    run_job(memory_source(45), tmp_path / "plain.csv", by_first_pixel, config)
+    assert (tmp_path / "staged.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+    assert summary.ok == 45
+    assert threads == {"prepare": {"batch-reader"}, "infer": {"classify_0"},
+                       "answer": {threading.current_thread().name}}
+    pixels = memory_source(12).chunks(0, 12).__next__().pixels
+    assert np.array_equal(stages(pixels).class_ids, by_first_pixel(pixels).class_ids)  # a Classifier too

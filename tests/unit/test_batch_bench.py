@@ -1,0 +1,38 @@
+"""Pieces of the batch benchmark (benchmark.batch) that decide what it measures: the task uploads and polls."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+from benchmark.batch import others_share, poll_delay, shared_note, task_body
+
+
+def test_a_task_upload_is_the_npy_of_its_rows(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    source = tmp_path / "images.npy"
+    np.save(source, images)
+    expected = io.BytesIO()
+    np.save(expected, images[17:40])
+    assert task_body(source, 17, 23) == expected.getvalue()
+
+
+@pytest.mark.parametrize(("view", "delay"), [
+    ({"done": 0, "total": 100_000, "seconds": 0.3}, 0.05),  # no rate yet
+    ({"done": 10_000, "total": 100_000, "seconds": 1.0}, 0.5),  # 9 s to go: capped
+    ({"done": 90_000, "total": 100_000, "seconds": 1.8}, 0.1),  # 0.2 s to go: half of it
+    ({"done": 99_999, "total": 100_000, "seconds": 2.0}, 0.02),  # about done: the floor
+])
+def test_progress_is_polled_at_half_the_time_a_task_still_needs(view, delay):
+    assert poll_delay(view) == pytest.approx(delay)
+
+
+def test_the_report_says_how_much_of_the_machine_others_took():
+    assert others_share((0.0, 0.0, 0.0), (10.0, 15.0, 5.0)) == pytest.approx(1.0 / os.cpu_count())
+    note = shared_note({"others_cpu_share": 0.4})
+    assert "shared machine" in note and "rerun" in note
+    assert "shared" not in shared_note({"others_cpu_share": 0.01})
+    assert shared_note({}) == ""
