@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.inputs import RESULTS
+from benchmark.inputs import RESULTS, command_line, store_models
 
 
 def measure(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -76,16 +76,16 @@ def write_report(rows: list[dict], command: str, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.calibration", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, action="append", required=True, help="exported model folder")
+    parser.add_argument("--model-dir", type=Path, action="append", default=None,
+                        help="exported model folder (default: the store's latest fashion-mlp-torch and -tf)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from fashion.data import load_fashion_mnist
 
     data = load_fashion_mnist()
-    rows = [measure(d, data.test_images, data.test_labels) for d in args.model_dir]
+    rows = [measure(d, data.test_images, data.test_labels) for d in args.model_dir or store_models()]
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(rows, "python -m benchmark.calibration " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 args.out)
+    write_report(rows, command_line("benchmark.calibration", argv), args.out)
     print((args.out / "calibration.md").read_text())
     return 0
 
