@@ -184,7 +184,7 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
         f"Written by `{meta['command']}`. n = {meta['n']} test images per variant (the first {meta['n']} of the "
         f"10,000), each uploaded to `/classify` ({meta['backend']}) with `framing=legacy` and `framing=dataset`. "
         f"Baseline: the 28 x 28 images, {baseline:.4f}. Within: |dataset - baseline| <= 1.5 points. "
-        f"Models: {', '.join(meta.get('models') or ['those of the service at --url'])}.", "",
+        f"Served by the default backend of: {', '.join(meta.get('models') or ['the service at --url'])}.", "",
         "| variant | what | legacy | dataset | dataset - baseline (points) | within 1.5 |",
         "| --- | --- | ---: | ---: | ---: | :---: |",
     ]

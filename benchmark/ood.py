@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.inputs import RESULTS, classify_answers, command_line, encode, store_models
+from benchmark.inputs import RESULTS, classify_answers, command_line, encode, model_tags, store_models
 
 SKIMAGE_PICTURES = ("astronaut", "brick", "camera", "cat", "checkerboard", "clock", "coffee", "coins", "colorwheel",
                     "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms",
@@ -138,7 +138,8 @@ def write_report(meta: dict, served: list[dict], tpr: float, methods: list[dict]
     lines = ["# \"Not clothing\": out-of-distribution detection, through the HTTP service", "",
              f"Written by `{meta['command']}`. In-distribution: the first {meta['n_test']} test images as PNG "
              f"uploads; TPR at the served threshold: **{tpr:.4f}**. FPR: share of the set the service calls "
-             "in-distribution (`in_distribution: true`) at that threshold (chosen for 95.5% TPR on validation).", "",
+             "in-distribution (`in_distribution: true`) at that threshold (chosen for 95.5% TPR on validation). "
+             f"Served by the default backend of: {', '.join(meta.get('models') or ['the service at --url'])}.", "",
              "| OOD set | n | AUROC | FPR at threshold |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['set']} | {r['n']} | {r['auroc']:.4f} | {r['fpr_at_threshold']:.3f} |" for r in served]
     names = [k for k in methods[0] if k not in ("model", "set")]
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             "all sanity cases": [f for files in sanity_sets.values() for f in files]}
     model_dirs = args.model_dir or store_models()
     methods = [row for model_dir in model_dirs for row in compare_methods(model_dir, sets, test_files)]
-    meta = {"command": command_line("benchmark.ood", argv), "n_test": len(test_files), "seed": args.seed}
+    meta = {"command": command_line("benchmark.ood", argv), "n_test": len(test_files), "seed": args.seed,
+            "models": None if args.url else model_tags(store_models())}
     if args.url:
         served, tpr = evaluate(args.url, sets, test_files)
     else:

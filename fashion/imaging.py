@@ -22,7 +22,7 @@ Policy (also in docs/serving.md, "Input policy"):
 * Framing (``framing=``, see docs/inputs.md): ``"dataset"`` (the default) follows
   Fashion-MNIST's own conversion of product photos: trim the margins whose colour
   is within 5% of the corners' colour, resize the longest edge to 28, sharpen
-  (Pillow's ``UnsharpMask``: a Gaussian of radius 1.0, 100%), pad the short edge
+  (the 3 x 3 Gaussian operator of radius and sigma 1.0, :func:`sharpen_kernel`), pad the short edge
   to 28 centred, negate (when the object is darker than the background), grayscale; then the
   background level is mapped to black (a step of ours, so grey and coloured
   backgrounds look like the dataset's white one). ``"legacy"`` is the earlier
