@@ -120,13 +120,16 @@ def variants() -> list[Variant]:
     ]
 
 
-def classify_answers(client, url: str, files: list[bytes], framing: str, chunk: int = 32) -> list[dict]:
-    """The answers of ``/classify`` for every file, ``chunk`` files per request."""
+def classify_answers(client, url: str, files: list[bytes], framing: str, chunk: int = 32,
+                     backend: str | None = None) -> list[dict]:
+    """The answers of ``/classify`` for every file, ``chunk`` files per request (``backend``: the default)."""
     answers = []
+    params = {"backend": backend} if backend else None
     for start in range(0, len(files), chunk):
         parts = [("images", (f"{i}.img", data, "application/octet-stream"))
                  for i, data in enumerate(files[start:start + chunk])]
-        response = client.post(f"{url}/classify", files=parts, data={"framing": framing}, timeout=300)
+        response = client.post(f"{url}/classify", files=parts, data={"framing": framing}, params=params,
+                               timeout=300)
         response.raise_for_status()
         answers.extend(response.json())
     return answers

@@ -123,6 +123,10 @@ def load_detector(path: Path) -> OodDetector:
     """Read a detector written by :meth:`OodDetector.save`."""
     with np.load(path, allow_pickle=False) as data:
         fields = {name: data[name] for name in data.files}
+    expected = set(OodDetector.__dataclass_fields__)
+    if set(fields) != expected:
+        raise ValueError(f"{path} is not a detector of this version (fields {sorted(set(fields) ^ expected)} differ); "
+                         "re-export the model (python -m export)")
     scalars = ("temperature", "threshold", "noise_variance")
     return OodDetector(**{k: (float(v) if k in scalars else v) for k, v in fields.items()})
 

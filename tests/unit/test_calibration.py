@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fashion.calibration import expected_calibration_error, fit_temperature, reliability_bins
+from fashion.calibration import (
+    confidence_bins,
+    ece_of_bins,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
 from fashion.contract import describe_predictions, softmax, temperature_of
 from fashion.ood import energy, fit_detector, fit_logit_classes, load_detector, smoothness
 
@@ -37,6 +43,8 @@ def test_ece_of_a_known_case():
     labels = np.array([0, 1, 0, 0])
     assert expected_calibration_error(probs, labels) == pytest.approx(0.45)
     assert sum(b["count"] for b in reliability_bins(probs, labels)) == 4
+    # the same from what a service answers: each answer's confidence and whether it was right
+    assert ece_of_bins(confidence_bins([0.95, 0.95, 0.55, 0.55], [True, False, True, True])) == pytest.approx(0.45)
 
 
 def test_temperature_keeps_the_ranking_and_softens():
@@ -106,3 +114,9 @@ def test_detector_flags_what_the_validation_never_showed(tmp_path):
     detector.save(tmp_path / "ood.npz")
     assert load_detector(tmp_path / "ood.npz").score(held_logits, held_out) == pytest.approx(
         detector.score(held_logits, held_out))
+
+
+def test_a_detector_of_another_version_is_refused_with_the_fix(tmp_path):
+    np.savez(tmp_path / "ood.npz", temperature=1.0, threshold=0.1, mean=np.zeros(784))
+    with pytest.raises(ValueError, match="re-export"):
+        load_detector(tmp_path / "ood.npz")
