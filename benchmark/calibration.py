@@ -1,8 +1,10 @@
 """Calibration of every exported model: ECE (15 bins) and reliability diagrams, before and after temperature scaling.
 
-``python -m benchmark.calibration --model-dir artifacts/fashion-mlp-torch/<v> --model-dir ...`` runs each model's
-ONNX artifact on the 10,000 test images, applies the temperature its manifest recorded (fitted on the validation
-split at export, see fashion.calibration) and writes ``results/calibration.{md,json,png}``.
+``python -m benchmark.calibration`` runs each exported model's ONNX artifact (the store's latest, or
+``--model-dir``) on the 10,000 test images, applies the temperature its manifest recorded (fitted on the validation
+split at export, see fashion.calibration), then measures the same through the HTTP service: the 10,000 images
+uploaded as PNG to ``/classify`` of every backend (a service it starts on the store's models, or ``--url``), ECE from
+the answers' ``confidence``. Writes ``results/calibration.{md,json,png}``.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmark.inputs import RESULTS
+from benchmark.inputs import RESULTS, command_line, store_models
 
 
 def measure(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -35,6 +38,25 @@ def measure(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
         row[f"nll_{when}"] = float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
         row[f"bins_{when}"] = reliability_bins(probs, labels)
     return row
+
+
+def measure_served(url: str, images: np.ndarray, labels: np.ndarray, backends: list[str]) -> list[dict]:
+    """Per backend, accuracy and ECE of the service's answers to the test images uploaded as PNG files."""
+    import httpx
+
+    from benchmark.inputs import classify_answers, encode
+    from fashion.calibration import ECE_BINS, confidence_bins, ece_of_bins
+
+    files = [encode(i) for i in images]
+    rows = []
+    with httpx.Client() as client:
+        for backend in backends:
+            answers = classify_answers(client, url, files, "dataset", chunk=100, backend=backend)
+            correct = np.array([a["class_id"] for a in answers]) == labels
+            bins = confidence_bins(np.array([a["confidence"] for a in answers]), correct, ECE_BINS)
+            rows.append({"backend": backend, "model_version": answers[0]["model_version"],
+                         "accuracy": float(correct.mean()), "ece": ece_of_bins(bins)})
+    return rows
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -59,9 +81,10 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[dict], command: str, out: Path) -> None:
+def write_report(rows: list[dict], served: list[dict], command: str, out: Path) -> None:
     """``calibration.json``, ``calibration.md`` and ``calibration.png``."""
-    (out / "calibration.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    (out / "calibration.json").write_text(json.dumps({"command": command, "rows": rows, "served": served},
+                                                     indent=2) + "\n")
     plot(rows, out / "calibration.png")
     lines = ["# Calibration: temperature scaling fitted on the validation split", "",
              f"Written by `{command}`. 10,000 test images, each model's ONNX artifact; ECE with "
@@ -70,22 +93,42 @@ def write_report(rows: list[dict], command: str, out: Path) -> None:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['model']} | {r['temperature']:.4f} | {r['accuracy']:.4f} | {r['ece_before']:.4f} | "
               f"{r['ece_after']:.4f} | {r['nll_before']:.4f} | {r['nll_after']:.4f} |" for r in rows]
+    lines += ["", "## Through the HTTP service", "",
+              "The 10,000 test images uploaded as PNG files to `/classify?backend=...`; ECE of the answers' "
+              "`confidence` (15 bins).", "",
+              "| backend | model version | accuracy | ECE |", "| --- | --- | ---: | ---: |"]
+    lines += [f"| {r['backend']} | {r['model_version']} | {r['accuracy']:.4f} | {r['ece']:.4f} |" for r in served]
     (out / "calibration.md").write_text("\n".join(lines) + "\n\n![reliability diagrams](calibration.png)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.calibration", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, action="append", required=True, help="exported model folder")
+    parser.add_argument("--model-dir", type=Path, action="append", default=None,
+                        help="exported model folder (default: the store's latest fashion-mlp-torch and -tf)")
+    parser.add_argument("--url", default=None, help="a running service; default: start one on the store's models")
+    parser.add_argument("--backends", default="onnx-torch,onnx-tf,torch,savedmodel",
+                        help="backends to measure through the service (comma-separated)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from fashion.data import load_fashion_mnist
 
     data = load_fashion_mnist()
-    rows = [measure(d, data.test_images, data.test_labels) for d in args.model_dir]
+    rows = [measure(d, data.test_images, data.test_labels) for d in args.model_dir or store_models()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.url:
+        served = measure_served(args.url, data.test_images, data.test_labels, backends)
+    else:
+        from reliability.harness import launch
+
+        with tempfile.TemporaryDirectory(prefix="calibration-") as work:
+            server = launch(Path(work))
+            try:
+                served = measure_served(server.url, data.test_images, data.test_labels, backends)
+            finally:
+                server.stop()
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(rows, "python -m benchmark.calibration " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 args.out)
+    write_report(rows, served, command_line("benchmark.calibration", argv), args.out)
     print((args.out / "calibration.md").read_text())
     return 0
 

@@ -120,13 +120,16 @@ def variants() -> list[Variant]:
     ]
 
 
-def classify_answers(client, url: str, files: list[bytes], framing: str, chunk: int = 32) -> list[dict]:
-    """The answers of ``/classify`` for every file, ``chunk`` files per request."""
+def classify_answers(client, url: str, files: list[bytes], framing: str, chunk: int = 32,
+                     backend: str | None = None) -> list[dict]:
+    """The answers of ``/classify`` for every file, ``chunk`` files per request (``backend``: the default)."""
     answers = []
+    params = {"backend": backend} if backend else None
     for start in range(0, len(files), chunk):
         parts = [("images", (f"{i}.img", data, "application/octet-stream"))
                  for i, data in enumerate(files[start:start + chunk])]
-        response = client.post(f"{url}/classify", files=parts, data={"framing": framing}, timeout=300)
+        response = client.post(f"{url}/classify", files=parts, data={"framing": framing}, params=params,
+                               timeout=300)
         response.raise_for_status()
         answers.extend(response.json())
     return answers
@@ -155,6 +158,26 @@ def run_suite(url: str, images: np.ndarray, labels: np.ndarray, seed: int) -> li
     return rows
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command a results file names: ``python -m module`` and its arguments."""
+    return " ".join(["python -m", module, *(argv if argv is not None else sys.argv[1:])])
+
+
+def store_models() -> list[Path]:
+    """The BentoML store's latest exported models (``BENTOML_HOME`` respected), the ones a launched server loads."""
+    from export.store import model_path
+    from fashion.backends import MODEL_NAMES
+
+    return [model_path(name) for name in MODEL_NAMES.values()]
+
+
+def model_tags(model_dirs: list[Path]) -> list[str]:
+    """``name:version`` of each exported model folder."""
+    from fashion.manifest import read_manifest
+
+    return [f"{m['name']}:{m['version']}" for m in map(read_manifest, model_dirs)]
+
+
 def write_report(rows: list[dict], meta: dict, out: Path) -> None:
     """``inputs.json`` and ``inputs.md``."""
     baseline = rows[0]["dataset"]
@@ -163,7 +186,8 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
         "# Accuracy on transformed test images, through the HTTP service", "",
         f"Written by `{meta['command']}`. n = {meta['n']} test images per variant (the first {meta['n']} of the "
         f"10,000), each uploaded to `/classify` ({meta['backend']}) with `framing=legacy` and `framing=dataset`. "
-        f"Baseline: the 28 x 28 images, {baseline:.4f}. Within: |dataset - baseline| <= 1.5 points.", "",
+        f"Baseline: the 28 x 28 images, {baseline:.4f}. Within: |dataset - baseline| <= 1.5 points. "
+        f"Served by the default backend of: {', '.join(meta.get('models') or ['the service at --url'])}.", "",
         "| variant | what | legacy | dataset | dataset - baseline (points) | within 1.5 |",
         "| --- | --- | ---: | ---: | ---: | :---: |",
     ]
@@ -187,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_fashion_mnist(args.data_dir)
     images, labels = data.test_images[:args.limit], data.test_labels[:args.limit]
-    meta = {"command": "python -m benchmark.inputs " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "n": len(labels), "backend": "default backend", "classes": list(CLASS_NAMES)}
+    meta = {"command": command_line("benchmark.inputs", argv), "n": len(labels), "backend": "default backend",
+            "classes": list(CLASS_NAMES), "models": None if args.url else model_tags(store_models())}
     if args.url:
         rows = run_suite(args.url, images, labels, args.seed)
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.inputs import RESULTS, classify_answers, encode
+from benchmark.inputs import RESULTS, classify_answers, command_line, encode, model_tags, store_models
 
 SKIMAGE_PICTURES = ("astronaut", "brick", "camera", "cat", "checkerboard", "clock", "coffee", "coins", "colorwheel",
                     "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms",
@@ -91,12 +91,13 @@ def served_scores(url: str, files: list[bytes]) -> tuple[np.ndarray, np.ndarray]
 
 
 def compare_methods(model_dir: Path, sets: dict[str, list[bytes]], test_files: list[bytes]) -> list[dict]:
-    """In process, on the same decoded pixels: MSP, energy and the served score, AUROC per set."""
+    """In process, on the same decoded pixels: AUROC per set of maximum softmax probability, each view the served
+    score combines (fashion.ood), and the served score itself."""
     from fashion.backends import load_artifact
     from fashion.contract import preprocess, softmax, temperature_of
     from fashion.imaging import decode_image
     from fashion.manifest import read_manifest, verify_artifact
-    from fashion.ood import energy, load_detector
+    from fashion.ood import load_detector
 
     manifest = read_manifest(model_dir)
     predictor = load_artifact(model_dir, "onnx", "onnx", device="cpu")
@@ -107,7 +108,8 @@ def compare_methods(model_dir: Path, sets: dict[str, list[bytes]], test_files: l
         pixels = np.stack([decode_image(f) for f in files])
         logits = predictor.predict(preprocess(pixels))
         return {"max softmax probability": softmax(logits, temperature).max(axis=1),
-                "energy": energy(logits, temperature), "served (energy + PCA + spread)": detector.score(logits, pixels)}
+                **{name.replace("_", " "): v for name, v in detector.views(logits, pixels).items()},
+                "served (combined)": detector.score(logits, pixels)}
 
     inside = methods(test_files)
     rows = []
@@ -136,7 +138,8 @@ def write_report(meta: dict, served: list[dict], tpr: float, methods: list[dict]
     lines = ["# \"Not clothing\": out-of-distribution detection, through the HTTP service", "",
              f"Written by `{meta['command']}`. In-distribution: the first {meta['n_test']} test images as PNG "
              f"uploads; TPR at the served threshold: **{tpr:.4f}**. FPR: share of the set the service calls "
-             "in-distribution (`in_distribution: true`) at that threshold (chosen for 95.5% TPR on validation).", "",
+             "in-distribution (`in_distribution: true`) at that threshold (chosen for 95.5% TPR on validation). "
+             f"Served by the default backend of: {', '.join(meta.get('models') or ['the service at --url'])}.", "",
              "| OOD set | n | AUROC | FPR at threshold |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['set']} | {r['n']} | {r['auroc']:.4f} | {r['fpr_at_threshold']:.3f} |" for r in served]
     names = [k for k in methods[0] if k not in ("model", "set")]
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=10000, help="in-distribution test images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--url", default=None, help="a running service; default: start one on the store's models")
-    parser.add_argument("--model-dir", type=Path, action="append", default=[],
-                        help="exported model folder(s) for the in-process method comparison")
+    parser.add_argument("--model-dir", type=Path, action="append", default=None,
+                        help="exported model folder(s) for the in-process method comparison "
+                             "(default: the store's latest fashion-mlp-torch and fashion-mlp-tf)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from fashion.data import load_fashion_mnist
@@ -163,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     sanity_sets = sanity(rng)
     sets = {"digits (sklearn)": digits(), "skimage.data crops": skimage_crops(rng), **sanity_sets,
             "all sanity cases": [f for files in sanity_sets.values() for f in files]}
-    methods = [row for model_dir in args.model_dir for row in compare_methods(model_dir, sets, test_files)]
-    meta = {"command": "python -m benchmark.ood " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "n_test": len(test_files), "seed": args.seed}
+    model_dirs = args.model_dir or store_models()
+    methods = [row for model_dir in model_dirs for row in compare_methods(model_dir, sets, test_files)]
+    meta = {"command": command_line("benchmark.ood", argv), "n_test": len(test_files), "seed": args.seed,
+            "models": None if args.url else model_tags(store_models())}
     if args.url:
         served, tpr = evaluate(args.url, sets, test_files)
     else:

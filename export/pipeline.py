@@ -108,19 +108,22 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
             "test_ece_after": expected_calibration_error(softmax(test_logits, temperature), test_labels)}
 
 
-def write_ood(staging: Path, data: FashionMNIST, val_logits: np.ndarray, test_logits: np.ndarray,
-              temperature: float) -> dict[str, Any]:
-    """Fit the "not clothing" detector (fashion.ood), save it as ``ood.npz``; its manifest entry."""
+def write_ood(staging: Path, data: FashionMNIST, train_logits: np.ndarray, val_logits: np.ndarray,
+              test_logits: np.ndarray, temperature: float) -> dict[str, Any]:
+    """Fit the "not clothing" detector (fashion.ood), save it as ``ood.npz``; its manifest entry.
+
+    ``train_logits`` and ``val_logits`` are the model's logits for the split's train and validation images.
+    """
     from fashion import ood
 
     split = train_val_split(data.train_labels)
-    detector = ood.fit_detector(data.train_images[split.train], data.train_images[split.val], val_logits,
-                                temperature)
+    detector = ood.fit_detector(data.train_images[split.train], train_logits, data.train_labels[split.train],
+                                data.train_images[split.val], val_logits, temperature)
     detector.save(staging / "ood.npz")
     test_tpr = float(detector.in_distribution(detector.score(test_logits, data.test_images)).mean())
     return {"path": "ood.npz", "method": ood.METHOD, "threshold": detector.threshold,
             "target_val_tpr": ood.TARGET_TPR, "test_tpr": test_tpr, "components": ood.COMPONENTS,
-            "tail_weight": ood.TAIL_WEIGHT}
+            "tail_weight": ood.TAIL_WEIGHT, "weights": ood.WEIGHTS}
 
 
 def export_run(run: Run, data: FashionMNIST, out_root: Path = DEFAULT_ARTIFACTS_DIR,
@@ -165,7 +168,8 @@ def export_run(run: Run, data: FashionMNIST, out_root: Path = DEFAULT_ARTIFACTS_
         split = train_val_split(data.train_labels)
         val_logits = trainer.predict_logits(preprocess(data.train_images[split.val]))
         calibration = calibrate(val_logits, data.train_labels[split.val], reference, labels)
-        ood_entry = write_ood(staging, data, val_logits, reference, calibration["temperature"])
+        train_logits = trainer.predict_logits(preprocess(data.train_images[split.train]))
+        ood_entry = write_ood(staging, data, train_logits, val_logits, reference, calibration["temperature"])
         int8 = _try_int8(staging, images, labels, source_accuracy, config) if (
             config.quantize and run.framework == "torch") else None
         if int8 and int8["kept"]:

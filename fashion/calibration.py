@@ -40,7 +40,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
     """Per equal-width confidence bin: how many answers, their mean confidence and their accuracy."""
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    return confidence_bins(probs.max(axis=1), probs.argmax(axis=1) == labels, bins)
+
+
+def confidence_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """:func:`reliability_bins` from each answer's confidence and whether it was right (e.g. a service's answers)."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     rows = []
     for low, high in pairwise(edges):
@@ -53,5 +58,9 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE: the count-weighted mean gap between confidence and accuracy over ``bins`` equal-width bins."""
-    rows = reliability_bins(probs, labels, bins)
-    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / len(labels))
+    return ece_of_bins(reliability_bins(probs, labels, bins))
+
+
+def ece_of_bins(rows: list[dict[str, float]]) -> float:
+    """The count-weighted mean gap between confidence and accuracy over the bins."""
+    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / sum(r["count"] for r in rows))

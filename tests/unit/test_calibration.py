@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fashion.calibration import expected_calibration_error, fit_temperature, reliability_bins
+from fashion.calibration import (
+    confidence_bins,
+    ece_of_bins,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
 from fashion.contract import describe_predictions, softmax, temperature_of
-from fashion.ood import energy
+from fashion.ood import energy, fit_detector, fit_logit_classes, load_detector, smoothness
 
 
 def sample(temperature: float, n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,6 +43,8 @@ def test_ece_of_a_known_case():
     labels = np.array([0, 1, 0, 0])
     assert expected_calibration_error(probs, labels) == pytest.approx(0.45)
     assert sum(b["count"] for b in reliability_bins(probs, labels)) == 4
+    # the same from what a service answers: each answer's confidence and whether it was right
+    assert ece_of_bins(confidence_bins([0.95, 0.95, 0.55, 0.55], [True, False, True, True])) == pytest.approx(0.45)
 
 
 def test_temperature_keeps_the_ranking_and_softens():
@@ -59,3 +67,56 @@ def test_answers_carry_the_ood_fields_when_scored():
     scored = describe_predictions(probs, "b", "v", ood_scores=np.array([0.5, 0.01]), ood_threshold=0.04)
     assert [a["in_distribution"] for a in scored] == [True, False]
     assert [a["ood_score"] for a in scored] == [0.5, 0.01]
+
+
+def test_smoothness_of_known_images():
+    """Neighbour correlation: 1 for a ramp, about 0 for noise, -1 for a checkerboard, 0 for a constant image."""
+    ramp = np.tile(np.arange(28, dtype=np.uint8) * 9, (28, 1))
+    ramp = np.minimum(ramp, ramp.T)  # varies along both axes
+    checker = ((np.indices((28, 28)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    got = smoothness(np.stack([ramp, checker, noise, np.full((28, 28), 77, np.uint8)]))
+    assert got[0] > 0.9 and got[1] == pytest.approx(-1.0) and abs(got[2]) < 0.1 and got[3] == 0.0
+
+
+def test_logit_classes_are_the_means_and_the_shared_precision():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 5000)
+    logits = rng.normal(0, 2.0, (10000, 3)) + np.where(labels[:, None] == 1, 10.0, 0.0)
+    means, precision = fit_logit_classes(logits, labels)
+    assert means == pytest.approx(np.array([[0, 0, 0], [10, 10, 10]]), abs=0.1)
+    assert precision == pytest.approx(np.eye(3) / 4.0, abs=0.01)
+
+
+def blobs(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Smooth light blobs of random size and place on black: a stand-in for garments."""
+    yy, xx = np.indices((28, 28))
+    cy, cx, r = rng.uniform(10, 18, n), rng.uniform(10, 18, n), rng.uniform(5, 10, n)
+    d = np.hypot(yy[None] - cy[:, None, None], xx[None] - cx[:, None, None]) / r[:, None, None]
+    return (255 * np.clip(1.2 - d, 0, 1)).astype(np.uint8)
+
+
+def test_detector_flags_what_the_validation_never_showed(tmp_path):
+    """Fitted on blobs with class-shaped logits: held-out blobs pass at the target rate; blank, constant and
+    noise images score below the threshold; the saved detector scores the same after loading."""
+    rng = np.random.default_rng(0)
+    def logits_of(n):
+        labels = rng.integers(0, 10, n)
+        return rng.normal(0, 1, (n, 10)) + 6 * np.eye(10)[labels], labels
+    (train_logits, train_labels), (val_logits, _) = logits_of(4000), logits_of(2000)
+    detector = fit_detector(blobs(rng, 4000), train_logits, train_labels, blobs(rng, 2000), val_logits, 1.0,
+                            target_tpr=0.95)
+    held_out, held_logits = blobs(rng, 2000), logits_of(2000)[0]
+    assert detector.in_distribution(detector.score(held_logits, held_out)).mean() == pytest.approx(0.95, abs=0.02)
+    junk = np.stack([np.zeros((28, 28)), np.full((28, 28), 200), rng.integers(0, 256, (28, 28))]).astype(np.uint8)
+    junk_scores = detector.score(logits_of(3)[0], junk)
+    assert not detector.in_distribution(junk_scores).any()
+    detector.save(tmp_path / "ood.npz")
+    assert load_detector(tmp_path / "ood.npz").score(held_logits, held_out) == pytest.approx(
+        detector.score(held_logits, held_out))
+
+
+def test_a_detector_of_another_version_is_refused_with_the_fix(tmp_path):
+    np.savez(tmp_path / "ood.npz", temperature=1.0, threshold=0.1, mean=np.zeros(784))
+    with pytest.raises(ValueError, match="re-export"):
+        load_detector(tmp_path / "ood.npz")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion.imaging import decode_image, frame_like_dataset
+from fashion.imaging import decode_image, frame_like_dataset, sharpen, sharpen_kernel
 
 BLOCK = np.zeros((28, 28), dtype=np.uint8)
 BLOCK[:, 7:21] = 255  # a 60 x 30 object framed: longest edge 28 rows, short edge 14 columns, centred
@@ -102,3 +102,36 @@ def test_frame_like_dataset_forced_polarity():
     rgb = canvas(200, 160, (255, 255, 255))
     assert np.array_equal(frame_like_dataset(rgb, invert=True), BLOCK)
     assert not frame_like_dataset(rgb, invert=False).any()
+
+
+def test_sharpen_kernel_is_the_dataset_operator():
+    """Radius 1, sigma 1: a negated 3 x 3 Gaussian whose centre is twice the Gaussian's sum, normalised to 1."""
+    kernel = sharpen_kernel()
+    total = 1 + 4 * np.exp(-0.5) + 4 * np.exp(-1.0)  # the unnormalised 3 x 3 Gaussian's sum
+    assert kernel.sum() == pytest.approx(1.0)
+    assert kernel[1, 1] == pytest.approx(2 * total / (total + 1))  # 1.6609
+    assert kernel[0, 1] == pytest.approx(-np.exp(-0.5) / (total + 1)) and kernel[0, 0] == pytest.approx(
+        -np.exp(-1.0) / (total + 1))
+
+
+def test_sharpen_on_known_images():
+    """A flat image is unchanged (edges included); one bright pixel on grey gets the kernel's weights."""
+    flat = np.full((6, 9), 77, dtype=np.uint8)
+    assert np.array_equal(np.asarray(sharpen(Image.fromarray(flat))), flat)
+    spot = np.full((5, 5), 50, dtype=np.uint8)
+    spot[2, 2] = 100
+    sharp = np.asarray(sharpen(Image.fromarray(spot)))
+    assert (sharp[2, 2], sharp[1, 2], sharp[1, 1], sharp[0, 0]) == (133, 45, 47, 50)  # 50 + 50 * weight
+    rgb = np.asarray(sharpen(Image.fromarray(np.stack([spot] * 3, axis=-1))))
+    assert all(np.array_equal(rgb[..., c], sharp) for c in range(3))
+
+
+def test_a_graded_object_keeps_its_levels():
+    """A two-tone object (dark rim, mid-grey core) on white: the core's level survives trim, resize and sharpen."""
+    rgb = np.full((300, 200, 3), 255, dtype=np.uint8)
+    rgb[60:240, 50:140] = 0  # 180 x 90: scaled by 28 / 180
+    rgb[105:195, 72:118] = 128  # the middle half of it (90 x 46 px) in mid grey
+    framed = decode_image(encode(rgb))
+    assert np.array_equal(framed[:, :7], np.zeros((28, 7), np.uint8))  # 14 columns wide, centred: 7 black each side
+    assert abs(int(framed[14, 14]) - 127) <= 2  # negated mid grey
+    assert framed[2, 10] >= 250 and framed[14, 8] >= 250  # the dark rim, negated (less a Lanczos ripple)
