@@ -32,13 +32,14 @@ it shares with these routes are service.task_board.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 from starlette.requests import Request
 
 from fashion.contract import ContractError, check_count
+from service.admission import ASGIApp, Message, Receive, Send
 from service.answers import negotiate
 from service.datasets import Upload, declared_count
 from service.inputs import RequestError
@@ -47,10 +48,6 @@ from service.task_board import UPLOAD_STATE, TaskBoard, TaskCancelled, TaskProgr
 
 TASK_ROUTE = "/classify_dataset"
 
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 
 async def reply(send: Send, status: int, payload: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.admission import ASGIApp, Receive, Scope, Send
 from service.config import DEFAULT_RESULTS_DIR
 from service.serving import serving_of
 
@@ -138,11 +139,11 @@ def build_web_app(web_dir: Path = WEB_DIR, results_dir: Path | None = None) -> S
 class SecurityHeaders:
     """ASGI middleware: add :data:`SECURITY_HEADERS` to every response of the wrapped app."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
