@@ -10,11 +10,10 @@ chunks at a time. Image files are decoded only when their chunk is read.
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import gzip
 import os
 import re
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,17 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fashion.contract import CLASS_NAMES, IMAGE_SIZE
-from fashion.data import DataError, read_idx_file
+from fashion.arrays import (
+    IDX_IMAGES_HEADER,
+    idx_dims,
+    npz_keys,
+    open_maybe_gzipped,
+    open_npz,
+    read_idx_file,
+    read_npy_header,
+    reading_zip,
+)
+from fashion.contract import CLASS_NAMES, IMAGE_SIZE, ContractError, check_image_header, check_labels
 from fashion.imaging import ImageError, decode_image
 
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE
@@ -33,6 +41,15 @@ _SLUGS = {re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"): i for i, name in 
 
 class SourceError(ValueError):
     """The input cannot be read at all (as opposed to one bad item in it)."""
+
+
+@contextlib.contextmanager
+def reading_source() -> Iterator[None]:
+    """A broken contract or an unreadable array file (fashion.contract, fashion.arrays) as the CLI's error."""
+    try:
+        yield
+    except ContractError as exc:
+        raise SourceError(exc.message) from None
 
 
 @dataclass(frozen=True)
@@ -166,34 +183,8 @@ class ArraySource:
                 yield Chunk(first, count, pixels, labels, IdRange(self.name, first, count))
 
 
-def _check_shape(shape: tuple[int, ...], dtype: np.dtype, where: str) -> int:
-    if len(shape) != 3 or shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or dtype != np.uint8:
-        raise SourceError(f"{where}: expected uint8 N x 28 x 28 images, got {dtype} {shape}")
-    return shape[0]
-
-
 def _check_labels(labels: np.ndarray | None, count: int, where: str) -> np.ndarray | None:
-    if labels is None:
-        return None
-    labels = np.asarray(labels)
-    if labels.shape != (count,) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(CLASS_NAMES):
-        raise SourceError(f"{where}: labels must be {count} class ids 0-9, got shape {labels.shape}")
-    return labels.astype(np.int8)
-
-
-def read_npy_header(stream: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a .npy stream, leaving it at the first data byte; pickles and Fortran order refused."""
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"unsupported .npy format version {version}")
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(stream)
-    except ValueError as exc:
-        raise SourceError(f"{where}: not a usable .npy array ({exc})") from None
-    if dtype.hasobject or (fortran and len(shape) > 1):
-        raise SourceError(f"{where}: only C-ordered plain numeric arrays are read")
-    return shape, dtype
+    return None if labels is None else check_labels(labels, count, f"{where}: labels: ").astype(np.int8)
 
 
 def npy_source(path: Path) -> ArraySource:
@@ -203,41 +194,31 @@ def npy_source(path: Path) -> ArraySource:
         read_npy_header(stream, str(path))
         return stream
 
-    with path.open("rb") as stream:
-        total = _check_shape(*read_npy_header(stream, str(path)), str(path))
+    with path.open("rb") as stream, reading_source():
+        total = check_image_header(*read_npy_header(stream, str(path)), where=f"{path}: ")
     return ArraySource(path.name, open_data, total)
 
 
 def npz_source(path: Path) -> ArraySource:
     """A .npz with ``images`` (or ``x``, ``pixels``) and optional ``labels`` (or ``y``); images streamed."""
-    try:
-        archive = zipfile.ZipFile(path)
-        members = {m.removesuffix(".npy"): m for m in archive.namelist()}
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise SourceError(f"{path}: cannot be read as a numpy array file ({exc})") from None
-    key = next((k for k in ("images", "x", "pixels") if k in members), None)
-    if key is None:
-        raise SourceError(f"{path}: no 'images' (or 'x') array; has {sorted(members)}")
+    with reading_source():
+        archive = open_npz(path, str(path))
+        with reading_zip(str(path)):
+            key, member, _, label_member = npz_keys(archive, str(path))
+            where = f"{path}[{key}]"
+            with archive.open(member) as stream:
+                total = check_image_header(*read_npy_header(stream, where), where=f"{where}: ")
+            labels = None
+            if label_member:
+                with archive.open(label_member) as stream:
+                    labels = _check_labels(np.lib.format.read_array(stream, allow_pickle=False), total, str(path))
 
     def open_data() -> BinaryIO:
-        stream = zipfile.ZipFile(path).open(members[key])  # noqa: SIM115 (the member keeps the archive open)
-        read_npy_header(stream, f"{path}[{key}]")
+        stream = open_npz(path, str(path)).open(member)
+        read_npy_header(stream, where)
         return stream
 
-    with archive.open(members[key]) as stream:
-        total = _check_shape(*read_npy_header(stream, f"{path}[{key}]"), f"{path}[{key}]")
-    label_key = next((k for k in ("labels", "y") if k in members), None)
-    labels = None
-    if label_key:
-        with archive.open(members[label_key]) as stream:
-            labels = _check_labels(np.lib.format.read_array(stream, allow_pickle=False), total, str(path))
     return ArraySource(path.name, open_data, total, labels)
-
-
-def _open_maybe_gzipped(path: Path) -> BinaryIO:
-    with path.open("rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gzipped else path.open("rb")
 
 
 def idx_source(images: Path, labels: Path | None) -> ArraySource:
@@ -246,24 +227,20 @@ def idx_source(images: Path, labels: Path | None) -> ArraySource:
         sibling = images.with_name(images.name.replace("-images-idx3", "-labels-idx1"))
         labels = sibling if sibling != images and sibling.exists() else None
     try:
-        with _open_maybe_gzipped(images) as stream:
-            header = stream.read(16)
+        with open_maybe_gzipped(images) as stream:
+            header = stream.read(IDX_IMAGES_HEADER)
     except (OSError, EOFError) as exc:
         raise SourceError(f"{images}: cannot be read ({exc})") from None
-    if len(header) < 16 or header[:4] != b"\x00\x00\x08\x03":
-        raise SourceError(f"{images}: not an unsigned-byte IDX images file (header {header[:4].hex()})")
-    total, rows, cols = (int(d) for d in np.frombuffer(header, ">u4", 3, 4))
-    _check_shape((total, rows, cols), np.dtype(np.uint8), str(images))
+    with reading_source():
+        dims = idx_dims(header, str(images))
+        total = check_image_header(dims, np.dtype(np.uint8), where=f"{images}: ")
+        known = _check_labels(read_idx_file(labels) if labels else None, total, str(labels))
 
     def open_data() -> BinaryIO:
-        stream = _open_maybe_gzipped(images)
-        stream.seek(16)
+        stream = open_maybe_gzipped(images)
+        stream.seek(IDX_IMAGES_HEADER)
         return stream
 
-    try:
-        known = _check_labels(read_idx_file(labels) if labels else None, total, str(labels))
-    except DataError as exc:
-        raise SourceError(str(exc)) from exc
     return ArraySource(images.name, open_data, total, known)
 
 

@@ -17,6 +17,7 @@ from fashion.contract import CLASS_NAMES, INPUT_CONTRACT, preprocess, softmax
 from fashion.data import FashionMNIST, train_val_split
 from fashion.env import environment_stamp
 from fashion.manifest import checksum_tree, content_version, read_manifest, write_manifest
+from fashion.metrics import agreement
 from fashion.samples import sample_images
 from training.run import Run, load_trainer
 
@@ -47,20 +48,20 @@ class ExportConfig:
 
 
 def check_parity(name: str, logits: np.ndarray, reference: np.ndarray, tolerance: float) -> dict[str, Any]:
-    """Compare an artifact's logits with the source model's on the same images.
+    """Compare an artifact's logits with the source model's on the same images (fashion.metrics.agreement).
 
     Raises:
         ExportError: top-1 differs on any image, or probabilities differ by more than ``tolerance``.
     """
-    probs, ref_probs = softmax(logits), softmax(reference)
-    max_diff = float(np.abs(probs - ref_probs).max())
-    disagree = np.flatnonzero(logits.argmax(1) != reference.argmax(1))
-    if len(disagree) or max_diff > tolerance:
+    found = agreement(logits, reference)
+    if not found.within(tolerance):
         raise ExportError(
-            f"{name}: parity failed on {len(reference)} test images: {len(disagree)} top-1 disagreements "
-            f"(first indices {disagree[:5].tolist()}), max |prob diff| {max_diff:.3g} (allowed {tolerance:g})"
+            f"{name}: parity failed on {found.images} test images: {len(found.disagreements)} top-1 disagreements "
+            f"(first indices {found.disagreements[:5].tolist()}), max |prob diff| {found.max_abs_prob_diff:.3g} "
+            f"(allowed {tolerance:g})"
         )
-    return {"images": len(reference), "top1_agreement": 1.0, "max_abs_prob_diff": max_diff}
+    return {"images": found.images, "top1_agreement": found.top1_agreement,
+            "max_abs_prob_diff": found.max_abs_prob_diff}
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

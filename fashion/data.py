@@ -212,26 +212,6 @@ def _read_decompressed(path: Path) -> bytes:
         raise DataError(f"{path}: cannot be decompressed ({exc}); the file is truncated or corrupt") from exc
 
 
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Parse any unsigned-byte IDX file (images ``(N, rows, cols)`` or labels ``(N,)``) without checksums.
-
-    Raises:
-        DataError: the header or size is not that of a ubyte IDX file.
-    """
-    if len(data) < 8 or data[:2] != b"\x00\x00" or data[2] != 0x08 or not 1 <= data[3] <= 3:
-        raise DataError(f"{name}: not an unsigned-byte IDX file (header {data[:4].hex()})")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=data[3], offset=4))
-    header = 4 + 4 * len(dims)
-    if len(data) != header + int(np.prod(dims)):
-        raise DataError(f"{name}: {len(data) - header} payload bytes, the header promises {int(np.prod(dims))}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def read_idx_file(path: str | Path) -> np.ndarray:
-    """Read any ubyte IDX file, plain or gzipped (for user data; official files use :func:`read_idx`)."""
-    return parse_idx(_read_decompressed(Path(path)), str(path))
-
-
 def read_idx(path: str | Path, spec: IdxFile) -> np.ndarray:
     """Read and verify one IDX file.
 

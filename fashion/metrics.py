@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from fashion.contract import CLASS_NAMES, NUM_CLASSES
+from fashion.contract import CLASS_NAMES, NUM_CLASSES, softmax
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -48,3 +50,27 @@ def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict[str, o
         },
         "confusion_matrix": cm.tolist(),
     }
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely two models' answers on the same images agree: the one parity metric, for the export's check of
+    each artifact against its source model (export.pipeline) and the service's /parity (service.parity)."""
+
+    images: int
+    top1_agreement: float
+    max_abs_prob_diff: float
+    disagreements: np.ndarray  # indices of the images whose top-1 class differs
+
+    def within(self, tolerance: float) -> bool:
+        """Same top-1 on every image and every probability within ``tolerance``."""
+        return not len(self.disagreements) and self.max_abs_prob_diff <= tolerance
+
+
+def agreement(logits: np.ndarray, reference: np.ndarray) -> Agreement:
+    """Compare ``float32[N, 10]`` logits with ``reference``'s on the same ``N`` images (uncalibrated softmax)."""
+    if len(logits) != len(reference):
+        raise ValueError(f"answers for different numbers of images: {len(logits)} and {len(reference)}")
+    disagree = np.flatnonzero(logits.argmax(1) != reference.argmax(1))
+    max_diff = float(np.abs(softmax(logits) - softmax(reference)).max(initial=0.0))
+    return Agreement(len(logits), 1.0 - len(disagree) / max(len(logits), 1), max_diff, disagree)

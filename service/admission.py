@@ -17,9 +17,13 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from service.serving import Serving, attach
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # Only work that needs the models waits for readiness: POST routes (inference, tasks), except the
@@ -31,31 +35,33 @@ RETRY_STATUSES = frozenset({429, 503})
 class AdmissionMiddleware:
     """ASGI middleware; BentoML adds it with ``add_asgi_middleware`` (see service.service)."""
 
-    def __init__(self, app: ASGIApp, max_in_flight: int | None = None, retry_after_s: int = 1,
-                 readiness: Callable[[], str | None] | None = None) -> None:
+    def __init__(self, app: ASGIApp, current: Callable[[], Serving | None], retry_after_s: int = 1) -> None:
         """
         Args:
             app: the wrapped application.
-            max_in_flight: API requests allowed in progress at once (default: ``FASHION_MAX_IN_FLIGHT``).
+            current: the running service's parts, ``None`` before it exists (service.service.current_serving):
+                the in-flight limit and readiness come from it, and it is put on every request for the parsers
+                and routes behind (service.serving).
             retry_after_s: the ``Retry-After`` seconds sent with 429 and 503.
-            readiness: ``None`` when ready, else why not (checked per API request).
         """
-        from service.inputs import settings  # the worker's settings, read when the app is built
-
         self.app = app
-        self.max_in_flight = max_in_flight or settings().max_in_flight
+        self.current = current
         self.retry_after = str(retry_after_s).encode()
-        self.readiness = readiness
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
+        serving = self.current() if scope["type"] == "http" else None
+        if serving is not None:
+            attach(scope, serving)
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             return await self.app(scope, receive, send)
-        if self.in_flight >= self.max_in_flight:
-            return await self.refuse(send, 429, f"over {self.max_in_flight} requests in progress; retry shortly")
+        # No limit only before the service exists, when uvicorn answers nothing yet (BentoML creates it at startup).
+        max_in_flight = serving.config.max_in_flight if serving else self.in_flight + 1
+        if self.in_flight >= max_in_flight:
+            return await self.refuse(send, 429, f"over {max_in_flight} requests in progress; retry shortly")
         gated = scope["method"] == "POST" and scope["path"] not in ANSWERS_BEFORE_READY
-        not_ready = self.readiness() if self.readiness and gated else None
+        not_ready = (serving.not_ready_reason() if serving else "starting") if gated else None
         if not_ready:
             return await self.refuse(send, 503, f"models are not ready yet ({not_ready})")
 

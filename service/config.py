@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
 DEFAULT_BACKEND = "onnx-torch"
 
 
+# The benchmark's output folder in a checkout (the web page shows it); a bento ships its own copy and says where
+# with FASHION_RESULTS_DIR.
+DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEVICES = ("auto", "cpu", "cuda")
 # Per-backend devices unless FASHION_DEVICES says otherwise. TensorFlow's GPU build needs CUDA 12 wheels
@@ -56,6 +60,36 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TaskLimits:
+    """Dataset task limits (service.task_runner): ``FASHION_MAX_TASK_IMAGES``, ``FASHION_MAX_TASK_BYTES``,
+    ``FASHION_TASK_CHUNK_IMAGES``, ``FASHION_MAX_ACTIVE_TASKS``."""
+
+    max_images: int = 100_000
+    # 100,000 raw images (78.4 MB) with their labels and the form around them fit.
+    max_bytes: int = 80 * 1024 * 1024
+    # Images per batcher call, as many as the service's own batches (service.service.MAX_BATCH_IMAGES). Measured
+    # here (docs/tasks.md): during an onnx-torch task, online p99 16 ms with 256, 92 ms with 1,024.
+    chunk_images: int = 256
+    max_active: int = 4
+    # For tests only (FASHION_TASK_HOLD_FILE): while this file exists, a task waits before each chunk after
+    # its first, so that a test sees it part-way through (and can cancel it there) without racing its end.
+    hold_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.max_images, self.max_bytes, self.chunk_images, self.max_active) < 1:
+            raise ConfigError(f"task limits must be positive: {self}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TaskLimits:
+        """Limits from ``FASHION_*`` variables in ``env``."""
+        return cls(max_images=int(env.get("FASHION_MAX_TASK_IMAGES", cls.max_images)),
+                   max_bytes=int(env.get("FASHION_MAX_TASK_BYTES", cls.max_bytes)),
+                   chunk_images=int(env.get("FASHION_TASK_CHUNK_IMAGES", cls.chunk_images)),
+                   max_active=int(env.get("FASHION_MAX_ACTIVE_TASKS", cls.max_active)),
+                   hold_file=env.get("FASHION_TASK_HOLD_FILE") or None)
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """What the service loads and which limits it enforces.
 
@@ -70,7 +104,10 @@ class ServiceConfig:
     ``FASHION_GC_FREEZE`` (1, the default: freeze the heap once the models are warm, see
     service.gcstats; 0: leave the collector alone),
     ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails),
-    ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md).
+    ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md),
+    ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, service.parity),
+    ``FASHION_RESULTS_DIR`` (the benchmark files the web page shows; default the checkout's ``results/``),
+    and the task limits of :class:`TaskLimits`.
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
     """
 
@@ -96,6 +133,10 @@ class ServiceConfig:
     # For tests only (FASHION_BATCH_HOLD_FILE): while this file exists the batcher starts no model call, so a
     # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
     batch_hold_file: str | None = None
+    tasks: TaskLimits = field(default_factory=TaskLimits)
+    # The export verified each float32 artifact within 1e-5 of its source model; two of them within 1e-4.
+    parity_tolerance: float = 1e-4
+    results_dir: Path = DEFAULT_RESULTS_DIR
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -116,6 +157,8 @@ class ServiceConfig:
             raise ConfigError("limits must be positive")
         if self.queue_budget_ms < 0:
             raise ConfigError("the queue budget must be 0 (no limit) or positive")
+        if not self.parity_tolerance >= 0:
+            raise ConfigError(f"the parity tolerance must be 0 or positive, not {self.parity_tolerance}")
 
     @property
     def queue_budget_s(self) -> float | None:
@@ -127,9 +170,9 @@ class ServiceConfig:
         return dict(self.devices).get(backend, self.device)
 
     @classmethod
-    def from_env(cls) -> ServiceConfig:
-        """Settings from ``FASHION_*`` environment variables."""
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
+        """Settings from ``FASHION_*`` environment variables (``env``: instead of ``os.environ``)."""
+        env = os.environ if env is None else env
         listed = env.get("FASHION_BACKENDS")
         backends = tuple(b.strip() for b in listed.split(",") if b.strip()) if listed else tuple(BACKENDS)
         default = env.get("FASHION_DEFAULT_BACKEND") or (
@@ -152,6 +195,9 @@ class ServiceConfig:
                 framing=env.get("FASHION_FRAMING", cls.framing),
                 gc_freeze=parse_switch(env.get("FASHION_GC_FREEZE", "1")),
                 batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
+                tasks=TaskLimits.from_env(env),
+                parity_tolerance=float(env.get("FASHION_PARITY_TOLERANCE", cls.parity_tolerance)),
+                results_dir=Path(env.get("FASHION_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc

@@ -9,7 +9,6 @@ every client mistake becomes a 4xx with a JSON message before any model runs.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 from http import HTTPStatus
@@ -29,10 +28,13 @@ from pydantic import Field, PlainSerializer, SerializationInfo
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from fashion.arrays import read_npy, sniff
 from fashion.backends import BACKENDS
-from fashion.contract import IMAGE_SIZE, NUM_CLASSES
+from fashion.contract import EMPTY, IMAGE_SIZE, NOT_ARRAYS, NUM_CLASSES, TOO_MANY, ContractError, check_pixels
 from fashion.imaging import FRAMINGS, ImageError, decode_image
 from service.config import ServiceConfig
+from service.registry import ModelRegistry
+from service.serving import Serving, serving_of
 
 IMAGE_CONTENT_TYPES = ("image/", "application/octet-stream")
 NPY_CONTENT_TYPES = ("application/x-npy", "application/octet-stream")
@@ -48,10 +50,21 @@ class RequestError(BentoMLException):
         super().__init__(message, error_code=HTTPStatus(status))
 
 
-@functools.cache
-def settings() -> ServiceConfig:
-    """The limits in force (read from the environment once per process)."""
-    return ServiceConfig.from_env()
+# How the native routes answer a broken contract (fashion.contract.ContractError.reason); anything else is 422.
+CONTRACT_STATUS = {EMPTY: 400, TOO_MANY: 413, NOT_ARRAYS: 415}
+
+
+def contract_refusal(exc: ContractError) -> RequestError:
+    """A broken input contract as the native routes answer it."""
+    return RequestError(exc.message, CONTRACT_STATUS.get(exc.reason, 422))
+
+
+def serving(request: Request) -> Serving:
+    """What the service hands to request parsing (put on the request by service.admission); 503 before it exists."""
+    found = serving_of(request.scope)
+    if found is None:
+        raise RequestError("the service is starting", 503)
+    return found
 
 
 def form_value(value: str | None) -> str | None:
@@ -70,10 +83,10 @@ def form_value(value: str | None) -> str | None:
     return value
 
 
-def parse_backend(value: Any) -> str:
-    """A known backend name, or the default when none is given."""
+def parse_backend(value: Any, config: ServiceConfig) -> str:
+    """A known backend name, or the configured default when none is given."""
     if value in (None, ""):
-        return settings().default_backend
+        return config.default_backend
     if not isinstance(value, str) or value not in BACKENDS:
         raise RequestError(f"unknown backend {str(value)[:64]!r}; choose from {sorted(BACKENDS)}", 400)
     return value
@@ -97,28 +110,21 @@ def parse_flag(name: str, value: Any) -> bool:
     return text in ("1", "true")
 
 
-def parse_framing(value: Any) -> str:
-    """``dataset`` or ``legacy`` (see fashion.imaging); absent: FASHION_FRAMING (default ``dataset``)."""
+def parse_framing(value: Any, config: ServiceConfig) -> str:
+    """``dataset`` or ``legacy`` (see fashion.imaging); absent: the configured framing (default ``dataset``)."""
     if value in (None, ""):
-        return settings().framing
+        return config.framing
     if value not in FRAMINGS:
         raise RequestError(f"framing must be one of {list(FRAMINGS)}; got {str(value)[:16]!r}", 400)
     return value
 
 
-def not_ready_reason() -> str | None:
-    """``None`` once every configured backend has loaded and warmed up; else why not (for admission)."""
-    service = bentoml.get_current_service()
-    return service.not_ready_reason() if hasattr(service, "not_ready_reason") else "starting"
-
-
-def check_loaded(backend: str) -> str:
+def check_loaded(backend: str, registry: ModelRegistry) -> str:
     """Refuse, while parsing, a backend this server has not loaded (the one place, for every endpoint).
 
     A server that is not ready never gets here: admission answers 503 first (service.admission).
     """
-    registry = getattr(bentoml.get_current_service(), "registry", None)
-    if registry is None or not registry.ready:
+    if not registry.ready:
         return backend
     try:
         registry.get(backend)
@@ -165,9 +171,8 @@ async def _parse_form(request: Request, body: bytes, max_files: int):
         raise RequestError(f"malformed multipart/form-data body: {getattr(exc, 'detail', exc)}", 400) from None
 
 
-async def read_image_files(request: Request) -> tuple[list[bytes], dict[str, str]]:
+async def read_image_files(request: Request, config: ServiceConfig) -> tuple[list[bytes], dict[str, str]]:
     """Image files from a multipart ``images`` field, or one raw image body; plus other form fields."""
-    config = settings()
     content_type = _content_type(request)
     body = await read_body(request, config.max_body_bytes)
     if content_type.startswith(IMAGE_CONTENT_TYPES):
@@ -205,36 +210,22 @@ def decode_all(files: list[bytes], framing: str = "dataset") -> np.ndarray:
     return pixels
 
 
-def validate_pixels(array: Any) -> np.ndarray:
-    """``uint8[N, 28, 28]`` from a client array (nested lists or .npy), or a 4xx saying why not."""
+def validate_pixels(array: Any, max_images: int) -> np.ndarray:
+    """``uint8[N, 28, 28]`` from a client array (nested lists or .npy), or a 4xx saying why not (fashion.contract)."""
     try:
-        array = np.asarray(array)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(f"pixels are not a rectangular array: {exc}", 422) from None
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise RequestError(f"pixels must have shape (N, 28, 28); got {array.shape}", 422)
-    if array.shape[0] == 0:
-        raise RequestError("pixels hold no images", 400)
-    if array.shape[0] > settings().max_images:
-        raise RequestError(f"{array.shape[0]} images in one request; at most {settings().max_images}", 413)
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise RequestError("pixels contain NaN or infinite values", 422)
-    if array.dtype.kind not in "iuf" or not (array == np.round(array)).all() or array.min() < 0 or array.max() > 255:
-        raise RequestError(f"pixels must be whole numbers from 0 to 255 (uint8); got dtype {array.dtype}", 422)
-    return array.astype(np.uint8)
+        return check_pixels(array, max_images)
+    except ContractError as exc:
+        raise contract_refusal(exc) from None
 
 
-def _load_npy(body: bytes) -> np.ndarray:
+def load_npy(body: bytes) -> np.ndarray:
+    """The array of a ``.npy`` body (fashion.arrays: no pickles), checked as pixels by the caller."""
+    if sniff(body) != "npy":
+        raise RequestError(f"not a .npy file: it starts with {body[:8].hex()}", 400)
     try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except ValueError as exc:  # includes "Object arrays cannot be loaded when allow_pickle=False"
-        raise RequestError(f"not a usable .npy array: {exc}", 422) from None
-    except Exception as exc:
-        raise RequestError(f"not a .npy file: {exc}", 400) from None
+        return read_npy(io.BytesIO(body), ".npy body", lambda shape, dtype: None)
+    except ContractError as exc:
+        raise contract_refusal(exc) from None
 
 
 async def decode_files(files: list[bytes], framing: str = "dataset") -> np.ndarray:
@@ -273,11 +264,12 @@ class ImageUpload(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
-        files, fields = await read_image_files(request)
+        found = serving(request)
+        files, fields = await read_image_files(request, found.config)
         option = {name: request.query_params.get(name) or form_value(fields.get(name)) for name in UPLOAD_OPTIONS}
-        backend = check_loaded(parse_backend(option["backend"]))
+        backend = check_loaded(parse_backend(option["backend"], found.config), found.registry)
         top_k, return_input = parse_top_k(option["top_k"]), parse_flag("return_input", option["return_input"])
-        framing = parse_framing(option["framing"])
+        framing = parse_framing(option["framing"], found.config)
         return cls.model_construct(images=await decode_files(files, framing), backend=backend, top_k=top_k,
                                    return_input=return_input, framing=framing)
 
@@ -307,18 +299,21 @@ class PixelArray(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> PixelArray:
-        body = await read_body(request, settings().max_body_bytes)
-        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"))
-        return cls.model_construct(pixels=pixels, backend=check_loaded(parse_backend(backend)))
+        found = serving(request)
+        body = await read_body(request, found.config.max_body_bytes)
+        pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"),
+                                           found.config.max_images)
+        return cls.model_construct(pixels=pixels, backend=check_loaded(parse_backend(backend, found.config),
+                                                                       found.registry))
 
 
-def parse_pixel_body(body: bytes, content_type: str, backend: str | None,
+def parse_pixel_body(body: bytes, content_type: str, backend: str | None, max_images: int,
                      optional: bool = False) -> tuple[np.ndarray | None, Any]:
     """Pixels from a JSON ``{"pixels": ..., "backend": ...}`` or ``.npy`` body, and the backend value given (or
     ``backend``, the query's); for /classify_array and /parity. ``optional``: a JSON object without pixels
     (or with ``"pixels": null``, as BentoML's client sends an omitted argument) gives ``None``."""
     if content_type in NPY_CONTENT_TYPES:
-        array = _load_npy(body)
+        array = load_npy(body)
     elif content_type in ("application/json", ""):
         try:
             payload = json.loads(body)
@@ -337,7 +332,7 @@ def parse_pixel_body(body: bytes, content_type: str, backend: str | None,
     else:
         raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json or a .npy body "
                            "(application/x-npy)", 415)
-    return validate_pixels(array), backend
+    return validate_pixels(array, max_images), backend
 
 
 def encode_optional_pixels(value: np.ndarray | None, info: SerializationInfo) -> Any:
@@ -362,11 +357,12 @@ class ParityInput(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ParityInput:
-        body = await read_body(request, settings().max_body_bytes, allow_empty=True)
+        config = serving(request).config
+        body = await read_body(request, config.max_body_bytes, allow_empty=True)
         if not body:
             return cls.model_construct(pixels=None)
         pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"),
-                                           optional=True)
+                                           config.max_images, optional=True)
         if backend is not None:
             raise RequestError("/parity runs every loaded backend; it takes no 'backend'", 400)
         return cls.model_construct(pixels=pixels)

@@ -7,8 +7,9 @@ How a pair is judged depends on what its two backends are:
 
 * ``same-model``: two float32 artifacts of one exported model (same name and content version).
   The export verified each against the source model (identical top-1 on all 10,000 test images,
-  probabilities within 1e-5), so they must agree on every image's top-1 and within
-  ``FASHION_PARITY_TOLERANCE`` (default 1e-4) in every probability: the pair is ``consistent`` or not.
+  probabilities within 1e-5), so they must agree on every image's top-1 and within the configured
+  tolerance (``FASHION_PARITY_TOLERANCE``, default 1e-4; service.config) in every probability: the
+  pair is ``consistent`` or not.
 * ``quantized``: the int8 artifact against a float32 artifact of its own model. Quantization
   changes some answers (about 0.2% of the test images): reported, not judged.
 * ``cross-model``: the PyTorch- and the TensorFlow-trained models are different models (they
@@ -20,18 +21,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.responses import JSONResponse
 
 from fashion.backends import BACKENDS
-from fashion.contract import softmax
+from fashion.metrics import agreement
 from service.batcher import MicroBatcher, OverloadedError
+from service.config import ServiceConfig
 
-DEFAULT_TOLERANCE = 1e-4
+if TYPE_CHECKING:  # the registry imports this module for its warm-up check
+    from service.registry import ModelRegistry
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,6 @@ class Identity:
         return cls(f"{manifest['name']}:{manifest['version']}", precision)
 
 
-def tolerance() -> float:
-    """Largest probability difference allowed between same-model float32 backends (``FASHION_PARITY_TOLERANCE``)."""
-    return float(os.environ.get("FASHION_PARITY_TOLERANCE", DEFAULT_TOLERANCE))
-
-
 def relation(a: Identity, b: Identity) -> str:
     """``same-model``, ``quantized`` or ``cross-model`` (see the module docstring)."""
     if a.model != b.model:
@@ -62,8 +59,8 @@ def relation(a: Identity, b: Identity) -> str:
 
 
 def compare(logits: dict[str, np.ndarray], identities: dict[str, Identity],
-            tol: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-    """Compare every pair of backends' answers on the same images.
+            tol: float = ServiceConfig.parity_tolerance) -> dict[str, Any]:
+    """Compare every pair of backends' answers on the same images (fashion.metrics.agreement).
 
     Args:
         logits: ``float32[N, 10]`` per backend name, all for the same ``N`` images in the same order.
@@ -76,22 +73,19 @@ def compare(logits: dict[str, np.ndarray], identities: dict[str, Identity],
         top-1 agreement, max absolute probability difference, the disagreeing image indices, and
         ``consistent`` for same-model pairs).
     """
-    probs = {name: softmax(values) for name, values in logits.items()}
-    counts = {len(p) for p in probs.values()}
+    counts = {len(values) for values in logits.values()}
     if len(counts) > 1:
         raise ValueError(f"backends answered different numbers of images: {sorted(counts)}")
-    top1 = {name: p.argmax(axis=1) for name, p in probs.items()}
     pairs = []
     for a, b in itertools.combinations(logits, 2):
-        disagree = np.flatnonzero(top1[a] != top1[b])
+        found = agreement(logits[a], logits[b])
         pair: dict[str, Any] = {
             "backends": [a, b], "relation": relation(identities[a], identities[b]),
-            "top1_agreement": 1.0 - len(disagree) / max(len(top1[a]), 1),
-            "max_abs_prob_diff": float(np.abs(probs[a] - probs[b]).max(initial=0.0)),
-            "disagreements": disagree.tolist(),
+            "top1_agreement": found.top1_agreement, "max_abs_prob_diff": found.max_abs_prob_diff,
+            "disagreements": found.disagreements.tolist(),
         }
         if pair["relation"] == "same-model":
-            pair["consistent"] = not len(disagree) and pair["max_abs_prob_diff"] <= tol
+            pair["consistent"] = found.within(tol)
         pairs.append(pair)
     models: dict[str, dict[str, Any]] = {}
     for name, identity in identities.items():
@@ -124,7 +118,7 @@ def bundled_samples() -> np.ndarray:
     return sample_images()[0]
 
 
-async def check_loaded_backends(batcher: MicroBatcher, registry: Any,
+async def check_loaded_backends(batcher: MicroBatcher, registry: ModelRegistry,
                                 pixels: np.ndarray | None) -> dict[str, Any] | JSONResponse:
     """``pixels`` (``None``: the bundled samples) through every loaded backend via the batcher, compared.
 
@@ -139,4 +133,5 @@ async def check_loaded_backends(batcher: MicroBatcher, registry: Any,
         answers = await asyncio.gather(*(batcher.predict(name, pixels) for name in names))
     except OverloadedError as exc:
         return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-    return {"source": source, **compare(dict(zip(names, answers, strict=True)), registry.identities(), tolerance())}
+    return {"source": source, **compare(dict(zip(names, answers, strict=True)), registry.identities(),
+                                     registry.config.parity_tolerance)}

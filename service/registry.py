@@ -146,7 +146,7 @@ class ModelRegistry:
         The recorded labels say little about probabilities: an artifact whose weights drifted can keep
         every sample's label. Backends of one exported model must also agree within the tolerance.
         """
-        report = parity.compare(logits, self.identities(), parity.tolerance())
+        report = parity.compare(logits, self.identities(), self.config.parity_tolerance)
         if not report["consistent"]:
             raise WarmupError("backends of one model disagree on the sample images: "
                               + "; ".join(parity.failures(report)))

@@ -10,7 +10,7 @@ Endpoints (all POST, JSON answers, one answer per image in input order):
   checksums, test accuracy.
 * ``/ui/`` (GET) -- a web page to try the classifier and see the benchmark (service.web).
 * ``/classify_dataset/submit`` (then ``progress``, ``status``, ``get``, ``cancel``) -- a
-  whole dataset file as a BentoML task (service.tasks).
+  whole dataset file as a BentoML task (service.task_routes, service.task_runner).
 * ``/parity`` -- every loaded backend on the same images, compared (service.parity).
 
 Every classification goes through one batcher (service.batcher): requests that
@@ -30,6 +30,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
@@ -38,6 +39,7 @@ from service.admission import AdmissionMiddleware
 from service.answers import NPY, negotiate, records_response
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
+from service.datasets import Upload
 from service.gcstats import GCRecorder, census, settle_heap
 from service.health import Heartbeat, start_health_server
 from service.inputs import (
@@ -47,11 +49,13 @@ from service.inputs import (
     ParityInput,
     PixelArray,
     RequestError,
-    not_ready_reason,
 )
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
-from service.tasks import TASK_ROUTE, DatasetUpload, TaskBoard, TaskMiddleware, run_dataset_task, task_limits
+from service.serving import Serving
+from service.task_board import TaskBoard
+from service.task_routes import TASK_ROUTE, TaskMiddleware
+from service.task_runner import DatasetUpload, run_dataset_task
 from service.v2 import app as v2_app
 from service.web import build_web_app
 
@@ -96,7 +100,9 @@ class FashionClassifier:
         self.registry = ModelRegistry(self.config)
         self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images,
                                     self.config.batch_hold_file, self.config.queue_budget_s)
-        self.tasks = TaskBoard(task_limits())
+        self.tasks = TaskBoard(self.config.tasks)
+        # Handed to every request by admission control (service.serving): the parsers, v2 and the task routes.
+        self.serving = Serving(self.config, self.registry, self.batcher, self.tasks)
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         self.gc = GCRecorder().install()
         self.heartbeat = Heartbeat(self.config.liveness_stale_s)
@@ -120,7 +126,7 @@ class FashionClassifier:
 
     def not_ready_reason(self) -> str | None:
         """``None`` once ready; else why not (loading, or the error that stopped loading)."""
-        return None if self.registry.ready else self.registry.error or "loading"
+        return self.serving.not_ready_reason()
 
     async def classify_pixels(self, backend: str, pixels: np.ndarray, ctx: bentoml.Context, top_k: int | None = None,
                               return_input: bool = False) -> list[dict[str, Any]] | Response:
@@ -170,9 +176,9 @@ class FashionClassifier:
         return await self.classify_pixels(backend, pixels, ctx)
 
     @bentoml.task(route=TASK_ROUTE, input_spec=DatasetUpload, output_spec=JSONAnswer)
-    async def classify_dataset(self, images: Any, ctx: bentoml.Context, labels: Any = None,
+    async def classify_dataset(self, images: Upload, ctx: bentoml.Context, labels: Path | None = None,
                                backend: str | None = None) -> dict[str, Any] | Response:
-        """A whole dataset file as a task: POST /classify_dataset/submit, then progress, status, get (service.tasks).
+        """A dataset file as a task: POST /classify_dataset/submit; then progress, status, get (service.task_routes).
 
         ``labels`` and ``backend`` are in the schema for clients; the task reads them from ``images`` (the upload).
         """
@@ -189,6 +195,18 @@ class FashionClassifier:
         return self.registry.info()
 
 
+def current_serving() -> Serving | None:
+    """The running worker's :class:`Serving`; ``None`` before BentoML has created the service.
+
+    The one lookup of BentoML's current instance: BentoML builds the middleware and mounted apps below before it
+    creates the instance, so they are handed this function, and admission puts what it returns on each request.
+    """
+    try:
+        return getattr(bentoml.get_current_service(), "serving", None)
+    except BentoMLException:  # "service isn't instantiated yet"
+        return None
+
+
 # BentoML's per-request timeout leaves every request's timer alive for traffic.timeout seconds
 # (service.deadline); ours cancels it when the request ends.
 deadline.install()
@@ -196,6 +214,6 @@ deadline.install()
 eventloop.install()
 # Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
 FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
-FashionClassifier.add_asgi_middleware(AdmissionMiddleware, readiness=not_ready_reason)
-FashionClassifier.add_asgi_middleware(TaskMiddleware)
+FashionClassifier.add_asgi_middleware(AdmissionMiddleware, current=current_serving)
+FashionClassifier.add_asgi_middleware(TaskMiddleware, current=current_serving)
 FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")

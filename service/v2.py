@@ -36,19 +36,30 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fashion.backends import BACKENDS
-from fashion.contract import CLASS_NAMES, IMAGE_SIZE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, softmax
+from fashion.contract import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    INPUT_NAME,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    TOO_MANY,
+    ContractError,
+    as_array,
+    check_count,
+    check_pixel_values,
+    softmax,
+)
 from service.batcher import OverloadedError
-from service.inputs import RequestError, not_ready_reason, read_body, settings
+from service.inputs import RequestError, read_body
 from service.registry import LoadedBackend
+from service.serving import Serving, serving_of
 
 log = logging.getLogger("bentoml.fashion_serve")
 
@@ -87,7 +98,8 @@ class RequestedOutput:
 
 
 def answers_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Turn :class:`V2Error` and the native parser's RequestError into the protocol's JSON error."""
+    """Turn :class:`V2Error`, a broken input contract (413 over the image limit, else 400) and the native parser's
+    RequestError into the protocol's JSON error."""
 
     @functools.wraps(handler)
     async def handle(request: Request) -> Response:
@@ -95,6 +107,8 @@ def answers_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callabl
             return await handler(request)
         except V2Error as exc:
             return error_response(exc.message, exc.status)
+        except ContractError as exc:
+            return error_response(exc.message, 413 if exc.reason == TOO_MANY else 400)
         except RequestError as exc:  # body limits from service.inputs.read_body
             return error_response(exc.message, int(exc.error_code))
 
@@ -107,12 +121,12 @@ def error_response(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def current_service() -> Any:
-    """The running FashionClassifier instance, or 503 while it is being created."""
-    try:
-        return bentoml.get_current_service()
-    except BentoMLException:
-        raise V2Error("the service is starting", 503) from None
+def serving(request: Request) -> Serving:
+    """The service's parts (put on the request by service.admission), or 503 while it is being created."""
+    found = serving_of(request.scope)
+    if found is None:
+        raise V2Error("the service is starting", 503)
+    return found
 
 
 @functools.cache
@@ -128,8 +142,8 @@ def server_version() -> str:
 
 def resolve_model(request: Request) -> LoadedBackend:
     """The loaded backend named in the path, at the version asked for; 404 when there is none."""
-    registry = getattr(current_service(), "registry", None)
-    if registry is None or not registry.ready:  # admission answers first; this covers a race
+    registry = serving(request).registry
+    if not registry.ready:  # admission answers first; this covers a race
         raise V2Error("models are not ready yet", 503)
     name = request.path_params["model"]
     if name not in registry.backends:
@@ -149,7 +163,8 @@ async def server_live(request: Request) -> Response:
 
 async def server_ready(request: Request) -> Response:
     """200 once every configured backend is loaded and warmed up; 503 before, like ``/readyz``."""
-    return Response(status_code=200 if not_ready_reason() is None else 503)
+    found = serving_of(request.scope)
+    return Response(status_code=200 if found is not None and found.not_ready_reason() is None else 503)
 
 
 @answers_errors
@@ -174,14 +189,14 @@ async def model_metadata(request: Request) -> Response:
 @answers_errors
 async def model_config(request: Request) -> Response:
     """Triton's model configuration (perf_analyzer reads the batch limit and tensors from it)."""
-    return JSONResponse(configure_model(resolve_model(request)))
+    return JSONResponse(configure_model(resolve_model(request), serving(request).config.max_images))
 
 
-def configure_model(backend: LoadedBackend) -> dict[str, Any]:
+def configure_model(backend: LoadedBackend, max_images: int) -> dict[str, Any]:
     """The configuration Triton would report: dims without the batch dimension, batched up to the request limit."""
     return {
         "name": backend.name, "platform": PLATFORMS[BACKENDS[backend.name].runtime],
-        "max_batch_size": settings().max_images,
+        "max_batch_size": max_images,
         "input": [{"name": INPUT_NAME, "data_type": f"TYPE_{INPUT_DATATYPE}", "dims": [IMAGE_SIZE, IMAGE_SIZE]}],
         "output": [{"name": name, "data_type": f"TYPE_{OUTPUT_SPECS[name][0]}", "dims": OUTPUT_SPECS[name][1]}
                    for name in OUTPUTS],
@@ -205,14 +220,15 @@ def describe_model(backend: LoadedBackend) -> dict[str, Any]:
 async def infer(request: Request) -> Response:
     """Run the batch through the shared batcher and answer the outputs asked for."""
     backend = resolve_model(request)
-    header, binary = split_body(await read_request(request), request.headers.get(HEADER_LENGTH))
+    config = serving(request).config
+    header, binary = split_body(await read_request(request, config.max_body_bytes), request.headers.get(HEADER_LENGTH))
     payload = parse_header(header)
-    pixels = read_input(payload["inputs"], binary)
+    pixels = read_input(payload["inputs"], binary, config.max_images)
     outputs = requested_outputs(payload)
     if backend.detector is None and "outputs" not in payload:  # a model exported before the detector existed
         outputs = [o for o in outputs if o.name not in (OOD_SCORE, IN_DISTRIBUTION)]
     try:
-        logits = await current_service().batcher.predict(backend.name, pixels)
+        logits = await serving(request).batcher.predict(backend.name, pixels)
     except OverloadedError as exc:
         raise V2Error(str(exc), 503) from None
     except Exception:  # a model failure: JSON like every other error, the details in the log
@@ -224,9 +240,8 @@ async def infer(request: Request) -> Response:
     return encode_response(answer, [output_tensor(output, logits, backend, pixels) for output in outputs])
 
 
-async def read_request(request: Request) -> bytes:
+async def read_request(request: Request, limit: int) -> bytes:
     """The body within the size limit, inflated when the client compressed it (tritonclient can)."""
-    limit = settings().max_body_bytes
     body = await read_body(request, limit)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding == "identity":
@@ -294,7 +309,7 @@ def parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
     return params
 
 
-def read_input(inputs: list[Any], binary: bytes) -> np.ndarray:
+def read_input(inputs: list[Any], binary: bytes, max_images: int) -> np.ndarray:
     """``uint8[N, 28, 28]`` pixels from the one input ``images``, as JSON data or binary data."""
     if len(inputs) != 1 or not isinstance(inputs[0], dict) or inputs[0].get("name") != INPUT_NAME:
         names = [i.get("name") if isinstance(i, dict) else i for i in inputs][:4]
@@ -304,7 +319,7 @@ def read_input(inputs: list[Any], binary: bytes) -> np.ndarray:
     if tensor.get("datatype") != INPUT_DATATYPE:
         raise V2Error(f"input {INPUT_NAME!r} must have datatype {INPUT_DATATYPE} (pixels 0-255); "
                       f"got {str(tensor.get('datatype'))[:16]!r}")
-    shape = check_shape(tensor.get("shape"))
+    shape = check_shape(tensor.get("shape"), max_images)
     size = math.prod(shape)
     binary_size = parameters(tensor, "input").get("binary_data_size")
     if binary_size is None:
@@ -325,32 +340,24 @@ def read_input(inputs: list[Any], binary: bytes) -> np.ndarray:
     return np.frombuffer(binary, dtype=np.uint8).reshape(shape)
 
 
-def check_shape(shape: Any) -> list[int]:
-    """``[N, 28, 28]`` with ``1 <= N <= max_images``."""
+def check_shape(shape: Any, max_images: int) -> list[int]:
+    """``[N, 28, 28]`` with ``1 <= N <= max_images`` (the count rule is fashion.contract's)."""
     if (not isinstance(shape, list) or len(shape) != 3 or shape[1:] != [IMAGE_SIZE, IMAGE_SIZE]
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
         raise V2Error(f"input {INPUT_NAME!r} must have shape [N, {IMAGE_SIZE}, {IMAGE_SIZE}]; "
                       f"got {str(shape)[:64]}")
-    if shape[0] < 1:
-        raise V2Error(f"input {INPUT_NAME!r} holds no images")
-    if shape[0] > settings().max_images:
-        raise V2Error(f"{shape[0]} images in one request; at most {settings().max_images}", 413)
+    check_count(shape[0], max_images, f"input {INPUT_NAME!r} ")
     return shape
 
 
 def json_tensor(data: Any, shape: list[int]) -> np.ndarray:
     """JSON ``data`` (flat or nested, row-major) as ``uint8`` of ``shape``; whole numbers 0-255 only."""
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise V2Error(f"'data' of {INPUT_NAME!r} is not a rectangular array: {exc}") from None
+    array = as_array(data, f"'data' of {INPUT_NAME!r}")
     if array.size != math.prod(shape):
         raise V2Error(f"'data' of {INPUT_NAME!r} holds {array.size:,} values; shape {shape} needs "
                       f"{math.prod(shape):,}")
     # Integers only, as Triton reads UINT8 from JSON: a float or a boolean is a client's mistake.
-    if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() > 255)):
-        raise V2Error(f"'data' of {INPUT_NAME!r} must hold whole numbers from 0 to 255 (UINT8)")
-    return array.astype(np.uint8).reshape(shape)
+    return check_pixel_values(array, integers_only=True, what=f"'data' of {INPUT_NAME!r}").reshape(shape)
 
 
 def requested_outputs(payload: dict[str, Any]) -> list[RequestedOutput]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.admission import ASGIApp, Receive, Scope, Send
+from service.config import DEFAULT_RESULTS_DIR
+from service.serving import serving_of
+
 log = logging.getLogger("bentoml.fashion_serve")
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-# The benchmark's output folder in a checkout; FASHION_RESULTS_DIR points elsewhere (a bento ships its own copy).
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 PAGE_FILES = ("index.html", "style.css", "app.js", "charts.js", "icon.svg")
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -100,8 +101,9 @@ def build_web_app(web_dir: Path = WEB_DIR, results_dir: Path | None = None) -> S
 
     Args:
         web_dir: the page's files.
-        results_dir: where ``benchmark-*.json`` lie (default: ``FASHION_RESULTS_DIR`` or the checkout's
-            ``results/``), read on each request so that a new benchmark shows without a restart.
+        results_dir: where ``benchmark-*.json`` lie (default: the service's configured ``results_dir``, which
+            admission puts on each request, else the checkout's ``results/``), read on each request so that a
+            new benchmark shows without a restart.
 
     Returns:
         A Starlette app with security headers on every answer, including 404s.
@@ -109,8 +111,9 @@ def build_web_app(web_dir: Path = WEB_DIR, results_dir: Path | None = None) -> S
     files = page_files(web_dir)
     samples = sample_listing()
 
-    def results() -> Path:
-        return results_dir or Path(os.environ.get("FASHION_RESULTS_DIR") or DEFAULT_RESULTS_DIR)
+    def results(request: Request) -> Path:
+        found = serving_of(request.scope)
+        return results_dir or (found.config.results_dir if found else DEFAULT_RESULTS_DIR)
 
     async def serve_file(request: Request) -> Response:
         path = files.get(request.path_params["path"])
@@ -122,7 +125,7 @@ def build_web_app(web_dir: Path = WEB_DIR, results_dir: Path | None = None) -> S
         return JSONResponse(samples)
 
     async def serve_benchmarks(request: Request) -> Response:
-        return JSONResponse(read_benchmarks(results()))
+        return JSONResponse(read_benchmarks(results(request)))
 
     app = Starlette(routes=[
         Route("/samples.json", serve_samples, methods=["GET", "HEAD"]),
@@ -136,11 +139,11 @@ def build_web_app(web_dir: Path = WEB_DIR, results_dir: Path | None = None) -> S
 class SecurityHeaders:
     """ASGI middleware: add :data:`SECURITY_HEADERS` to every response of the wrapped app."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 

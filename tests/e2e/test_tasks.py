@@ -1,4 +1,4 @@
-"""Dataset tasks (service.tasks): submit, progress, results, cancel, failures and limits, on a real server.
+"""Dataset tasks (service.task_routes, task_runner): submit, progress, results, cancel, failures, limits; real server.
 
 The server here is started with small task limits and chunks of at most 128 images, so that the
 10,000 test images take at least 79 batcher calls (progress can be seen between them) and oversize

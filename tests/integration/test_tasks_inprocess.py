@@ -1,4 +1,4 @@
-"""Dataset tasks in-process (service.tasks, service.datasets): a model failure mid-task, bounded upload reading."""
+"""Dataset tasks in-process (service.task_runner, service.datasets): a model failure mid-task, bounded reading."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from starlette.requests import Request
 
 from fashion.manifest import read_manifest
 from service.batcher import MicroBatcher
-from service.config import ServiceConfig
+from service.config import ServiceConfig, TaskLimits
 from service.datasets import Upload, read_dataset
 from service.inputs import RequestError
 from service.registry import ModelRegistry
-from service.tasks import TaskBoard, TaskLimits, run_dataset_task
+from service.task_board import TaskBoard
+from service.task_runner import run_dataset_task
 from tests.helpers import npy, npz
 
 

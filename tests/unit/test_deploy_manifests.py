@@ -83,7 +83,7 @@ def test_the_service_targets_the_http_port(manifests, container):
 
 
 def test_a_clients_task_calls_reach_the_pod_that_owns_the_task_for_as_long_as_its_result_is_kept(manifests):
-    from service.tasks import RETENTION_S
+    from service.task_board import RETENTION_S
 
     service = manifests["Service"]["spec"]
     assert service["sessionAffinity"] == "ClientIP"

@@ -1,0 +1,47 @@
+"""What the running service hands to the code that answers requests: its config, models, batcher and tasks.
+
+BentoML builds the middleware and the mounted apps (service.service) before it creates the service
+instance, and it calls the input models' ``from_http_request`` as class methods: none of them can be
+given the instance when they are made. So the service builds one :class:`Serving` when it starts,
+admission control (service.admission) puts it on every request's ASGI state, and the parsers, the v2
+routes and the task routes take it from there (:func:`serving_of`) rather than looking up globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.batcher import MicroBatcher
+from service.config import ServiceConfig
+from service.registry import ModelRegistry
+from service.task_board import TaskBoard
+
+# The key of the request's ASGI state (``scope["state"]``) that holds the Serving.
+STATE_KEY = "fashion_serving"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The service's parts, built once per worker (service.service.FashionClassifier)."""
+
+    config: ServiceConfig
+    registry: ModelRegistry
+    batcher: MicroBatcher
+    tasks: TaskBoard
+
+    def not_ready_reason(self) -> str | None:
+        """``None`` once every configured backend has loaded and warmed up; else why not (loading, or the error
+        that stopped loading)."""
+        return None if self.registry.ready else self.registry.error or "loading"
+
+
+def attach(scope: dict[str, Any], serving: Serving) -> None:
+    """Put ``serving`` on the request (its ASGI state lives as long as the request, task included)."""
+    scope.setdefault("state", {})[STATE_KEY] = serving
+
+
+def serving_of(scope: Mapping[str, Any]) -> Serving | None:
+    """The Serving that admission put on this request; ``None`` before the service exists."""
+    return (scope.get("state") or {}).get(STATE_KEY)
