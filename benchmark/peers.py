@@ -162,7 +162,8 @@ def peers(png: bytes, pixels: np.ndarray) -> list[Peer]:
              (PINS["bentoml"],)),
         Peer("LitServe", f"accelerator=cpu, 1 worker, max_batch_size={MAX_BATCH_SIZE}, batch_timeout=5 ms",
              peer_module("litserve_peer"), "/health", (Route("JSON", "/predict", listed, JSON),), (PINS["litserve"],)),
-        Peer("Ray Serve", f"ray.init(num_cpus=2), 1 replica, @serve.batch({MAX_BATCH_SIZE}, 5 ms)",
+        Peer("Ray Serve", f"ray.init(num_cpus=2), 1 replica, max_ongoing_requests={MAX_BATCH_SIZE}, "
+             f"@serve.batch({MAX_BATCH_SIZE}, 5 ms)",
              peer_module("ray_peer"), "/", (Route("JSON", "/", listed, JSON),), (PINS["ray"],)),
         Peer("MLServer", f"custom MLModel (no ONNX runtime on PyPI), adaptive batching {MAX_BATCH_SIZE} / 5 ms, "
              "1 parallel worker (default)",
@@ -413,7 +414,8 @@ def plot(report: dict, path: Path) -> None:
 
 def describe(peer: Peer, venv: Path) -> dict:
     """Name, installed versions, configuration and venv size of one server."""
-    names = tuple(p.split("==")[0].split("[")[0] for p in peer.packages) or ("bentoml", "uvicorn")
+    # The framework (the first package), else what this venv serves with.
+    names = tuple(p.split("==")[0].split("[")[0] for p in peer.packages[:1]) or ("bentoml", "uvicorn", "starlette")
     return {"name": peer.name, "version": installed_versions(venv / "bin", (*names, "onnxruntime")),
             "configuration": peer.configuration, "venv": str(venv), "venv_mb": venv_size_mb(venv)}
 

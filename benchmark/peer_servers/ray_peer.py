@@ -21,7 +21,9 @@ def build_app():
     from ray import serve
     from starlette.requests import Request
 
-    @serve.deployment
+    # Ray's default of 5 ongoing requests per replica would cap every batch at 5; its batching guide
+    # asks for max_ongoing_requests of at least max_batch_size.
+    @serve.deployment(max_ongoing_requests=MAX_BATCH_SIZE)
     class Classifier:
         def __init__(self) -> None:
             self.session = load_session()
