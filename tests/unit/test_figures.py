@@ -16,7 +16,6 @@ KNOWN_UNSOURCED = {
     ("benchmark.md", "506,000"),  # docs/benchmark.md line 41
     ("benchmark.md", "9,600"),  # docs/benchmark.md line 50
     ("clients.md", "505,000"),  # docs/clients.md line 61
-    ("clients.md", "400,000"),  # docs/clients.md line 63
     ("kserve-v2.md", "18.3"),  # docs/kserve-v2.md line 120
     ("kserve-v2.md", "36.7"),  # docs/kserve-v2.md line 120
     ("kserve-v2.md", "29.6"),  # docs/kserve-v2.md line 120
@@ -24,8 +23,6 @@ KNOWN_UNSOURCED = {
     ("serving.md", "0.9980"),  # docs/serving.md line 248
     ("serving.md", "0.9844"),  # docs/serving.md line 249
     ("serving.md", "192"),  # docs/serving.md line 249 (an image index; matched an old peers proof run by chance)
-    ("serving.md", "229"),  # docs/serving.md line 249
-    ("serving.md", "247"),  # docs/serving.md line 249
     ("tasks.md", "91.6"),  # docs/tasks.md line 80
     ("tasks.md", "37,313"),  # docs/tasks.md line 80
     ("tasks.md", "89,419"),  # docs/tasks.md line 81
@@ -34,7 +31,6 @@ KNOWN_UNSOURCED = {
     ("tasks.md", "47,133"),  # docs/tasks.md line 83
     ("tasks.md", "120.1"),  # docs/tasks.md line 84
     ("tasks.md", "24,440"),  # docs/tasks.md line 84
-    ("tasks.md", "37.1"),  # docs/tasks.md line 85
     ("tasks.md", "22,463"),  # docs/tasks.md line 85
     ("training.md", "0.896"),  # docs/training.md line 51
     ("training.md", "0.9011"),  # docs/training.md line 59
