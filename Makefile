@@ -75,7 +75,7 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 bench-http: export ## Service vs bare Starlette over HTTP -> results/service-bench-cpu.{json,txt} (needs wrk)
 	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
 
-peers: export ## Side by side with peer servers, 15 s x 3 levels x 3 reps -> results/peers-<machine>.md (needs wrk)
+peers: export ## Side by side with BentoML, LitServe, Ray Serve, MLServer, KServe, bare app; perf_analyzer -> results/peers-<machine>.md (needs wrk; venvs cached)
 	$(PY) -m benchmark.peers
 
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md

@@ -199,10 +199,15 @@ def configure_model(backend: LoadedBackend, max_images: int) -> dict[str, Any]:
         "max_batch_size": max_images,
         "input": [{"name": INPUT_NAME, "data_type": f"TYPE_{INPUT_DATATYPE}", "dims": [IMAGE_SIZE, IMAGE_SIZE]}],
         "output": [{"name": name, "data_type": f"TYPE_{OUTPUT_SPECS[name][0]}", "dims": OUTPUT_SPECS[name][1]}
-                   for name in OUTPUTS],
+                   for name in served_outputs(backend)],
         # Requests are batched together (service.batcher), as Triton's dynamic batcher would.
         "dynamic_batching": {},
     }
+
+
+def served_outputs(backend: LoadedBackend) -> tuple[str, ...]:
+    """The outputs this model can answer: perf_analyzer asks for every output its metadata lists."""
+    return OUTPUTS if backend.detector is not None else (OUTPUT_NAME, PROBABILITIES)
 
 
 def describe_model(backend: LoadedBackend) -> dict[str, Any]:
@@ -212,7 +217,7 @@ def describe_model(backend: LoadedBackend) -> dict[str, Any]:
         "platform": PLATFORMS[BACKENDS[backend.name].runtime],
         "inputs": [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, IMAGE_SIZE, IMAGE_SIZE]}],
         "outputs": [{"name": name, "datatype": OUTPUT_SPECS[name][0], "shape": [-1, *OUTPUT_SPECS[name][1]]}
-                    for name in OUTPUTS],
+                    for name in served_outputs(backend)],
     }
 
 
