@@ -60,7 +60,7 @@ def slot_groups(trials) -> dict[int, list]:
 def holds_slot(group: list) -> bool:
     """Whether a slot is taken: a member is not failed, or the last failure will still be retried.
 
-    A trial failed by a stale heartbeat (its process died) is retried by ``RetryFailedTrialCallback``, so its
+    A trial failed by a stale heartbeat (its process died) is retried by ``RetryHeartbeatStaleTrialCallback``, so its
     slot stays taken until the retry runs; a surplus trial, an objective error or a spent retry frees it.
     """
     if any(t.state.name != "FAIL" for t in group):
@@ -139,7 +139,7 @@ def open_study(storage_url: str, name: str, seed: int):
     try:
         storage = optuna.storages.RDBStorage(
             with_driver(storage_url), heartbeat_interval=HEARTBEAT, grace_period=GRACE,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY))
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
         raise ConfigError(f"cannot open the study storage {storage_url!r}: {type(exc).__name__}: {exc}") from None
     return optuna.create_study(
