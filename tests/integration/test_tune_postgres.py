@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port, wait_until
-from training.tune import FINISHED, HOLD_ENV, count_finished, open_study
+from training.tune import FINISHED, HOLD_ENV, count_finished, open_study, with_driver
 
 REPO = Path(__file__).resolve().parents[2]
 CAP, WORKERS = 4, 3
@@ -137,3 +137,13 @@ def test_three_workers_share_a_postgres_study_and_a_killed_trial_is_retried(post
     assert count_finished(trials) == CAP == sum(t.state.name in FINISHED for t in trials)
     # Median pruning starts only after 5 trials: with a cap of 4 every finished trial is COMPLETE.
     assert sum(t.state.name == "COMPLETE" for t in trials) == CAP
+
+
+@pytest.mark.parametrize(("given", "used"), [
+    ("postgresql://u@db/tuning", "postgresql+psycopg://u@db/tuning"),
+    ("postgres://u@db/tuning", "postgresql+psycopg://u@db/tuning"),
+    ("postgresql+psycopg2://u@db/tuning", "postgresql+psycopg2://u@db/tuning"),
+    ("sqlite:///x.db", "sqlite:///x.db"),
+])
+def test_a_bare_postgresql_url_is_given_the_installed_driver(given, used):
+    assert with_driver(given) == used
