@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check \
-	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood
+	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood scale-out
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,10 @@ peers: export ## Side by side with BentoML, LitServe, Ray Serve, MLServer, KServ
 
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
 	$(PY) -m benchmark.batch
+
+scale-out: export ## PostgreSQL tuning + haproxy replica tests, then 1 vs 2 replicas' images/s -> results/scale-out-<machine>.md
+	$(PY) -m pytest tests/integration/test_tune_postgres.py tests/e2e/test_scale_out.py
+	$(PY) -m benchmark.scale_out
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability

@@ -6,7 +6,7 @@ split, with a median pruner fed each epoch's validation loss. Studies live in
 SQLite by default, so an interrupted search resumes with the same command; any
 Optuna RDB URL (PostgreSQL, MySQL) works unchanged, which is how several machines
 work on one study at once: start the same command on each, pointing
-``--storage`` at the same database.
+``--storage`` at the same database (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -32,6 +33,11 @@ BATCH_SIZES = (16, 32, 64, 128, 256)
 HEARTBEAT, GRACE = 2, 6
 MAX_RETRY = 1
 FINISHED = ("COMPLETE", "PRUNED")
+
+
+# For tests only (FASHION_TUNE_HOLD_FILE): while this file exists, a trial that has reported its first epoch
+# writes its number to ``<file>.trial`` and waits, so a test can kill its worker mid-trial without a race.
+HOLD_ENV = "FASHION_TUNE_HOLD_FILE"
 
 
 class SurplusTrialError(Exception):
@@ -54,7 +60,7 @@ def slot_groups(trials) -> dict[int, list]:
 def holds_slot(group: list) -> bool:
     """Whether a slot is taken: a member is not failed, or the last failure will still be retried.
 
-    A trial failed by a stale heartbeat (its process died) is retried by ``RetryFailedTrialCallback``, so its
+    A trial failed by a stale heartbeat (its process died) is retried by ``RetryHeartbeatStaleTrialCallback``, so its
     slot stays taken until the retry runs; a surplus trial, an objective error or a spent retry frees it.
     """
     if any(t.state.name != "FAIL" for t in group):
@@ -114,14 +120,26 @@ def suggest_config(trial, optimizer: str, seed: int, limit: int | None) -> dict[
             "epochs": trial.suggest_int("epochs", 15, 50), "seed": seed, "limit": limit}
 
 
+def with_driver(url: str) -> str:
+    """``url`` with a bare PostgreSQL scheme pointed at psycopg 3 (the ``tune`` extra's driver).
+
+    SQLAlchemy reads ``postgresql://`` as psycopg2, which nothing here installs; an explicit driver
+    (``postgresql+psycopg2://``, ``mysql+pymysql://``) is kept as given.
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare):]
+    return url
+
+
 def open_study(storage_url: str, name: str, seed: int):
     """Create or load a study; refuses an unusable storage URL with a clear error."""
     import optuna
 
     try:
         storage = optuna.storages.RDBStorage(
-            storage_url, heartbeat_interval=HEARTBEAT, grace_period=GRACE,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY))
+            with_driver(storage_url), heartbeat_interval=HEARTBEAT, grace_period=GRACE,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except Exception as exc:  # SQLAlchemy raises many types for bad URLs and unreachable servers
         raise ConfigError(f"cannot open the study storage {storage_url!r}: {type(exc).__name__}: {exc}") from None
     return optuna.create_study(
@@ -131,15 +149,27 @@ def open_study(storage_url: str, name: str, seed: int):
     )
 
 
-def objective(framework: str, optimizer: str, data, seed: int, limit: int | None, cap: int):
+def hold_while(hold: Path | None, trial_number: int) -> None:
+    """The test gate (``FASHION_TUNE_HOLD_FILE``): say which trial is mid-training, then wait while ``hold`` exists."""
+    if hold is None or not hold.exists():
+        return
+    hold.with_name(hold.name + ".trial").write_text(str(trial_number))
+    while hold.exists():
+        time.sleep(0.1)  # Optuna's heartbeat thread keeps the trial alive meanwhile
+
+
+def objective(framework: str, optimizer: str, data, seed: int, limit: int | None, cap: int,
+              hold: Path | None = None):
     """The Optuna objective: wait for a slot under ``cap``, train one configuration, report each epoch,
-    return the best validation loss."""
+    return the best validation loss. ``hold``: the test gate, see :func:`hold_while`."""
     import optuna
 
     def run(trial) -> float:
         # Sample first: the stored params are what a retry of this trial replays if its process dies.
         params = suggest_config(trial, optimizer, seed, limit)
         wait_for_slot(trial.study, trial, cap)
+        # Which machine and process trained it: on a shared study, where to look when a trial fails.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             return train(trial, params)
         except optuna.TrialPruned:
@@ -154,6 +184,7 @@ def objective(framework: str, optimizer: str, data, seed: int, limit: int | None
 
         def report(row: dict[str, float]) -> None:
             trial.report(row["val_loss"], step=int(row["epoch"]))
+            hold_while(hold, trial.number)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
@@ -172,7 +203,7 @@ def complete(study) -> list:
 
 
 def run_study(study, framework: str, optimizer: str, data, trials: int, timeout: float | None, seed: int,
-              limit: int | None) -> None:
+              limit: int | None, hold: Path | None = None) -> None:
     """Run until the study has exactly ``trials`` finished (complete or pruned) trials, or ``timeout`` passes.
 
     Any number of processes, on any machines sharing the storage, may run this on one study at once.
@@ -189,7 +220,7 @@ def run_study(study, framework: str, optimizer: str, data, trials: int, timeout:
         if count_finished(study.get_trials(deepcopy=False)) >= trials:
             study.stop()
 
-    study.optimize(objective(framework, optimizer, data, seed, limit, trials), timeout=timeout,
+    study.optimize(objective(framework, optimizer, data, seed, limit, trials, hold), timeout=timeout,
                    callbacks=[stop_when_full], catch=(SurplusTrialError,), gc_after_trial=True)
 
 
@@ -313,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="train on N images of the training part")
     parser.add_argument("--seed", type=int, default=0, help="sampler and training seed")
     parser.add_argument("--storage", default=None,
-                        help="Optuna RDB URL (default: sqlite:///<out>/tuning.db); PostgreSQL works for many machines")
+                        help="Optuna RDB URL (default: sqlite:///<out>/tuning.db); postgresql://user@host/db "
+                        "for many workers or machines (pip install 'fashion-serve[tune]')")
     parser.add_argument("--study-prefix", default="fashion", help="studies are named <prefix>-<framework>-<optimizer>")
     parser.add_argument("--out", type=Path, default=DEFAULT_RUNS_DIR / "tuning", help="folder for presets and plots")
     parser.add_argument("--data-dir", default=None)
@@ -324,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(args.out / 'tuning.db').resolve()}"
+    hold = Path(os.environ[HOLD_ENV]) if os.environ.get(HOLD_ENV) else None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -333,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         for optimizer in OPTIMIZERS if args.optimizer == "all" else (args.optimizer,):
             study = open_study(storage, f"{args.study_prefix}-{args.framework}-{optimizer}", args.seed)
             start = time.perf_counter()
-            run_study(study, args.framework, optimizer, data, args.trials, args.timeout, args.seed, args.limit)
+            run_study(study, args.framework, optimizer, data, args.trials, args.timeout, args.seed, args.limit, hold)
             studies[optimizer] = study
             preset_path = args.out / f"tuned-{args.framework}-{optimizer}.json"
             preset_path.write_text(json.dumps(best_preset(study, optimizer), indent=2) + "\n")
