@@ -30,7 +30,7 @@ from fashion.contract import CLASS_NAMES, NUM_CLASSES, answer_records, softmax
 from fashion.metrics import confusion_matrix
 from service.answers import NPY, negotiate, npy_body
 from service.batcher import MicroBatcher, OverloadedError
-from service.datasets import Upload, read_dataset
+from service.datasets import Dataset, Upload, read_dataset
 from service.inputs import RequestError, parse_backend, read_body, serving
 from service.registry import ModelRegistry
 from service.task_board import UPLOAD_STATE, TaskBoard, TaskProgress
@@ -141,16 +141,23 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: Mo
     header = {"task_id": task.task_id, "backend": backend, "model_version": version, "seconds": round(seconds, 3)}
     # The submit's Accept, checked there (service.task_routes): JSON, or the compact rows (service.answers).
     answer = negotiate(ctx.request.headers.get("accept"))
-    # 100,000 answers are megabytes of JSON: built in a thread, not on the event loop that serves online requests.
-    loaded = registry.get(backend)
-    scores = registry.ood_scores(backend, logits, dataset.pixels)
-    threshold = loaded.detector.threshold if loaded.detector else 0.0
-    result = await anyio.to_thread.run_sync(render_result, header, logits, dataset.labels, answer,
-                                            loaded.temperature, scores, threshold)
+    # 100,000 answers are megabytes of JSON, and their "not clothing" scores whole-array float64 work on every
+    # pixel: both in a thread, not on the event loop that serves online requests.
+    result = await anyio.to_thread.run_sync(answer_task, registry, backend, header, logits, dataset, answer)
     task.check_cancel()  # canceled while it rendered: canceled it stays
     task.end("completed")
     log.info("task %s: %d images on %s in %.2f s", task.task_id, task.total, backend, seconds)
     return result
+
+
+def answer_task(registry: ModelRegistry, backend: str, header: dict[str, Any], logits: np.ndarray,
+                dataset: Dataset, answer: str) -> Response:
+    """The task's result in the negotiated ``answer`` type. The compact rows carry no "not clothing" columns
+    (as on the native routes), so their scores are computed only for a JSON answer."""
+    loaded = registry.get(backend)
+    scores = registry.ood_scores(backend, logits, dataset.pixels) if answer != NPY else None
+    threshold = loaded.detector.threshold if loaded.detector else 0.0
+    return render_result(header, logits, dataset.labels, answer, loaded.temperature, scores, threshold)
 
 
 def render_result(header: dict[str, Any], logits: np.ndarray, labels: np.ndarray | None,
