@@ -67,7 +67,7 @@ def haproxy_config(port: int, replicas: Sequence[Replica], folder: Path) -> str:
     ``http-server-close`` opens a new connection to a replica per request, so a stopping replica never
     closes an idle connection the balancer has just chosen (a 502 the client would not retry).
     """
-    from service.tasks import TASK_ROUTE
+    from service.task_routes import TASK_ROUTE
 
     def servers(track: str | None) -> list[str]:
         return [f"    server {r.name} 127.0.0.1:{r.port} "
