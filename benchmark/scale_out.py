@@ -198,7 +198,7 @@ def run_batch(url: str, images: Path, out: Path, batch_size: int, backend: str |
     args = parse_args(argv)
     classify, retried = remote_classifier(args)
     config = JobConfig(batch_size=args.batch_size, concurrency=args.concurrency or 4, progress=False)
-    return run_job(open_source(args.input, args.labels), out, wrap(classify) if wrap else classify, config, retried)
+    return run_job(open_source(args.input[0], args.labels), out, wrap(classify) if wrap else classify, config, retried)
 
 
 def tiled_test_set(data_dir: str | None, count: int, folder: Path) -> Path:

@@ -21,7 +21,7 @@ import pytest
 
 from benchmark.scale_out import RETRIED, Balancer, Replica, run_batch, start_replica
 from service.launch import Server
-from tests.helpers import npy
+from tests.helpers import npy, wait_until
 
 BACKEND = "onnx-torch"
 ENV = {"FASHION_BACKENDS": "onnx-torch,onnx-tf"}  # the two quick-loading backends: replicas start sooner
@@ -96,7 +96,9 @@ def test_a_batch_through_the_balancer_survives_a_drain_and_restart(cluster, data
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(run_batch, cluster.balancer.url, images, out, BATCH, BACKEND, paused(drain, rejoined))
         try:
-            assert drain.wait(300), "the job never reached its 20th request"
+            # hang guard 300 s; a job that fails before its 20th request says why at once
+            wait_until(lambda: drain.is_set() or job.done(), "the job's 20th request (or its end)", 300)
+            assert drain.is_set(), f"the job ended before its 20th request: {job.exception()!r}"
             # SIGTERM with requests in flight: they finish, new connections are refused and haproxy sends
             # them to the other replica; the replica exits 0.
             assert cluster.servers[drained.name].stop(60) == 0
