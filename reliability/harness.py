@@ -27,7 +27,11 @@ class Server(launcher.Server):
         import psutil
 
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            if "_bentoml_impl.worker.service" in " ".join(child.cmdline()):
+            try:
+                command = " ".join(child.cmdline())
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a killed worker the arbiter has not reaped yet
+                continue
+            if "_bentoml_impl.worker.service" in command:
                 return child
         raise RuntimeError("no BentoML worker process found")
 
