@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check \
-	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood scale-out
+	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood scale-out workers
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench-http: export ## Service vs bare Starlette over HTTP -> results/service-ben
 
 peers: export ## Side by side with BentoML, LitServe, Ray Serve, MLServer, KServe, bare app; perf_analyzer -> results/peers-<machine>.md (needs wrk; venvs cached)
 	$(PY) -m benchmark.peers
+
+workers: export ## 1 or 2 BentoML workers x 1 or 2 runtime threads, single-image and batch traffic -> results/workers-<machine>.md (needs wrk; ~10 min)
+	$(PY) -m benchmark.workers
 
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
 	$(PY) -m benchmark.batch
