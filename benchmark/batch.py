@@ -13,6 +13,10 @@ each repeat measures, in this order on the same machine:
   100,000 images each, two in flight, compact results, from the first upload to the
   last result.
 
+Then, once per output format (CSV and Parquet), the **resume check**: a ``--local`` job
+over the same input is killed with SIGKILL at a random moment, resumed with
+``--resume``, and its output compared byte for byte with an uninterrupted run's.
+
 The machine may be shared: each run is compared with bare rates measured just before
 and after it, and the report gives the median of the repeats. Writes ``results/batch-bench-<machine>.md``
 and ``.json``.
@@ -21,10 +25,13 @@ and ``.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
+import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +68,8 @@ class BenchConfig:
     out: Path = RESULTS
     task_concurrency: int = 2
     bare_images: int = 200_000
+    resume_formats: tuple[str, ...] = (".csv", ".parquet")
+    seed: int | None = None
 
 
 def make_input(folder: Path, images: int) -> Path:
@@ -171,11 +180,83 @@ def run_cli(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
     return {"wall_s": wall, "rate": rate, "cpu_s": cpu, "peak_rss_mib": peak}
 
 
-def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig) -> dict[str, Any]:
-    out = work / "local.csv"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return run_cli(["batch", str(source), "--out", str(out), "--local", "--model", str(model_dir), "--quiet",
-                    "--batch-size", str(config.batch_size)], env, work)
+def local_args(source: Path, model_dir: Path, out: Path, config: BenchConfig) -> list[str]:
+    """The batch CLI's arguments for a ``--local`` job over ``source`` into ``out``."""
+    return ["batch", str(source), "--out", str(out), "--local", "--model", str(model_dir), "--quiet",
+            "--batch-size", str(config.batch_size)]
+
+
+LOCAL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig,
+              name: str = "local.csv") -> dict[str, Any]:
+    return run_cli(local_args(source, model_dir, work / name, config), {**os.environ, **LOCAL_ENV}, work)
+
+
+def journal_done(journal: Path) -> int:
+    """Inputs done according to the last complete line of a batch job's journal (0: none yet)."""
+    from clients.batch import read_journal
+
+    progress = read_journal(journal)
+    return progress.done if progress else 0
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def kill_at_random(args: list[str], journal: Path, job_seconds: float, rng: random.Random) -> dict[str, Any]:
+    """Start the CLI, SIGKILL it a random time into its job (after its first journal line, before its expected
+    end); the kill point as the journal recorded it. Raises if the job ended before the kill."""
+    proc = subprocess.Popen([sys.executable, "-m", "clients", *args], cwd=REPO, env={**os.environ, **LOCAL_ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while journal_done(journal) == 0:  # the job has read, classified and written its first chunk
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"waited for the first line of {journal}: the job "
+                                   + (f"exited {proc.returncode}" if proc.poll() is not None else "took over 300 s"))
+            time.sleep(0.01)
+        delay = rng.uniform(0.0, 0.9 * job_seconds)
+        time.sleep(delay)  # the random kill point itself, not a wait for anything
+        if proc.poll() is not None:
+            raise RuntimeError(f"the job ended {delay:.2f} s after its first chunk, before the kill")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    return {"killed_after_s": delay, "killed_at_images": journal_done(journal)}
+
+
+def resume_check(source: Path, model_dir: Path, work: Path, config: BenchConfig, suffix: str,
+                 rng: random.Random) -> dict[str, Any]:
+    """An uninterrupted ``--local`` job, then the same job killed at random and resumed: identical bytes?"""
+    reference = work / f"uninterrupted{suffix}"
+    resumed = work / f"resumed{suffix}"
+    for path in (reference, resumed):
+        path.unlink(missing_ok=True)
+    whole = run_local(source, model_dir, work, config, reference.name)
+    job_seconds = config.images / whole["rate"]
+    kill = kill_at_random(local_args(source, model_dir, resumed, config), work / f"{resumed.name}.journal",
+                          job_seconds, rng)
+    finish = run_cli([*local_args(source, model_dir, resumed, config), "--resume"], {**os.environ, **LOCAL_ENV}, work)
+    result = {"format": suffix.lstrip("."), "images": config.images, **kill,
+              "reference_sha256": sha256(reference), "resumed_sha256": sha256(resumed),
+              "bytes": reference.stat().st_size, "resumed_peak_rss_mib": finish["peak_rss_mib"]}
+    result["identical"] = result["reference_sha256"] == result["resumed_sha256"]
+    print(f"resume check {suffix}: killed at {kill['killed_at_images']:,} images "
+          f"({kill['killed_after_s']:.2f} s in), resumed: {'identical' if result['identical'] else 'DIFFERENT'}",
+          flush=True)
+    for path in (reference, resumed):
+        path.unlink(missing_ok=True)
+    return result
 
 
 def run_service(source: Path, url: str, work: Path, config: BenchConfig, server: int | None) -> dict[str, Any]:
@@ -372,15 +453,34 @@ def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Pat
               "the bare session keeps ONNX Runtime's default of spinning idle threads, which waste their time "
               "slices when the cores are oversubscribed; the jobs' own sessions do not spin. Then the CPU-based "
               "fraction is the figure to read."]
+    lines += resume_lines(results.get("resume_checks") or [])
     path = config.out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def resume_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """The report's section on the kill-and-resume checks (none: nothing)."""
+    if not checks:
+        return []
+    lines = ["", "## Killed at a random point and resumed", "",
+             f"A `--local` job over the same {checks[0]['images']:,} images, SIGKILLed a random time after its "
+             f"first journal line (uniform over 0.9 of the uninterrupted job's time; seed {checks[0]['seed']}), then "
+             "finished with `--resume`; its output compared with an uninterrupted run's, byte for byte (SHA-256).", "",
+             "| format | killed after | images in the journal at the kill | output bytes | identical | "
+             "peak RSS of the resumed run MiB |", "| --- | --- | --- | --- | --- | --- |"]
+    for check in checks:
+        lines.append(f"| {check['format']} | {check['killed_after_s']:.2f} s | {check['killed_at_images']:,} "
+                     f"| {check['bytes']:,} | {'yes' if check['identical'] else '**no**'} "
+                     f"| {check['resumed_peak_rss_mib']:,.0f} |")
+    return lines
 
 
 def render(path: Path) -> int:
     """Rewrite the Markdown report from its JSON (after a change to the report's layout); measures nothing."""
     results = json.loads(path.read_text())
     config = BenchConfig(**{**results["config"], "modes": tuple(results["config"]["modes"]),
+                            "resume_formats": tuple(results["config"].get("resume_formats", ())),
                             "out": path.parent, "work": None})
     print(write_report(config, results, path.stem))
     return 0
@@ -401,13 +501,17 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     parser.add_argument("--model", default=None, help="exported model folder or BentoML tag (default: latest)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the input and outputs (default: a temp)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes (default results/)")
+    parser.add_argument("--resume-formats", nargs="*", default=[".csv", ".parquet"], choices=[".csv", ".parquet"],
+                        help="output formats of the kill-and-resume check (default: both; none: skip it)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the random kill points (default: random)")
     parser.add_argument("--render", type=Path, default=None, help="rewrite the report from this results JSON only")
     args = parser.parse_args(argv)
     if args.render:
         raise SystemExit(render(args.render))
     return BenchConfig(images=args.images, repeats=args.repeats, batch_size=args.batch_size, modes=tuple(args.modes),
                        url=args.url, model=args.model, work=args.work, out=args.out,
-                       bare_images=args.bare_images, task_concurrency=args.task_concurrency)
+                       bare_images=args.bare_images, task_concurrency=args.task_concurrency,
+                       resume_formats=tuple(args.resume_formats), seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,10 +532,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)  # the kill points; the seed is recorded so that a run can be repeated
+    resumes = [{**resume_check(source, model_dir, work, config, suffix, rng), "seed": seed}
+               for suffix in config.resume_formats]
     env = environment_stamp()
     results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "environment": env,
                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-               "repeats": repeats, "summary": summarize(config, repeats), "others_cpu_share": others}
+               "repeats": repeats, "summary": summarize(config, repeats), "others_cpu_share": others,
+               "resume_checks": resumes}
     path = write_report(config, results, f"batch-bench-{machine_name(env, None)}")
     print(path.read_text())
     return 0

@@ -35,17 +35,30 @@ def pick_runs(args: argparse.Namespace) -> list[Run]:
     return picked
 
 
-def print_table(model_dirs: list[Path]) -> None:
-    """Artifact, size, parity and accuracy, one row per artifact."""
-    print(f"{'model':<36} {'artifact':<11} {'size':>9} {'parity max|dp|':>15} {'top-1 agree':>12} {'test acc':>9}")
+def table(model_dirs: list[Path]) -> str:
+    """Artifact, size, parity and accuracy, one row per artifact, from the exports' manifests."""
+    lines = [f"{'model':<36} {'artifact':<11} {'size':>9} {'parity max|dp|':>15} {'top-1 agree':>12} {'test acc':>9}"]
     for model_dir in model_dirs:
         manifest = read_manifest(model_dir)
         for key, entry in manifest["artifacts"].items():
             parity = entry.get("parity")
             dp = f"{parity['max_abs_prob_diff']:.2e}" if parity else "-"
             agree = f"{parity['top1_agreement']:.4f}" if parity else "-"
-            print(f"{manifest['name'] + ':' + manifest['version']:<36} {key:<11} "
-                  f"{entry['bytes'] / 1e6:>7.2f}MB {dp:>15} {agree:>12} {entry['test_accuracy']:>9.4f}")
+            lines.append(f"{manifest['name'] + ':' + manifest['version']:<36} {key:<11} "
+                         f"{entry['bytes'] / 1e6:>7.2f}MB {dp:>15} {agree:>12} {entry['test_accuracy']:>9.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_store_table(path: Path) -> int:
+    """The table of the latest model of each framework in the BentoML store, printed and written to ``path``."""
+    import bentoml
+
+    from fashion.backends import MODEL_NAMES
+
+    text = table([Path(bentoml.models.get(f"{name}:latest").path) for name in MODEL_NAMES.values()])
+    path.write_text(text)
+    print(text, end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true", help="do not register in the BentoML store")
     parser.add_argument("--if-missing", action="store_true", help="skip runs that were exported already")
     parser.add_argument("--data-dir", default=None, help="folder with the IDX files (default: search)")
+    parser.add_argument("--table", type=Path, default=None,
+                        help="export nothing: write the table of the BentoML store's latest models to this file "
+                             "(results/export.txt)")
     args = parser.parse_args(argv)
+    if args.table:
+        return write_store_table(args.table)
     try:
         runs = pick_runs(args)
         data = load_fashion_mnist(args.data_dir)
@@ -75,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, DataError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print_table(model_dirs)
+    print(table(model_dirs), end="")
     if not args.no_register:
         from export.store import register_model
 

@@ -55,22 +55,36 @@ class Server:
         """Seconds until ``path`` answers ``status``.
 
         Raises:
-            RuntimeError: the server exited meanwhile (its log says why).
+            RuntimeError: the server exited meanwhile (its log says why), or, waiting for ``/readyz``, its models
+                failed to load (it would never be ready: ``/model_info``'s error, at once rather than at the timeout).
             TimeoutError: not within ``timeout`` seconds, naming what was awaited.
         """
         import httpx
 
         start = time.monotonic()
+        next_check = start
         while time.monotonic() - start < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server {self.url} exited with {self.proc.returncode}; see {self.log}")
             try:
                 if httpx.get(self.url + path, timeout=2).status_code == status:
                     return time.monotonic() - start
+                if path == "/readyz" and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + 1.0
+                    if error := self.load_error():
+                        raise RuntimeError(f"server {self.url} will not become ready, its models failed to load: "
+                                           f"{error}; see {self.log}")
             except httpx.TransportError:
                 pass  # not listening yet
             time.sleep(0.1)
         raise TimeoutError(f"{self.url}{path} did not answer {status} within {timeout} s; see {self.log}")
+
+    def load_error(self) -> str | None:
+        """The error that stopped the models loading, as ``/model_info`` reports it (``None``: none so far)."""
+        import httpx
+
+        reply = httpx.post(self.url + "/model_info", timeout=2)
+        return reply.json().get("error") if reply.status_code == 200 else None
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then SIGKILL to the whole process group after ``timeout`` seconds; the exit code."""

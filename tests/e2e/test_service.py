@@ -141,6 +141,8 @@ def test_not_ready_until_models_load_and_never_with_a_tampered_model(exported, t
                           "/model_info to report the loading error", 300, interval=0.25)
         assert "model.onnx" in info["error"] and "SHA-256" in info["error"]
         assert httpx.get(f"{url}/readyz").status_code == 503
+        with pytest.raises(RuntimeError, match=r"models failed to load.*SHA-256"):
+            instance.wait_ready(timeout=60)  # says why at once instead of waiting out the timeout
         reply = httpx.post(f"{url}/classify", files={"images": ("a.png", SAMPLE, "image/png")})
         assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
         assert "not ready" in reply.json()["error"] and "SHA-256" in reply.json()["error"]

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmark.batch import others_share, poll_delay, shared_note, task_body
+from benchmark.batch import journal_done, others_share, poll_delay, resume_lines, shared_note, task_body
 
 
 def test_a_task_upload_is_the_npy_of_its_rows(tmp_path):
@@ -36,3 +36,20 @@ def test_the_report_says_how_much_of_the_machine_others_took():
     assert "shared machine" in note and "rerun" in note
     assert "shared" not in shared_note({"others_cpu_share": 0.01})
     assert shared_note({}) == ""
+
+
+def test_the_kill_point_is_read_from_the_journal_s_last_complete_line(tmp_path):
+    journal = tmp_path / "out.csv.journal"
+    assert journal_done(journal) == 0  # the job has not written a chunk yet
+    journal.write_bytes(b'{"done":1024,"out_bytes":10}\n{"done":2048,"out_bytes":20}\n{"done":30')
+    assert journal_done(journal) == 2048
+
+
+def test_the_resume_check_reports_a_difference_as_a_failure():
+    check = {"format": "csv", "images": 1_000_000, "seed": 7, "killed_after_s": 3.25, "killed_at_images": 421_888,
+             "bytes": 70_000_000, "resumed_peak_rss_mib": 140.0}
+    same = resume_lines([{**check, "identical": True}])
+    different = resume_lines([{**check, "identical": False}])
+    assert "| csv | 3.25 s | 421,888 | 70,000,000 | yes | 140 |" in same
+    assert "| csv | 3.25 s | 421,888 | 70,000,000 | **no** | 140 |" in different
+    assert resume_lines([]) == []
