@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check \
-	reliability-tests soak fuzz clean test-fast test-timing inputs calibration ood scale-out workers
+	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs calibration ood scale-out workers
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ scale-out: export ## PostgreSQL tuning + haproxy replica tests, then 1 vs 2 repl
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m reliability
+
+event-loops: export ## uvloop vs asyncio: wrk at 1/16/64 clients and the 30 s flood -> results/event-loop-<machine>.md
+	$(PY) -m reliability.loops
 
 reliability-tests: export ## The same scenarios at full length as tests (pytest -m long)
 	$(PY) -m pytest -m long tests/e2e/test_reliability.py

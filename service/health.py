@@ -2,7 +2,7 @@
 
 BentoML answers its own ``/livez`` and ``/readyz`` on the event loop that also parses
 every request. Under a flood of connections that loop is busy, and a probe waits its
-turn behind them: seconds in the overload run (results/reliability.md), long enough
+turn behind them (and behind whatever else holds the loop), which can be long enough
 for Kubernetes to kill a pod that is merely busy. This server runs in its own thread,
 so a probe needs only a share of the interpreter, not a turn of the loop.
 
@@ -14,8 +14,9 @@ task between requests, so a flood does not fail liveness.
 
 Enabled with ``FASHION_HEALTH_PORT`` (``FASHION_HEALTH_HOST``, default ``0.0.0.0``).
 It answers GET ``/livez`` (200 while the loop beats, else 503 with how long it has been
-silent) and ``/readyz`` (200 once the models are ready, else 503 with the reason), the JSON status
-pages it is given (``/gcz``: the collector's passes and pauses, see service.gcstats; ``/gcz/census``:
+silent; either way it names the loop's class, so one can see which loop FASHION_EVENT_LOOP chose) and
+``/readyz`` (200 once the models are ready, else 503 with the reason), the JSON status pages it is
+given (``/gcz``: the collector's passes and pauses, see service.gcstats; ``/gcz/census``:
 tracked objects by type), and nothing else (404).
 """
 
@@ -45,6 +46,7 @@ class Heartbeat:
         self.stale_after, self.interval = stale_after, interval
         self.last: float | None = None  # None until the loop has started beating (the start is the startup probe's)
         self.task: asyncio.Task | None = None
+        self.loop: str | None = None  # the class of the loop it beats on: which one FASHION_EVENT_LOOP chose
 
     async def beat(self) -> None:
         """Stamp the time, forever, on the loop this runs on."""
@@ -54,7 +56,9 @@ class Heartbeat:
 
     def start(self) -> None:
         """Begin beating on the running event loop (call from it, e.g. a startup hook)."""
-        self.task = asyncio.get_running_loop().create_task(self.beat(), name="liveness-heartbeat")
+        loop = asyncio.get_running_loop()
+        self.loop = f"{type(loop).__module__}.{type(loop).__qualname__}"
+        self.task = loop.create_task(self.beat(), name="liveness-heartbeat")
 
     def age(self) -> float | None:
         """Seconds since the last beat; ``None`` before the first."""
@@ -84,7 +88,8 @@ def make_handler(not_ready: Callable[[], str | None], pages: StatusPages | None 
                 reason = heartbeat.stuck_reason() if heartbeat else None
                 age = heartbeat.age() if heartbeat else None
                 self.answer(503 if reason else 200, {"live": reason is None, "reason": reason,
-                                                     "heartbeat_age_s": None if age is None else round(age, 3)})
+                                                     "heartbeat_age_s": None if age is None else round(age, 3),
+                                                     "event_loop": heartbeat.loop if heartbeat else None})
             elif self.path == "/readyz":
                 reason = not_ready()
                 self.answer(503 if reason else 200, {"ready": reason is None, "reason": reason})

@@ -141,3 +141,17 @@ def test_event_loop_choice(monkeypatch):
     assert eventloop.install("asyncio") == "asyncio" and config.LOOP_FACTORIES["auto"].endswith("asyncio_loop_factory")
     with pytest.raises(ValueError):
         eventloop.install("trio")
+
+
+def test_the_default_event_loop_is_asyncios(monkeypatch):
+    """uvloop accepts one connection per turn, leaving a flood's connections in the kernel (service.eventloop)."""
+    from uvicorn import config
+
+    from service import eventloop
+
+    monkeypatch.setitem(config.LOOP_FACTORIES, "auto", config.LOOP_FACTORIES["auto"])
+    monkeypatch.delenv("FASHION_EVENT_LOOP", raising=False)
+    assert eventloop.install() == "asyncio"
+    assert config.LOOP_FACTORIES["auto"] == "uvicorn.loops.asyncio:asyncio_loop_factory"
+    monkeypatch.setenv("FASHION_EVENT_LOOP", "uvloop")
+    assert eventloop.install() == "uvloop" and config.LOOP_FACTORIES["auto"].endswith("uvloop_loop_factory")

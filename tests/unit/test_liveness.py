@@ -46,6 +46,7 @@ def test_livez_fails_while_the_loop_is_blocked_and_recovers():
         assert started.wait(WAIT_S), "the loop did not start"
         alive = poll_livez(url, 200)
         assert alive["live"] is True and alive["reason"] is None and 0 <= alive["heartbeat_age_s"] <= 0.3
+        assert alive["event_loop"] == f"{type(loop).__module__}.{type(loop).__qualname__}"  # which loop beats
         loop.call_soon_threadsafe(release.wait, WAIT_S)  # a blocking call on the loop, as a stuck handler makes
         body = poll_livez(url, 503)
         assert body["live"] is False and "event loop has not run" in body["reason"]
