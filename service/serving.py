@@ -10,7 +10,7 @@ routes and the task routes take it from there (:func:`serving_of`) rather than l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.batcher import MicroBatcher
@@ -22,6 +22,21 @@ from service.task_board import TaskBoard
 STATE_KEY = "fashion_serving"
 
 
+class InFlight:
+    """The API requests in progress, counted by admission control (service.admission).
+
+    The batcher asks :meth:`alone` before it runs a small job on the event loop (service.batcher): only a
+    request with no other one in progress may, so under load every job still goes through the queue and merges.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def alone(self) -> bool:
+        """At most one request (the caller's) is in progress."""
+        return self.count <= 1
+
+
 @dataclass(frozen=True)
 class Serving:
     """The service's parts, built once per worker (service.service.FashionClassifier)."""
@@ -30,6 +45,7 @@ class Serving:
     registry: ModelRegistry
     batcher: MicroBatcher
     tasks: TaskBoard
+    in_flight: InFlight = field(default_factory=InFlight)
 
     def not_ready_reason(self) -> str | None:
         """``None`` once every configured backend has loaded and warmed up; else why not (loading, or the error
