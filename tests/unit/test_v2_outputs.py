@@ -1,10 +1,13 @@
-"""service.v2 lists only the outputs a model can answer: perf_analyzer asks for every listed output."""
+"""service.v2 lists only the outputs a model can answer: perf_analyzer asks for every listed output;
+and the detector scores a request once."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from service.v2 import OUTPUTS, served_outputs
+import numpy as np
+
+from service.v2 import OUTPUTS, RequestedOutput, output_tensor, served_outputs
 
 
 def test_a_model_without_a_detector_lists_logits_and_probabilities_only():
@@ -13,10 +16,6 @@ def test_a_model_without_a_detector_lists_logits_and_probabilities_only():
 
 
 def test_both_not_clothing_outputs_come_from_one_scoring_per_request():
-    import numpy as np
-
-    from service.v2 import RequestedOutput, output_tensor
-
     class CountingDetector:
         threshold = 0.5
         calls = 0
