@@ -130,7 +130,8 @@ class MicroBatcher:
     def _can_run_inline(self, images: int) -> bool:
         """Idle and small: nothing is queued or running, no other request is in progress, no test hold."""
         return (images <= self.inline_images and not self.queue and not self.running
-                and self.hold_file is None and self.alone is not None and self.alone())
+                and self.alone is not None and self.alone()
+                and (self.hold_file is None or not os.path.exists(self.hold_file)))
 
     def _run_inline(self, backend: str, pixels: np.ndarray) -> np.ndarray:
         """The model call on the event loop, counted in /metrics like any batch (one job, no wait)."""

@@ -70,12 +70,24 @@ def test_a_large_request_or_one_among_others_goes_to_the_model_thread():
     assert [(on_loop(thread), n) for thread, n in model.calls] == [(False, 5), (False, 1)]
 
 
-def test_never_on_the_loop_without_alone_or_under_a_test_hold(tmp_path):
+def test_never_on_the_loop_without_alone_or_while_a_test_holds_the_batcher(tmp_path):
     model = ThreadRecorder()
-    asyncio.run(MicroBatcher(model, inline_images=4).predict("a", images(1)))
-    hold = tmp_path / "hold"  # not created: nothing is held, but the gate is configured
-    asyncio.run(MicroBatcher(model, hold_file=str(hold), alone=lambda: True, inline_images=4).predict("a", images(2)))
-    assert [on_loop(thread) for thread, _ in model.calls] == [False, False]
+    asyncio.run(MicroBatcher(model, inline_images=4).predict("a", images(1)))  # no alone(): never
+    hold = tmp_path / "hold"
+    batcher = MicroBatcher(model, hold_file=str(hold), alone=lambda: True, inline_images=4)
+
+    async def scenario():
+        free = await batcher.predict("a", images(2))  # the gate is configured but not closed
+        hold.touch()
+        held = asyncio.create_task(batcher.predict("a", images(3)))
+        while len(batcher.queue) < 1:  # queued behind the hold, not run on the loop
+            await asyncio.sleep(0)
+        hold.unlink()
+        return free, await held
+
+    free, held = asyncio.run(asyncio.wait_for(scenario(), WAIT_S))
+    assert free[:, 0].tolist() == [2] and held[:, 0].tolist() == [3]
+    assert [on_loop(thread) for thread, _ in model.calls] == [False, True, False]
 
 
 def test_a_burst_while_the_model_is_busy_still_merges():
