@@ -74,11 +74,11 @@ class AdmissionMiddleware:
                     message = {**message, "headers": [*headers, (b"retry-after", self.retry_after)]}
             await send(message)
 
-        counter.count += 1
+        counter.enter(scope.get("client"))
         try:
             await self.app(scope, receive, send_with_retry_after)
         finally:
-            counter.count -= 1
+            counter.leave()
 
     async def refuse(self, send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
         """Answer ``status`` with a JSON error and ``Retry-After``, without reading the body."""

@@ -8,7 +8,8 @@ and under load the batches grow by themselves (Triton's dynamic batcher with
 no queue delay works the same way).
 
 A small job that finds the server otherwise idle (``alone()``: no other request
-in progress, nothing queued, no model call running) runs on the event loop
+in progress and the same client connection as the last request, see
+service.serving.InFlight; nothing queued, no model call running) runs on the event loop
 itself: the hop to the model thread and back costs more than the model call of
 one image (docs/serving.md, "A lone request skips the model thread"). Model calls
 stay one at a time: the loop is blocked while it runs one, so no batch can start.

@@ -25,16 +25,32 @@ STATE_KEY = "fashion_serving"
 class InFlight:
     """The API requests in progress, counted by admission control (service.admission).
 
-    The batcher asks :meth:`alone` before it runs a small job on the event loop (service.batcher): only a
-    request with no other one in progress may, so under load every job still goes through the queue and merges.
+    The batcher asks :meth:`alone` before it runs a small job on the event loop (service.batcher). Only a request
+    with no other one in progress, on the same connection as the request before it, is alone: a client that waits
+    for each answer before it asks again. Under load the count alone would mislead: a loop busy running each
+    request's model call never starts the next request before the last has ended, so the count stays at 1 while
+    other connections wait; their requests take turns, and a new connection means the job goes through the
+    queue, where requests that arrive meanwhile merge with it.
     """
 
     def __init__(self) -> None:
         self.count = 0
+        self.last_connection: object = None
+        self.same_connection = False
+
+    def enter(self, connection: object) -> None:
+        """A request starts on ``connection`` (the ASGI scope's ``client``, unique per open connection)."""
+        self.count += 1
+        self.same_connection = connection is not None and connection == self.last_connection
+        self.last_connection = connection
+
+    def leave(self) -> None:
+        """A request has ended."""
+        self.count -= 1
 
     def alone(self) -> bool:
-        """At most one request (the caller's) is in progress."""
-        return self.count <= 1
+        """At most one request (the caller's) is in progress, and it came on the previous request's connection."""
+        return self.count <= 1 and self.same_connection
 
 
 @dataclass(frozen=True)

@@ -47,27 +47,36 @@ def on_loop(name: str) -> bool:
 
 def test_a_lone_small_request_runs_on_the_event_loop():
     model, in_flight = ThreadRecorder(), InFlight()
-    in_flight.count = 1  # only the caller's request
+    in_flight.enter(("127.0.0.1", 5000))
+    in_flight.leave()
+    in_flight.enter(("127.0.0.1", 5000))  # the same client's next request, nothing else in progress
     batcher = MicroBatcher(model, alone=in_flight.alone, inline_images=4)
     answers = asyncio.run(batcher.predict("a", images(7, 8)))
     assert answers[:, 0].tolist() == [7, 8]
     assert [(on_loop(thread), n) for thread, n in model.calls] == [(True, 2)]
 
 
-def test_a_large_request_or_one_among_others_goes_to_the_model_thread():
+def test_a_large_request_one_among_others_or_one_on_a_new_connection_goes_to_the_model_thread():
     model, in_flight = ThreadRecorder(), InFlight()
     batcher = MicroBatcher(model, alone=in_flight.alone, inline_images=4)
 
     async def scenario():
-        in_flight.count = 1
+        in_flight.enter("a")
+        in_flight.leave()
+        in_flight.enter("a")
         large = await batcher.predict("a", images(*range(5)))  # over inline_images
-        in_flight.count = 2
+        in_flight.enter("b")
         crowded = await batcher.predict("a", images(9))  # another request is in progress
-        return large, crowded
+        in_flight.leave()
+        in_flight.leave()
+        in_flight.enter("c")
+        taking_turns = await batcher.predict("a", images(8))  # alone, but on another connection than the last
+        return large, crowded, taking_turns
 
-    large, crowded = asyncio.run(scenario())
+    large, crowded, taking_turns = asyncio.run(scenario())
     assert large[:, 0].tolist() == list(range(5)) and crowded[:, 0].tolist() == [9]
-    assert [(on_loop(thread), n) for thread, n in model.calls] == [(False, 5), (False, 1)]
+    assert taking_turns[:, 0].tolist() == [8]
+    assert [(on_loop(thread), n) for thread, n in model.calls] == [(False, 5), (False, 1), (False, 1)]
 
 
 def test_never_on_the_loop_without_alone_or_while_a_test_holds_the_batcher(tmp_path):
@@ -96,11 +105,14 @@ def test_a_burst_while_the_model_is_busy_still_merges():
     model.gate.clear()
 
     async def scenario():
-        in_flight.count = 1
+        in_flight.enter("a")
+        in_flight.leave()
+        in_flight.enter("a")
         first = asyncio.create_task(batcher.predict("a", images(0, *range(10, 14))))  # 5 images: model thread
         entered = await asyncio.to_thread(model.entered.wait, WAIT_S)
         assert entered, "the first request never reached the model"
-        in_flight.count = 1  # even a caller that looks alone queues while a batch runs
+        in_flight.leave()
+        in_flight.enter("a")  # even a caller that looks alone queues while a batch runs
         burst = [asyncio.create_task(batcher.predict("a", images(i))) for i in (1, 2, 3)]
         while len(batcher.queue) < 3:  # every burst request is queued behind the running batch
             await asyncio.sleep(0)
