@@ -470,7 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"the peers' venvs (default: {CACHE})")
     parser.add_argument("--note", default="", help="a line for the report, e.g. that the machine was busy")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for peers-<machine>.{md,json,png}")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for <stem>-<machine>.{md,json,png}")
+    parser.add_argument("--stem", default="peers",
+                        help="first part of the file names (default: peers); e.g. peers-ours with --only "
+                             "fashion-serve, so the full report is not overwritten")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -485,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
               "cores": os.cpu_count(), "argv": list(argv if argv is not None else sys.argv[1:]),
               "seconds": args.seconds, "reps": args.reps, "note": args.note, **results}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"peers-{machine}"
+    stem = args.out / f"{args.stem}-{machine}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     stem.with_suffix(".md").write_text(render(report))
     plot(report, stem.with_suffix(".png"))

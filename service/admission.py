@@ -17,7 +17,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.serving import Serving, attach
+from service.serving import InFlight, Serving, attach
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -47,7 +47,7 @@ class AdmissionMiddleware:
         self.app = app
         self.current = current
         self.retry_after = str(retry_after_s).encode()
-        self.in_flight = 0
+        self.before_start = InFlight()
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
@@ -56,9 +56,11 @@ class AdmissionMiddleware:
             attach(scope, serving)
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             return await self.app(scope, receive, send)
-        # No limit only before the service exists, when uvicorn answers nothing yet (BentoML creates it at startup).
-        max_in_flight = serving.config.max_in_flight if serving else self.in_flight + 1
-        if self.in_flight >= max_in_flight:
+        # The service's count (the batcher reads it, service.serving.InFlight); before the service exists, when
+        # uvicorn answers nothing yet (BentoML creates it at startup), our own, with no limit.
+        counter = serving.in_flight if serving else self.before_start
+        max_in_flight = serving.config.max_in_flight if serving else counter.count + 1
+        if counter.count >= max_in_flight:
             return await self.refuse(send, 429, f"over {max_in_flight} requests in progress; retry shortly")
         gated = scope["method"] == "POST" and scope["path"] not in ANSWERS_BEFORE_READY
         not_ready = (serving.not_ready_reason() if serving else "starting") if gated else None
@@ -72,11 +74,11 @@ class AdmissionMiddleware:
                     message = {**message, "headers": [*headers, (b"retry-after", self.retry_after)]}
             await send(message)
 
-        self.in_flight += 1
+        counter.enter(scope.get("client"))
         try:
             await self.app(scope, receive, send_with_retry_after)
         finally:
-            self.in_flight -= 1
+            counter.leave()
 
     async def refuse(self, send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
         """Answer ``status`` with a JSON error and ``Retry-After``, without reading the body."""

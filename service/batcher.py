@@ -7,6 +7,13 @@ answers. There is no timer: an idle server answers a lone request at once,
 and under load the batches grow by themselves (Triton's dynamic batcher with
 no queue delay works the same way).
 
+A small job that finds the server otherwise idle (``alone()``: no other request
+in progress and the same client connection as the last request, see
+service.serving.InFlight; nothing queued, no model call running) runs on the event loop
+itself: the hop to the model thread and back costs more than the model call of
+one image (docs/serving.md, "A lone request skips the model thread"). Model calls
+stay one at a time: the loop is blocked while it runs one, so no batch can start.
+
 Why not BentoML's adaptive batcher (``batchable=True``): it learns how long to
 hold requests from the waits it has seen. After a burst it keeps holding a lone
 request for tens of milliseconds, and every held request feeds that wait back
@@ -69,7 +76,8 @@ class MicroBatcher:
 
     def __init__(self, run_batch: RunBatch, max_batch_images: int = 256, max_queued_images: int = 16384,
                  hold_file: str | None = None, max_wait_s: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, alone: Callable[[], bool] | None = None,
+                 inline_images: int = 0) -> None:
         """
         Args:
             run_batch: ``(backend, uint8[n, 28, 28]) -> float32[n, 10]`` logits; runs in the model thread.
@@ -79,6 +87,10 @@ class MicroBatcher:
             max_wait_s: a job that has waited longer than this when its turn comes fails with
                 OverloadedError instead of running (``None``: no limit).
             clock: seconds, monotonic (tests pass their own).
+            alone: whether the calling request is the only one in progress (service.serving.InFlight);
+                ``None``: never run on the event loop.
+            inline_images: a job of at most this many images, when ``alone()`` and the batcher is idle,
+                runs on the event loop instead of the model thread (0: never).
         """
         self.run_batch = run_batch
         self.hold_file = hold_file
@@ -88,6 +100,9 @@ class MicroBatcher:
         self.max_queued_images = max_queued_images
         self.queue: deque[Job] = deque()
         self.queued_images = 0
+        self.alone = alone
+        self.inline_images = inline_images
+        self.running = False  # a batch is in the model thread
         # One thread runs every model call, so runtimes may use all cores without oversubscribing them.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._wake: asyncio.Event | None = None
@@ -103,6 +118,8 @@ class MicroBatcher:
         if self.queued_images and self.queued_images + len(pixels) > self.max_queued_images:
             metrics()["refused"].inc()
             raise OverloadedError(f"{self.queued_images:,} images are already queued; try again shortly")
+        if self._can_run_inline(len(pixels)):
+            return self._run_inline(backend, pixels)
         self._start()
         job = Job(backend, pixels, asyncio.get_running_loop().create_future(), self.clock())
         self.queue.append(job)
@@ -110,6 +127,19 @@ class MicroBatcher:
         self._wake.set()
         # A cancelled wait (client gone, server timeout) cancels the job; the worker then skips it.
         return await job.future
+
+    def _can_run_inline(self, images: int) -> bool:
+        """Idle and small: nothing is queued or running, no other request is in progress, no test hold."""
+        return (images <= self.inline_images and not self.queue and not self.running
+                and self.alone is not None and self.alone()
+                and (self.hold_file is None or not os.path.exists(self.hold_file)))
+
+    def _run_inline(self, backend: str, pixels: np.ndarray) -> np.ndarray:
+        """The model call on the event loop, counted in /metrics like any batch (one job, no wait)."""
+        series = metrics()
+        series["wait"].observe(0.0)
+        series["batch"].observe(len(pixels))
+        return self.run_batch(backend, pixels)
 
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
@@ -170,6 +200,7 @@ class MicroBatcher:
         for job in jobs:
             series["wait"].observe(now - job.enqueued)
         series["batch"].observe(sum(len(job.pixels) for job in jobs))
+        self.running = True
         try:
             answers = await loop.run_in_executor(self._executor, run_jobs, self.run_batch, jobs)
         except Exception as exc:  # a model failure fails this batch's requests, never the worker
@@ -177,6 +208,8 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        finally:
+            self.running = False
         for job, answer in zip(jobs, answers, strict=True):
             if not job.future.done():
                 job.future.set_result(answer)

@@ -52,7 +52,7 @@ from service.inputs import (
 )
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
-from service.serving import Serving
+from service.serving import InFlight, Serving
 from service.task_board import TaskBoard
 from service.task_routes import TASK_ROUTE, TaskMiddleware
 from service.task_runner import DatasetUpload, run_dataset_task
@@ -64,6 +64,9 @@ log = logging.getLogger("bentoml.fashion_serve")
 # Images per model call: large enough that a batch's model time (about 2 ms for 256 here) stays
 # small beside the HTTP work of the requests it serves.
 MAX_BATCH_IMAGES = 256
+# A lone request of at most this many images runs on the event loop, not the model thread (service.batcher):
+# its model call is shorter than the hop to the thread and back.
+INLINE_MAX_IMAGES = 4
 
 
 def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -98,11 +101,13 @@ class FashionClassifier:
     def __init__(self) -> None:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
+        in_flight = InFlight()
         self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images,
-                                    self.config.batch_hold_file, self.config.queue_budget_s)
+                                    self.config.batch_hold_file, self.config.queue_budget_s,
+                                    alone=in_flight.alone, inline_images=INLINE_MAX_IMAGES)
         self.tasks = TaskBoard(self.config.tasks)
         # Handed to every request by admission control (service.serving): the parsers, v2 and the task routes.
-        self.serving = Serving(self.config, self.registry, self.batcher, self.tasks)
+        self.serving = Serving(self.config, self.registry, self.batcher, self.tasks, in_flight)
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         self.gc = GCRecorder().install()
         self.heartbeat = Heartbeat(self.config.liveness_stale_s)

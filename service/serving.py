@@ -10,7 +10,7 @@ routes and the task routes take it from there (:func:`serving_of`) rather than l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.batcher import MicroBatcher
@@ -22,6 +22,37 @@ from service.task_board import TaskBoard
 STATE_KEY = "fashion_serving"
 
 
+class InFlight:
+    """The API requests in progress, counted by admission control (service.admission).
+
+    The batcher asks :meth:`alone` before it runs a small job on the event loop (service.batcher). Only a request
+    with no other one in progress, on the same connection as the request before it, is alone: a client that waits
+    for each answer before it asks again. Under load the count alone would mislead: a loop busy running each
+    request's model call never starts the next request before the last has ended, so the count stays at 1 while
+    other connections wait; their requests take turns, and a new connection means the job goes through the
+    queue, where requests that arrive meanwhile merge with it.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_connection: object = None
+        self.same_connection = False
+
+    def enter(self, connection: object) -> None:
+        """A request starts on ``connection`` (the ASGI scope's ``client``, unique per open connection)."""
+        self.count += 1
+        self.same_connection = connection is not None and connection == self.last_connection
+        self.last_connection = connection
+
+    def leave(self) -> None:
+        """A request has ended."""
+        self.count -= 1
+
+    def alone(self) -> bool:
+        """At most one request (the caller's) is in progress, and it came on the previous request's connection."""
+        return self.count <= 1 and self.same_connection
+
+
 @dataclass(frozen=True)
 class Serving:
     """The service's parts, built once per worker (service.service.FashionClassifier)."""
@@ -30,6 +61,7 @@ class Serving:
     registry: ModelRegistry
     batcher: MicroBatcher
     tasks: TaskBoard
+    in_flight: InFlight = field(default_factory=InFlight)
 
     def not_ready_reason(self) -> str | None:
         """``None`` once every configured backend has loaded and warmed up; else why not (loading, or the error

@@ -242,7 +242,8 @@ async def infer(request: Request) -> Response:
     answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
     if "id" in payload:
         answer["id"] = payload["id"]
-    return encode_response(answer, [output_tensor(output, logits, backend, pixels) for output in outputs])
+    scores: dict[str, np.ndarray] = {}
+    return encode_response(answer, [output_tensor(output, logits, backend, pixels, scores) for output in outputs])
 
 
 async def read_request(request: Request, limit: int) -> bytes:
@@ -394,22 +395,29 @@ def requested_outputs(payload: dict[str, Any]) -> list[RequestedOutput]:
     return outputs
 
 
-def output_values(name: str, logits: np.ndarray, backend: LoadedBackend, pixels: np.ndarray) -> np.ndarray:
-    """The values of one output: logits, calibrated probabilities, or the "not clothing" fields (``[N, 1]``)."""
+def output_values(name: str, logits: np.ndarray, backend: LoadedBackend, pixels: np.ndarray,
+                  scores: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The values of one output: logits, calibrated probabilities, or the "not clothing" fields (``[N, 1]``).
+
+    ``scores``: the request's detector scores once computed, under :data:`OOD_SCORE`; both "not clothing"
+    outputs come from them, and scoring costs more than the model call of one image.
+    """
     if name == OUTPUT_NAME:
         return logits
     if name == PROBABILITIES:
         return softmax(logits, backend.temperature)
     if backend.detector is None:
         raise V2Error(f"output {name!r}: model {backend.manifest['version']} was exported without a detector", 400)
-    scores = backend.detector.score(logits, pixels).astype(np.float32)[:, None]
-    return scores if name == OOD_SCORE else backend.detector.in_distribution(scores)
+    scores = {} if scores is None else scores
+    if OOD_SCORE not in scores:
+        scores[OOD_SCORE] = backend.detector.score(logits, pixels).astype(np.float32)[:, None]
+    return scores[OOD_SCORE] if name == OOD_SCORE else backend.detector.in_distribution(scores[OOD_SCORE])
 
 
-def output_tensor(output: RequestedOutput, logits: np.ndarray, backend: LoadedBackend,
-                  pixels: np.ndarray) -> tuple[dict[str, Any], bytes | None]:
-    """One response output (and its binary data when asked for binary)."""
-    values = output_values(output.name, logits, backend, pixels)
+def output_tensor(output: RequestedOutput, logits: np.ndarray, backend: LoadedBackend, pixels: np.ndarray,
+                  scores: dict[str, np.ndarray] | None = None) -> tuple[dict[str, Any], bytes | None]:
+    """One response output (and its binary data when asked for binary); ``scores`` as for :func:`output_values`."""
+    values = output_values(output.name, logits, backend, pixels, scores)
     if output.class_count:
         if output.name not in (OUTPUT_NAME, PROBABILITIES):
             raise V2Error(f"'classification' applies to {OUTPUT_NAME} and {PROBABILITIES}, not {output.name}")
