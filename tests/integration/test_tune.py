@@ -43,9 +43,14 @@ def _states(study) -> list[tuple[int, str]]:
     return [(trial.number, trial.state.name) for trial in study.get_trials(deepcopy=False)]
 
 
-def _one_complete_and_one_running(study) -> list[tuple[int, str]]:
-    states = _states(study)
-    return states if {"COMPLETE", "RUNNING"} <= {s for _, s in states} else []
+def _one_complete_and_one_training(study) -> list[tuple[int, str]]:
+    """The states once a trial is COMPLETE and a RUNNING one has reported an epoch: all its parameters are then in
+    the study (they are suggested before training), so its retry can be checked against them. A kill before that
+    (ci12, 2026-11-28) left a trial with no parameters, and its retry sampled new ones."""
+    trials = study.get_trials(deepcopy=False)
+    complete = any(t.state.name == "COMPLETE" for t in trials)
+    training = any(t.state.name == "RUNNING" and t.intermediate_values for t in trials)
+    return _states(study) if complete and training else []
 
 
 def test_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path):
@@ -56,8 +61,8 @@ def test_killed_study_resumes_without_losing_or_duplicating_trials(tmp_path):
     proc = _tune(tmp_path, log)
     try:
         # Hang guard: a trial takes seconds to a minute on a busy 2-core machine.
-        wait_until(lambda: _one_complete_and_one_running(study), "one COMPLETE and one RUNNING trial", 600,
-                   interval=0.5)
+        wait_until(lambda: _one_complete_and_one_training(study),
+                   "one COMPLETE trial and one RUNNING trial past its first epoch", 600, interval=0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
