@@ -213,8 +213,9 @@ def sha256(path: Path) -> str:
 def kill_at_random(args: list[str], journal: Path, job_seconds: float, rng: random.Random) -> dict[str, Any]:
     """Start the CLI, SIGKILL it a random time into its job (after its first journal line, before its expected
     end); the kill point as the journal recorded it. Raises if the job ended before the kill."""
-    proc = subprocess.Popen([sys.executable, "-m", "clients", *args], cwd=REPO, env={**os.environ, **LOCAL_ENV},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with (journal.parent / "killed-cli.log").open("wb") as log:  # a file: a pipe nobody reads could stall it
+        proc = subprocess.Popen([sys.executable, "-m", "clients", *args], cwd=REPO,
+                                env={**os.environ, **LOCAL_ENV}, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while journal_done(journal) == 0:  # the job has read, classified and written its first chunk

@@ -167,3 +167,10 @@ BAD_INPUTS = {
                                                 "headers": {"Content-Type": "application/vnd.bentoml+pickle"}}, 415),
     "json to an upload endpoint": ("/classify", {"json": {"images": ["a"]}}, 415),
 }
+
+
+def images(*firsts: int) -> np.ndarray:
+    """``uint8[n, 28, 28]`` blank images whose first pixels are ``firsts`` (fake models echo them back)."""
+    pixels = np.zeros((len(firsts), 28, 28), np.uint8)
+    pixels[:, 0, 0] = firsts
+    return pixels

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from service.batcher import MicroBatcher, OverloadedError
+from tests.helpers import images
 
 
 class SlowModel:
@@ -24,12 +25,6 @@ class SlowModel:
         logits = np.zeros((len(pixels), 10), np.float32)
         logits[:, 0] = pixels[:, 0, 0]
         return logits
-
-
-def images(*firsts: int) -> np.ndarray:
-    pixels = np.zeros((len(firsts), 28, 28), np.uint8)
-    pixels[:, 0, 0] = firsts
-    return pixels
 
 
 def run(coroutine):

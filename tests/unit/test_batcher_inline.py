@@ -10,6 +10,7 @@ import pytest
 
 from service.batcher import MicroBatcher
 from service.serving import InFlight
+from tests.helpers import images
 
 WAIT_S = 5.0  # a hang guard, not a timing bound
 
@@ -33,12 +34,6 @@ class ThreadRecorder:
         logits = np.zeros((len(pixels), 10), np.float32)
         logits[:, 0] = pixels[:, 0, 0]
         return logits
-
-
-def images(*firsts: int) -> np.ndarray:
-    pixels = np.zeros((len(firsts), 28, 28), np.uint8)
-    pixels[:, 0, 0] = firsts
-    return pixels
 
 
 def on_loop(name: str) -> bool:
