@@ -7,6 +7,10 @@ as a percentage, seconds as milliseconds, bytes as MB). Numbers that are not mea
 28 x 28 contract, versions, ports, small counts in prose) are skipped by the rules in
 :func:`is_figure`, each with its reason.
 
+A figure must be in the results file its paragraph cites (see :func:`citations`), not merely
+somewhere under results/, so a number copied from the wrong run is caught; a figure in a passage
+that cites no results file must be in some results file.
+
 ``python -m tests.figures`` prints the unsourced figures of the repository with their lines;
 ``python -m tests.figures --sources`` prints every figure with the results files that hold it.
 """
@@ -56,7 +60,7 @@ ALLOWED = {
     "200": "an HTTP status", "400": "an HTTP status", "404": "an HTTP status", "406": "an HTTP status",
     "409": "an HTTP status",
     "413": "an HTTP status", "415": "an HTTP status", "422": "an HTTP status", "429": "an HTTP status",
-    "500": "an HTTP status", "503": "an HTTP status", "504": "an HTTP status",
+    "500": "an HTTP status", "502": "an HTTP status", "503": "an HTTP status", "504": "an HTTP status",
     "1,024": "the per-request image limit (FASHION_MAX_IMAGES) and batch sizes of the sweep",
     "256": "the batcher's batch limit and a batch size of the sweep",
     "16,384": "the queue limit (FASHION_MAX_QUEUED_IMAGES) and the TIFF chunk limit",
@@ -153,10 +157,90 @@ def sourced(values: list[float]) -> set[tuple[int, str]]:
     return keys
 
 
+# A citation of a results file in a document: a relative link or a path in prose or code.
+CITATION = re.compile(r"results/([\w.\-/]*)")
+HEADING = re.compile(r"^#{1,6}\s")
+LIST_ITEM = re.compile(r"^\s*(?:[*+-]|\d+[.)])\s")
+
+
+def citations(markdown: str) -> dict[int, list[str]]:
+    """The results files cited in force at each line (1-based) of ``markdown``.
+
+    A paragraph (a run of non-blank lines, or one list item) is bound by its own citations;
+    one without any inherits those of the last paragraph before it in the same section, so a table
+    under "measured by ..., in results/x.md" must come from x.md. A heading starts a section with none.
+    """
+    lines = markdown.splitlines()
+    scope: dict[int, list[str]] = {}
+    inherited: list[str] = []
+    paragraph: list[int] = []
+    in_fence = False
+
+    def close() -> None:
+        nonlocal inherited
+        # A sentence's full stop after the file name is not part of it.
+        own = [name.rstrip(".") for n in paragraph for name in CITATION.findall(lines[n - 1])]
+        inherited = own or inherited
+        scope.update({n: inherited for n in paragraph})
+        paragraph.clear()
+
+    for number, line in enumerate(lines, 1):
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+        if not in_fence and HEADING.match(line):
+            close()
+            inherited = []
+            continue
+        if line.strip():
+            if not in_fence and LIST_ITEM.match(line):
+                close()
+            paragraph.append(number)
+        else:
+            close()
+    close()
+    return scope
+
+
+def names(citation: str, relative: str) -> bool:
+    """Whether a citation (the text after ``results/``) names the results file at ``relative``.
+
+    It names a file (with its siblings in other formats: x.md and x.json), a folder, or, when a
+    placeholder follows it (``results/peers-<machine>.md``), every file with that prefix.
+    """
+    folder = citation.rstrip("/")
+    if not folder:
+        return True  # "results/" itself
+    if citation.endswith(("-", "_")):
+        return relative.startswith(citation)
+    return (relative.startswith(folder + "/")
+            or Path(relative).with_suffix("").as_posix() == Path(folder).with_suffix("").as_posix())
+
+
+def cited_files(citations: list[str], results: Path) -> list[Path]:
+    """The files under ``results`` that any of ``citations`` names."""
+    return [path for path in result_files(results)
+            if any(names(c, path.relative_to(results).as_posix()) for c in citations)]
+
+
 def unsourced(documents: list[Path], results: Path) -> list[Figure]:
-    """The figures of ``documents`` that no file under ``results`` holds."""
-    keys = sourced(result_values(results))
-    return [f for doc in documents for f in figures(doc) if (f.decimals, f"{f.value:.{f.decimals}f}") not in keys]
+    """The figures of ``documents`` that their sources do not hold.
+
+    A figure with a citation in force (see :func:`citations`) must be in one of the cited files; a
+    figure with none must be in some file under ``results``.
+    """
+    everywhere = sourced(result_values(results))
+    held: dict[tuple[str, ...], set[tuple[int, str]]] = {}
+    missing = []
+    for doc in documents:
+        scope = citations(doc.read_text(encoding="utf-8"))
+        for figure in figures(doc):
+            names = tuple(scope.get(figure.line, ()))
+            if names and names not in held:
+                held[names] = sourced([v for path in cited_files(list(names), results) for v in values_of(path)])
+            keys = held[names] if names else everywhere
+            if (figure.decimals, f"{figure.value:.{figure.decimals}f}") not in keys:
+                missing.append(figure)
+    return missing
 
 
 def documents(repo: Path = REPO) -> list[Path]:
@@ -178,8 +262,12 @@ def main() -> int:
             print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text}: {', '.join(held) or 'NONE'}")
         return 0
     missing = unsourced(documents(), REPO / "results")
+    scopes = {doc: citations(doc.read_text(encoding="utf-8")) for doc in {f.path for f in missing}}
     for figure in missing:
-        print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text}")
+        cited = scopes[figure.path].get(figure.line)
+        named = ", ".join(dict.fromkeys(f"results/{c}" for c in cited or ()))
+        where = f"the cited {named}" if cited else "any file under results/"
+        print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text} (not in {where})")
     print(f"{len(missing)} figures with no source in results/", file=sys.stderr)
     return 1 if missing else 0
 

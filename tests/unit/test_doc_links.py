@@ -41,3 +41,15 @@ def test_every_relative_link_resolves(page):
 
 def test_the_readme_is_a_front_door():
     assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
+# A source path named in prose or code spans: `tests/e2e/test_v2.py`, service/batcher.py, training/presets.json.
+SOURCE_PATH = re.compile(r"\b(?:tests|service|clients|fashion|benchmark|reliability|training|export|deploy)"
+                         r"/[\w/.-]*\.(?:py|json|yaml|js|html)\b")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_source_path_a_page_names_exists(page):
+    # Files move (the test tiers did); a page naming the old place sends readers nowhere.
+    missing = sorted({p for p in SOURCE_PATH.findall(page.read_text()) if not (REPO / p).exists()})
+    assert not missing, f"{page.name} names files that do not exist: {missing}"

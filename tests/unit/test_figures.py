@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.figures import REPO, documents, figures, sources, unsourced
+from tests.figures import REPO, citations, cited_files, documents, figures, sources, unsourced
 
 
 def test_every_figure_in_the_docs_is_in_a_results_file():
@@ -48,3 +48,35 @@ def test_sources_names_the_file_that_holds_each_figure(tmp_path):
     (results / "other.txt").write_text("4321\n")
     assert {f.text: held for f, held in sources([doc], results).items()} == {"1,275": ["bench.md"],
                                                                              "4,321": ["other.txt"]}
+
+
+def test_a_figure_must_be_in_the_file_its_paragraph_cites_not_just_anywhere(tmp_path):
+    doc, results = write_case(tmp_path, "From results/bench.md: 1,275 requests/s.\n\n| route | 4,321 |\n",
+                              "| rps | 1275.4 |\n")
+    (results / "other.txt").write_text("4321\n")
+    # 4,321 is in other.txt, but the table inherits the paragraph's citation of bench.md.
+    assert [f.text for f in unsourced([doc], results)] == ["4,321"]
+    doc.write_text(doc.read_text().replace("| route |", "| route (results/other.txt) |"))
+    assert unsourced([doc], results) == []
+
+
+def test_citations_are_bound_by_paragraph_list_item_and_section():
+    markdown = ("# A\n\nSee results/a.md.\n\nNo citation here.\n* an item citing results/b.md\n"
+                "* an item without one\n\n## B\n\nUncited.\n\n```\n# not a heading: results/c.md\n```\n")
+    scope = citations(markdown)
+    assert scope[3] == scope[5] == ["a.md"]      # a paragraph without citations inherits the last one
+    assert scope[6] == scope[7] == ["b.md"]      # a list item is a paragraph of its own
+    assert scope[11] == []                       # a heading starts a section with none
+    assert scope[14] == ["c.md"]                 # a comment in a code block is not a heading
+
+
+def test_a_citation_names_a_file_its_siblings_a_folder_or_a_prefix(tmp_path):
+    results = tmp_path / "results"
+    for name in ("peers-a.md", "peers-a.json", "peers-b.md", "tuning/x.json", "other.md"):
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text("1\n")
+    def named(*cited: str) -> list[str]:
+        return [p.relative_to(results).as_posix() for p in cited_files(list(cited), results)]
+    assert named("peers-a.md") == ["peers-a.json", "peers-a.md"]  # the same results in another format
+    assert named("peers-") == ["peers-a.json", "peers-a.md", "peers-b.md"]  # results/peers-<machine>.md
+    assert named("tuning/") == named("tuning") == ["tuning/x.json"]
