@@ -112,7 +112,11 @@ def our_routes(png: bytes, pixels: np.ndarray) -> tuple[Route, ...]:
     """fashion-serve's payload shapes for one image."""
     batch = pixels[None].astype(np.uint8)
     tensor = {"name": "images", "shape": list(batch.shape), "datatype": "UINT8"}
-    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": batch.size}}]}).encode()
+    inputs = [{**tensor, "parameters": {"binary_data_size": batch.size}}]
+    header = json.dumps({"inputs": inputs}).encode()
+    # What every peer answers: the probabilities alone (ours also send logits and the "not clothing" score
+    # when no output is named, as the v2 protocol says).
+    header_probabilities = json.dumps({"inputs": inputs, "outputs": [{"name": "probabilities"}]}).encode()
     infer = "/v2/models/onnx-torch/infer"
     return (
         Route("native multipart", "/classify", multipart_body(png, BOUNDARY), MULTIPART),
@@ -120,6 +124,8 @@ def our_routes(png: bytes, pixels: np.ndarray) -> tuple[Route, ...]:
         Route("v2 JSON", infer, v2_json(pixels), JSON),
         Route("v2 binary", infer, header + batch.tobytes(), "application/octet-stream",
               f"Inference-Header-Content-Length: {len(header)}"),
+        Route("v2 binary, probabilities", infer, header_probabilities + batch.tobytes(), "application/octet-stream",
+              f"Inference-Header-Content-Length: {len(header_probabilities)}"),
     )
 
 

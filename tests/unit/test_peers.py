@@ -69,3 +69,17 @@ def test_mlserver_settings_batch_and_use_the_given_port(tmp_path: Path):
     model = json.loads((folder / "model-settings.json").read_text())
     assert server["http_port"] == 18000 and len({server["http_port"], server["grpc_port"], server["metrics_port"]}) == 3
     assert (model["max_batch_size"], model["max_batch_time"]) == (64, 0.005)
+
+
+def test_our_v2_binary_routes_parse_as_one_image_and_one_asks_for_the_probabilities_alone():
+    from service import v2
+
+    routes = {route.label: route for route in peers.our_routes(PNG, PIXELS)}
+    asked = {}
+    for label in ("v2 binary", "v2 binary, probabilities"):
+        route = routes[label]
+        header, binary = v2.split_body(route.body, route.header.split(": ")[1])
+        payload = v2.parse_header(header)
+        assert (v2.read_input(payload["inputs"], binary, 1) == PIXELS[None]).all()
+        asked[label] = [output.name for output in v2.requested_outputs(payload)]
+    assert asked["v2 binary"] == list(v2.OUTPUTS) and asked["v2 binary, probabilities"] == ["probabilities"]
