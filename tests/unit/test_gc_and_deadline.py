@@ -58,6 +58,13 @@ async def answer_after(delay_s: float, scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def start_then_finish_after(delay_s: float, scope, receive, send):
+    """Starts the response before the loop turns at all, then finishes it ``delay_s`` seconds later."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await asyncio.sleep(delay_s)
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
 def timers(loop) -> int:
     """Timers still scheduled on the loop (asyncio's default loop keeps them in ``_scheduled``)."""
     return sum(not handle.cancelled() for handle in loop._scheduled)
@@ -82,8 +89,12 @@ def test_deadline_leaves_no_timer_behind_a_finished_request():
 
 
 def test_deadline_only_limits_the_first_byte():
-    app = DeadlineMiddleware(lambda *a: answer_after(0.1, *a), timeout=0.15)
-    sent = asyncio.run(asyncio.wait_for(call(app), 10))  # 0.2 s in all, but the start came at 0.1 s
+    # The start is sent in the same step of the loop that armed the deadline, so no stall of this
+    # process can make it late; the body comes after the 0.05 s timer would have fired, and the loop
+    # runs due timers in order, so a deadline still armed would always cut it off. (Starting after a
+    # 0.1 s sleep under a 0.15 s limit failed whenever the process got no CPU across 0.1-0.15 s.)
+    app = DeadlineMiddleware(lambda *a: start_then_finish_after(0.1, *a), timeout=0.05)
+    sent = asyncio.run(asyncio.wait_for(call(app), 10))
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok"
 
 
