@@ -56,6 +56,7 @@ from service.serving import InFlight, Serving
 from service.task_board import TaskBoard
 from service.task_routes import TASK_ROUTE, TaskMiddleware
 from service.task_runner import DatasetUpload, run_dataset_task
+from service.v2 import V2Shortcut
 from service.v2 import app as v2_app
 from service.web import build_web_app
 
@@ -221,4 +222,5 @@ eventloop.install()
 FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, current=current_serving)
 FashionClassifier.add_asgi_middleware(TaskMiddleware, current=current_serving)
+FashionClassifier.add_asgi_middleware(V2Shortcut)
 FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")

@@ -34,3 +34,24 @@ def test_both_not_clothing_outputs_come_from_one_scoring_per_request():
                for name in OUTPUTS]
     assert CountingDetector.calls == 1
     assert [t["data"] for t, _ in tensors[2:]] == [[0.25, 0.75], [False, True]]
+
+
+def test_the_shortcut_hands_v2_paths_to_the_v2_app_and_every_other_path_to_bentomls():
+    import asyncio
+
+    from service.v2 import V2Shortcut
+
+    reached = []
+
+    def recorder(name):
+        async def app(scope, receive, send):
+            reached.append((name, scope.get("path")))
+        return app
+
+    shortcut = V2Shortcut(recorder("bentoml"), v2=recorder("v2"))
+    paths = ["/v2", "/v2/models/onnx-torch/infer", "/v2x", "/classify", "/"]
+    for path in paths:
+        asyncio.run(shortcut({"type": "http", "path": path}, None, None))
+    asyncio.run(shortcut({"type": "lifespan"}, None, None))
+    assert reached == [("v2", "/v2"), ("v2", "/v2/models/onnx-torch/infer"), ("bentoml", "/v2x"),
+                       ("bentoml", "/classify"), ("bentoml", "/"), ("bentoml", None)]
