@@ -114,8 +114,8 @@ def our_routes(png: bytes, pixels: np.ndarray) -> tuple[Route, ...]:
     tensor = {"name": "images", "shape": list(batch.shape), "datatype": "UINT8"}
     inputs = [{**tensor, "parameters": {"binary_data_size": batch.size}}]
     header = json.dumps({"inputs": inputs}).encode()
-    # What every peer answers: the probabilities alone (ours also send logits and the "not clothing" score
-    # when no output is named, as the v2 protocol says).
+    # The work the peers do: the probabilities and no "not clothing" score (ours also send logits and that
+    # score when no output is named, as the v2 protocol says).
     header_probabilities = json.dumps({"inputs": inputs, "outputs": [{"name": "probabilities"}]}).encode()
     infer = "/v2/models/onnx-torch/infer"
     return (
