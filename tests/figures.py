@@ -222,6 +222,11 @@ def cited_files(citations: list[str], results: Path) -> list[Path]:
             if any(names(c, path.relative_to(results).as_posix()) for c in citations)]
 
 
+def lookup_key(figure: Figure) -> tuple[int, str]:
+    """The figure as :func:`sourced` keys result values: its decimals and its text at those decimals."""
+    return figure.decimals, f"{figure.value:.{figure.decimals}f}"
+
+
 def unsourced(documents: list[Path], results: Path) -> list[Figure]:
     """The figures of ``documents`` that their sources do not hold.
 
@@ -234,11 +239,10 @@ def unsourced(documents: list[Path], results: Path) -> list[Figure]:
     for doc in documents:
         scope = citations(doc.read_text(encoding="utf-8"))
         for figure in figures(doc):
-            names = tuple(scope.get(figure.line, ()))
-            if names and names not in held:
-                held[names] = sourced([v for path in cited_files(list(names), results) for v in values_of(path)])
-            keys = held[names] if names else everywhere
-            if (figure.decimals, f"{figure.value:.{figure.decimals}f}") not in keys:
+            cited = tuple(scope.get(figure.line, ()))
+            if cited and cited not in held:
+                held[cited] = sourced([v for path in cited_files(list(cited), results) for v in values_of(path)])
+            if lookup_key(figure) not in (held[cited] if cited else everywhere):
                 missing.append(figure)
     return missing
 
@@ -252,7 +256,7 @@ def documents(repo: Path = REPO) -> list[Path]:
 def sources(documents: list[Path], results: Path) -> dict[Figure, list[str]]:
     """Each figure of ``documents`` with the results files that hold it, to audit matches by chance."""
     held = {path.relative_to(results).as_posix(): sourced(values_of(path)) for path in result_files(results)}
-    return {f: [name for name, keys in held.items() if (f.decimals, f"{f.value:.{f.decimals}f}") in keys]
+    return {f: [name for name, keys in held.items() if lookup_key(f) in keys]
             for doc in documents for f in figures(doc)}
 
 
