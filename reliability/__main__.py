@@ -68,6 +68,8 @@ def summarize(name: str, f: dict[str, Any]) -> list[str]:
     if name == "shutdown":
         return [
             f"- requests in flight when SIGTERM arrived: {f['in_flight_at_signal']}",
+            f"- the worker, as it stopped: {f['server_at_exit']} (requests let in, answered in full, in progress); "
+            f"answers the clients got: {f['answers_to_clients']}",
             f"- requests sent after it: {f['sent_after_signal']}; of those, sent after readiness failed: "
             f"{f['sent_after_readiness_failed']}",
             f"- readiness failed {f['readiness_failed_after_s']:.3f} s after the signal; the process exited "

@@ -129,6 +129,23 @@ async def post_npy(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[in
     return status, start, time.monotonic()
 
 
+def worker_totals(server: Server) -> dict[str, int]:
+    """The worker's request counts now, from its probe port's ``/requestz`` (service.serving.InFlight.totals)."""
+    if not server.health_url:
+        raise ValueError(f"{server.url} has no probe port; start it with reliability.harness.launch")
+    reply = httpx.get(f"{server.health_url}/requestz", timeout=30)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def since(before: dict[str, int], after: dict[str, int] | None) -> dict[str, int] | None:
+    """The counts added between two readings (``None`` when the worker logged none as it stopped)."""
+    if after is None:
+        return None
+    return {"let_in": after["let_in"] - before["let_in"], "answered": after["answered"] - before["answered"],
+            "in_progress": after["in_progress"]}
+
+
 def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16,
              hang_guard_s: float = 120.0) -> dict[str, Any]:
     """SIGTERM to ``bentoml serve`` while ``clients`` keep sending large requests.
@@ -137,12 +154,20 @@ def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16,
     keep sending until the process has exited: requests sent after readiness failed are then seen however
     long the worker takes to stop. ``hang_guard_s`` bounds each wait.
 
-    Returns the answers of requests sent before and after the signal, when readiness
+    A request the client sent before the signal can still fail with a connection error and no answer: uvicorn, as
+    it stops, closes each keep-alive connection that is idle, and a client's next request may be on its way there,
+    unread (HTTP/1.1's known race; a client retries such a request, ours does). The client cannot tell that from a
+    request the server dropped; the worker's last log line can (service.service.report_requests): how many
+    requests it let in and how many it answered in full. Every answer the clients got is one of those.
+
+    Returns the answers of requests sent before and after the signal, the worker's own counts, when readiness
     first failed and when the process exited, and its exit code.
     """
     body = npy_bytes(batch_pixels)
     outcomes: list[tuple[float, float, int | str]] = []
     probes: list[tuple[float, int | str]] = []
+    # The worker's counts so far (readiness checks while it loaded): the scenario's own are what it adds.
+    before = worker_totals(server)
 
     async def run() -> tuple[float, float]:
         answered, exited_event = asyncio.Event(), asyncio.Event()
@@ -193,6 +218,8 @@ def shutdown(server: Server, batch_pixels: np.ndarray, clients: int = 16,
     stopped = min(not_ready) if not_ready else float("inf")
     return {
         "exit_code": server.proc.returncode, "exit_after_s": exited - signalled,
+        "server_at_exit": since(before, server.stopped_counts()),
+        "answers_to_clients": sum(isinstance(status, int) for *_, status in outcomes),
         "in_flight_at_signal": tally(in_flight), "sent_before_signal": tally([o for o in outcomes if o[0] < signalled]),
         "sent_after_signal": tally([o for o in outcomes if o[0] >= signalled]),
         # The arbiter passes the signal on to the worker: requests in that gap are still served.

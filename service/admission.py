@@ -67,18 +67,23 @@ class AdmissionMiddleware:
         if not_ready:
             return await self.refuse(send, 503, f"models are not ready yet ({not_ready})")
 
+        answered = False
+
         async def send_with_retry_after(message: Message) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start" and message["status"] in RETRY_STATUSES:
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == b"retry-after" for name, _ in headers):
                     message = {**message, "headers": [*headers, (b"retry-after", self.retry_after)]}
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
 
         counter.enter(scope.get("client"))
         try:
             await self.app(scope, receive, send_with_retry_after)
         finally:
-            counter.leave()
+            counter.leave(answered)
 
     async def refuse(self, send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
         """Answer ``status`` with a JSON error and ``Retry-After``, without reading the body."""

@@ -17,7 +17,8 @@ It answers GET ``/livez`` (200 while the loop beats, else 503 with how long it h
 silent; either way it names the loop's class, so one can see which loop FASHION_EVENT_LOOP chose) and
 ``/readyz`` (200 once the models are ready, else 503 with the reason), the JSON status pages it is
 given (``/gcz``: the collector's passes and pauses, see service.gcstats; ``/gcz/census``:
-tracked objects by type), and nothing else (404).
+tracked objects by type; ``/requestz``: API requests let in, answered in full and in progress, see
+service.serving.InFlight), and nothing else (404).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ are shared through a link, so nothing is copied.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = "service.service:FashionClassifier"
+# What a worker logs as it stops (service.service.report_requests): the API requests admission let in, how many
+# got their whole answer, and how many were still in progress. One template for the writer and the reader.
+STOPPED_LINE = "stopped: %d API requests let in, %d answered in full, %d still in progress"
+STOPPED_PATTERN = re.compile(re.escape(STOPPED_LINE).replace("%d", r"(\d+)"))
 
 
 def free_port() -> int:
@@ -85,6 +90,11 @@ class Server:
 
         reply = httpx.post(self.url + "/model_info", timeout=2)
         return reply.json().get("error") if reply.status_code == 200 else None
+
+    def stopped_counts(self) -> dict[str, int] | None:
+        """The last worker's :data:`STOPPED_LINE` figures from the log (``None``: no worker has stopped cleanly)."""
+        found = STOPPED_PATTERN.findall(self.log.read_text(errors="replace"))
+        return dict(zip(("let_in", "answered", "in_progress"), map(int, found[-1]), strict=True)) if found else None
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then SIGKILL to the whole process group after ``timeout`` seconds; the exit code."""

@@ -50,6 +50,7 @@ from service.inputs import (
     PixelArray,
     RequestError,
 )
+from service.launch import STOPPED_LINE
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 from service.serving import InFlight, Serving
@@ -113,8 +114,9 @@ class FashionClassifier:
         self.gc = GCRecorder().install()
         self.heartbeat = Heartbeat(self.config.liveness_stale_s)
         if self.config.health_port:
-            start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason,
-                                {"/gcz": self.gc.snapshot, "/gcz/census": census}, heartbeat=self.heartbeat)
+            pages = {"/gcz": self.gc.snapshot, "/gcz/census": census, "/requestz": in_flight.totals}
+            start_health_server(self.config.health_host, self.config.health_port, self.not_ready_reason, pages,
+                                heartbeat=self.heartbeat)
         # Load in the background so /livez answers and /readyz says "not ready" meanwhile.
         # Once warm, and before the first request is let in, what is alive lives as long as the worker:
         # freeze it out of the collector's reach (service.gcstats).
@@ -126,6 +128,14 @@ class FashionClassifier:
     async def start_heartbeat(self) -> None:
         """Liveness beats on the loop that answers requests (service.health)."""
         self.heartbeat.start()
+
+    @bentoml.on_shutdown
+    def report_requests(self) -> None:
+        """Log whether every request let in was answered. BentoML calls this once uvicorn has finished the
+        requests in progress, after ``SIGTERM``. A client whose connection was closed sees only an error, and
+        cannot tell a request the server dropped from one it never read (a keep-alive connection closed as
+        idle while the client's next request was on its way); this line can (reliability.scenarios.shutdown)."""
+        log.info(STOPPED_LINE, *self.serving.in_flight.totals().values())
 
     def __is_ready__(self) -> bool:
         return self.registry.ready

@@ -37,16 +37,26 @@ class InFlight:
         self.count = 0
         self.last_connection: object = None
         self.same_connection = False
+        # Totals since the worker started, for the line it logs as it stops (service.service.report_requests):
+        # whether every request let in was answered, which a client cannot tell from a closed connection.
+        self.let_in = 0
+        self.answered = 0
 
     def enter(self, connection: object) -> None:
         """A request starts on ``connection`` (the ASGI scope's ``client``, unique per open connection)."""
         self.count += 1
+        self.let_in += 1
         self.same_connection = connection is not None and connection == self.last_connection
         self.last_connection = connection
 
-    def leave(self) -> None:
-        """A request has ended."""
+    def leave(self, answered: bool = True) -> None:
+        """A request has ended; ``answered``: its response was sent in full."""
         self.count -= 1
+        self.answered += answered
+
+    def totals(self) -> dict[str, int]:
+        """Requests let in and answered in full since the worker started, and those in progress now."""
+        return {"let_in": self.let_in, "answered": self.answered, "in_progress": self.count}
 
     def alone(self) -> bool:
         """At most one request (the caller's) is in progress, and it came on the previous request's connection."""

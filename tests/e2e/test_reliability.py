@@ -81,7 +81,14 @@ def test_a_30_second_flood_of_1024_connections(server, tmp_path, data_dir):
 
 def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(own_server, dataset):
     report = scenarios.shutdown(own_server, dataset.test_images[:1024])
-    assert report["in_flight_at_signal"] and set(report["in_flight_at_signal"]) == {"200"}, report
+    # The worker answered in full every request it let in, and each of those answers reached its client ...
+    worker = report["server_at_exit"]
+    assert worker and worker["let_in"] == worker["answered"] > 0 and worker["in_progress"] == 0, report
+    assert report["answers_to_clients"] == worker["answered"], report
+    # ... so a request in flight at the signal either was answered 200, or got a connection error and never
+    # reached the worker (a keep-alive connection closed as idle while it was on its way: the scenario's docstring).
+    http_statuses = {key for key in report["in_flight_at_signal"] if key.isdigit()}
+    assert http_statuses == {"200"}, report
     # New work is refused once the worker began to stop (its readiness failed).
     assert report["sent_after_readiness_failed"] and "200" not in report["sent_after_readiness_failed"], report
     assert report["exit_code"] == 0

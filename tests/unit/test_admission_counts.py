@@ -1,0 +1,59 @@
+"""Admission control counts the requests it lets in and those answered in full: the worker logs both as it stops."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from service.admission import AdmissionMiddleware
+from service.serving import InFlight
+
+
+def serving(max_in_flight: int = 8) -> SimpleNamespace:
+    return SimpleNamespace(in_flight=InFlight(), config=SimpleNamespace(max_in_flight=max_in_flight),
+                           not_ready_reason=lambda: None)
+
+
+async def answer_in_full(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"a", "more_body": True})
+    await send({"type": "http.response.body", "body": b"b"})
+
+
+async def fail_halfway(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"a", "more_body": True})
+    raise ConnectionResetError("client went away")
+
+
+def call(app, path: str = "/classify") -> list[dict]:
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "client": ("127.0.0.1", 5000), "headers": []}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_requests_let_in_and_answered_in_full_are_counted():
+    parts = serving()
+    call(AdmissionMiddleware(answer_in_full, lambda: parts))
+    with pytest.raises(ConnectionResetError):
+        call(AdmissionMiddleware(fail_halfway, lambda: parts))
+    counts = parts.in_flight
+    assert counts.totals() == {"let_in": 2, "answered": 1, "in_progress": 0}
+
+
+def test_refused_and_probe_requests_are_not_let_in():
+    parts = serving(max_in_flight=0)
+    refused = call(AdmissionMiddleware(answer_in_full, lambda: parts))
+    assert refused[0]["status"] == 429
+    call(AdmissionMiddleware(answer_in_full, lambda: parts), path="/readyz")
+    assert (parts.in_flight.let_in, parts.in_flight.answered) == (0, 0)
