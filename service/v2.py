@@ -471,7 +471,7 @@ app = Starlette(routes=[
 
 
 class V2Shortcut:
-    """ASGI middleware that hands ``/v2`` requests straight to :data:`app`.
+    """ASGI middleware that hands ``/v2`` requests straight to the v2 app (this module's :data:`app`).
 
     Mounted at "/", the v2 app was reached only after BentoML's router had tried each of its three dozen
     other routes and its context middleware had built a request object the v2 app never reads: about 75 µs
@@ -480,7 +480,12 @@ class V2Shortcut:
     every other path goes on to BentoML's app, and the mount stays for them.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], v2: Callable[..., Awaitable[None]] = app) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], v2: Callable[..., Awaitable[None]]) -> None:
+        """
+        Args:
+            app: BentoML's app, which BentoML passes to every middleware it adds.
+            v2: the v2 app, which the service passes as an option of ``add_asgi_middleware``.
+        """
         self.app = app
         self.v2 = v2
 
