@@ -84,15 +84,15 @@ def remote_classifier(args: argparse.Namespace):
 def local_classifier(args: argparse.Namespace):
     """The same job without a server: the ONNX model in this process."""
     from clients.local import LocalClassifier
-    from fashion.contract import preprocess
 
     model = LocalClassifier.open(args.model, args.backend)
 
     def answer(logits):
         return answers_from_records(model.records_of(logits), model.backend, model.version)
 
-    # LocalClassifier.records, split so that the model's thread runs nothing but the model (clients.batch.Stages).
-    return Stages(infer=model.predictor.predict, prepare=preprocess, answer=answer), lambda: 0
+    # LocalClassifier.records, split over the job's threads (clients.batch.Stages): the scaling and the model in the
+    # model's thread (LocalClassifier.logits says why), the softmax in the writing thread.
+    return Stages(infer=model.logits, answer=answer), lambda: 0
 
 
 def ray_job(args: argparse.Namespace, config: JobConfig):

@@ -63,10 +63,16 @@ def constant(text: bytes, rows: int) -> np.ndarray:
 
 def digits(values: np.ndarray, width: int, pad: bool = True) -> np.ndarray:
     """``uint8[n, width]`` decimal digits of non-negative integers; leading zeros become padding unless ``pad``."""
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    out = ((values[:, None] // powers) % 10 + 48).astype(np.uint8)
+    # One column at a time, each a division by the scalar 10: numpy divides an array by a scalar with SIMD
+    # (libdivide), where the broadcast array-by-array division of every digit at once ran a third slower.
+    out = np.empty((len(values), width), np.uint8)
+    rest = values.astype(np.int64, copy=False)
+    for column in range(width - 1, -1, -1):
+        rest, out[:, column] = np.divmod(rest, 10)
+    out += 48
     if pad:
-        out[(values[:, None] < powers) & (powers > 1)] = 0
+        for column in range(width - 1):
+            out[values < 10 ** (width - 1 - column), column] = 0
     return out
 
 

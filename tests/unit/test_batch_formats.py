@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from clients.formats import COLUMNS, CsvFormat, JsonlFormat, ParquetFormat, Rows, micro
+from clients.formats import COLUMNS, CsvFormat, JsonlFormat, ParquetFormat, Rows, digits, micro
 from clients.sources import IdRange
 from fashion.contract import CLASS_NAMES
 
@@ -81,3 +81,10 @@ def test_parquet_chunks_hold_the_same_values(case, tmp_path):
 def test_confidences_round_half_to_even_like_round():
     values = np.array([0.1234565, 0.9999995, 0.5, 1.0], np.float32)
     assert (micro(values) / 1e6).tolist() == [round(float(v), 6) for v in values]
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_digits_spell_numbers_as_str_does(pad):
+    values = np.array([0, 7, 9, 10, 99, 100, 123_456, 999_999, 1_000_000, 9_999_999], np.int64)
+    spelled = [bytes(row[row != 0]).decode() for row in digits(values, 7, pad)]
+    assert spelled == [str(v) if pad else f"{v:07d}" for v in values]
