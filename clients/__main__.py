@@ -81,11 +81,11 @@ def remote_classifier(args: argparse.Namespace):
     return classify, lambda: client.retry.retried
 
 
-def local_classifier(args: argparse.Namespace):
-    """The same job without a server: the ONNX model in this process."""
+def local_classifier(args: argparse.Namespace, threads: int):
+    """The same job without a server: the ONNX model in this process, ``threads`` threads a call."""
     from clients.local import LocalClassifier
 
-    model = LocalClassifier.open(args.model, args.backend)
+    model = LocalClassifier.open(args.model, args.backend, threads=threads)
 
     def answer(logits):
         return answers_from_records(model.records_of(logits), model.backend, model.version)
@@ -107,15 +107,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     out = args.out
     try:
         max_errors = 0 if args.fail_fast else args.max_errors
-        # --local: one model call at a time (ONNX Runtime already uses every core) unless asked otherwise.
-        concurrency = args.concurrency or (1 if args.local else 4)
+        # --local: one single-threaded model call per core unless asked otherwise (clients.local.plan_local).
+        from clients.local import plan_local
+
+        plan = plan_local(args.backend, args.concurrency) if args.local else None
+        concurrency = plan.calls if plan else args.concurrency or 4
         config = JobConfig(batch_size=args.batch_size, concurrency=concurrency, max_errors=max_errors,
                            resume=args.resume, progress=not args.quiet)
         if args.engine == "ray":
             summary = ray_job(args, config)
         else:
             source = open_source(args.input[0], args.labels)
-            classify, retried = local_classifier(args) if args.local else remote_classifier(args)
+            classify, retried = local_classifier(args, plan.threads) if plan else remote_classifier(args)
             summary = run_job(source, out, classify, config, retried)
     except (JobError, SourceError, ServiceError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -152,7 +155,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     many.add_argument("--batch-size", type=int, default=1024,
                       help="images per request (the service accepts up to 1,024); with --local, per model call")
     many.add_argument("--concurrency", type=int, default=None,
-                      help="chunks classified at once (default: 4 requests in flight; 1 model call with --local)")
+                      help="chunks classified at once (default: 4 requests in flight; with --local, one "
+                           "single-threaded model call per core)")
     many.add_argument("--retries", type=int, default=5, help="attempts per request on 429/503/504/connection errors")
     many.add_argument("--max-errors", type=int, default=None, help="stop after this many bad inputs (default: never)")
     many.add_argument("--fail-fast", action="store_true", help="stop at the first bad input")

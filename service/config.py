@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashion.backends import BACKENDS
+from fashion.env import available_cpus
 from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
@@ -18,41 +18,11 @@ DEFAULT_BACKEND = "onnx-torch"
 # The benchmark's output folder in a checkout (the web page shows it); a bento ships its own copy and says where
 # with FASHION_RESULTS_DIR.
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEVICES = ("auto", "cpu", "cuda")
 # Per-backend devices unless FASHION_DEVICES says otherwise. TensorFlow's GPU build needs CUDA 12 wheels
 # (tensorflow[and-cuda]) beside the CUDA 13 ones torch and ONNX Runtime use: gigabytes for a model that ONNX
 # Runtime already serves on the GPU, so the SavedModel stays on the CPU and /model_info says so (docs/deploy.md).
 DEFAULT_DEVICES = (("savedmodel", "cpu"),)
-
-
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs the container may use by its CFS quota, or ``None`` when unlimited or unknown.
-
-    cgroup v2: ``cpu.max`` holds ``"<quota> <period>"`` or ``"max <period>"``. cgroup v1:
-    ``cpu/cpu.cfs_quota_us`` (``-1``: unlimited) over ``cpu/cpu.cfs_period_us`` (also mounted as
-    ``cpu,cpuacct``). Kubernetes turns a container's ``limits.cpu`` into this quota, while
-    ``os.cpu_count()`` still reports every core of the node.
-    """
-    v2 = root / "cpu.max"
-    if v2.is_file():
-        quota, _, period = v2.read_text().strip().partition(" ")
-        return None if quota == "max" or not period else int(quota) / int(period)
-    for v1 in (root / "cpu", root / "cpu,cpuacct"):
-        if (v1 / "cpu.cfs_quota_us").is_file():
-            quota = int((v1 / "cpu.cfs_quota_us").read_text())
-            return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
-    return None
-
-
-def available_cpus(root: Path = CGROUP_ROOT) -> int:
-    """Whole CPUs this process may use: the cgroup quota (rounded up), capped by the CPUs it is pinned to."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        limit = cgroup_cpu_limit(root)
-    except (OSError, ValueError):  # an unreadable or odd file: fall back to the cores, never fail to start
-        limit = None
-    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from service.config import available_cpus, cgroup_cpu_limit
+from fashion.env import available_cpus, cgroup_cpu_limit
 
 
 def cores() -> int:
