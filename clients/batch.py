@@ -1,11 +1,11 @@
 """Batch classification that loses nothing and keeps up with the model.
 
 A job is a pipeline of three stages that overlap: a reader thread reads (or decodes)
-the next chunks, ``concurrency`` classifier threads run them (one for ``--local``: ONNX
-Runtime already uses every core, two model calls at once would only fight over them),
-and the calling thread writes each chunk's rows, in input order, to a part file. A
-classifier given as :class:`Stages` has its own work split the same way (``--local``:
-scaling in the reader, the model alone in its thread, softmax in the writer). Every
+the next chunks, ``concurrency`` classifier threads run them (``--local``: one per core,
+each a single-threaded model call, clients.local.plan_local says why), and the calling
+thread writes each chunk's rows, in input order, to a part file. A classifier given as
+:class:`Stages` has its own work split the same way (``--local``: scaling and the model
+in the classifier thread, softmax in the writer). Every
 stage works on whole arrays; nothing loops over rows in Python except the decoding of
 image files and the ids of unreadable inputs.
 

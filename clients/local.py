@@ -47,9 +47,9 @@ def plan_local(backend: str | None, concurrency: int | None, cores: int | None =
     A call that uses every core splits each layer's matrix product over its threads, and they meet at the end of
     every layer. The job's reader and writer threads share those cores: when one of them takes a core, the model
     thread on it stops and the others wait for it at the next meeting point. Calls of one thread each meet nowhere:
-    a stopped call delays itself only. Measured on 2 cores (docs/batch.md), a 1,024-image chunk per call either
-    way: 0.83-0.84 of bare ``session.run`` one way, 0.91-0.92 the other. An explicit ``concurrency`` shares the
-    cores among its calls. Other runtimes keep one call at a time: their threads are their own.
+    a stopped call delays itself only. ``make bench-batch`` measures both ways in the same repeats (rows ``local``
+    and ``local-one-call`` of results/batch-bench-<machine>.md; docs/batch.md). An explicit ``concurrency`` shares
+    the cores among its calls. Other runtimes keep one call at a time: their threads are their own.
     """
     if BACKENDS[backend or LOCAL_DEFAULT].runtime != "onnx":
         return LocalPlan(concurrency or 1, 0)
