@@ -194,8 +194,8 @@ def local_args(source: Path, model_dir: Path, out: Path, config: BenchConfig, *e
 LOCAL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig,
-              name: str = "local.csv", *extra: str) -> dict[str, Any]:
+def run_local(source: Path, model_dir: Path, work: Path, config: BenchConfig, *extra: str,
+              name: str = "local.csv") -> dict[str, Any]:
     return run_cli(local_args(source, model_dir, work / name, config, *extra), {**os.environ, **LOCAL_ENV}, work)
 
 
@@ -248,11 +248,11 @@ def resume_check(source: Path, model_dir: Path, work: Path, config: BenchConfig,
     resumed = work / f"resumed{suffix}"
     for path in (reference, resumed):
         path.unlink(missing_ok=True)
-    whole = run_local(source, model_dir, work, config, reference.name)
+    whole = run_local(source, model_dir, work, config, name=reference.name)
     job_seconds = config.images / whole["rate"]
     kill = kill_at_random(local_args(source, model_dir, resumed, config), work / f"{resumed.name}.journal",
                           job_seconds, rng)
-    finish = run_cli([*local_args(source, model_dir, resumed, config), "--resume"], {**os.environ, **LOCAL_ENV}, work)
+    finish = run_cli(local_args(source, model_dir, resumed, config, "--resume"), {**os.environ, **LOCAL_ENV}, work)
     result = {"format": suffix.lstrip("."), "images": config.images, **kill,
               "reference_sha256": sha256(reference), "resumed_sha256": sha256(resumed),
               "bytes": reference.stat().st_size, "resumed_peak_rss_mib": finish["peak_rss_mib"]}
@@ -373,7 +373,7 @@ def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None,
             if mode == "local":
                 result = run_local(source, model_dir, work, config)
             elif mode == "local-one-call":
-                result = run_local(source, model_dir, work, config, "local.csv", "--concurrency", "1")
+                result = run_local(source, model_dir, work, config, "--concurrency", "1")
             elif mode == "service":
                 result = run_service(source, url, work, config, server)
             else:
