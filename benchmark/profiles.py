@@ -164,10 +164,11 @@ def render(report: dict) -> str:
              "worker RSS once ready (MB) | worker RSS after the load (MB) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in report["profiles"]:
+        ready, rss = s["ready_s_range"], s["rss_ready_mb_range"]
         lines.append(f"| {s['profile']} | {s['bentofile']} | {', '.join(s['backends'])} | {s['requirements']} | "
-                     f"{s['venv_mb']:,.0f} | {s['ready_s_median']:.1f} ({s['ready_s_range'][0]:.1f}-"
-                     f"{s['ready_s_range'][1]:.1f}) | {s['rss_ready_mb_median']:,.0f} ({s['rss_ready_mb_range'][0]:,.0f}"
-                     f"-{s['rss_ready_mb_range'][1]:,.0f}) | {s['rss_after_load_mb_median']:,.0f} |")
+                     f"{s['venv_mb']:,.0f} | {s['ready_s_median']:.1f} ({ready[0]:.1f}-{ready[1]:.1f}) | "
+                     f"{s['rss_ready_mb_median']:,.0f} ({rss[0]:,.0f}-{rss[1]:,.0f}) | "
+                     f"{s['rss_after_load_mb_median']:,.0f} |")
     onnx = next(s for s in report["profiles"] if s["profile"] == "onnx")
     lines += ["", f"The onnx profile against the full one: environment {onnx['environment_of_full']:.3f}, worker "
                   f"RSS once ready {onnx['worker_rss_of_full']:.3f}, time to ready {onnx['time_to_ready_of_full']:.3f} "
