@@ -162,11 +162,18 @@ def check_profile(url: str, loaded: list[str]) -> list[str]:
         native = httpx.post(f"{url}/classify", params={"backend": name}, timeout=30,
                             files={"images": (IMAGE.name, IMAGE.read_bytes(), "image/png")})
         v2 = httpx.get(f"{url}/v2/models/{name}", timeout=30)
-        say(f"  {name:11s} refused: {native.status_code} {native.json()['error']!r}; v2 {v2.status_code}")
+        say(f"  {name:11s} refused: {native.status_code} {error_of(native)!r}; v2 {v2.status_code}")
         for reply, status in ((native, 400), (v2, 404)):
-            if reply.status_code != status or str(sorted(loaded)) not in reply.json()["error"]:
+            if reply.status_code != status or str(sorted(loaded)) not in error_of(reply):
                 failures.append(f"{name}: {reply.request.url} answered {reply.status_code} {reply.text[:200]}")
     return failures
+
+
+def error_of(reply: httpx.Response) -> str:
+    """The message of a JSON refusal: ``{"error": ...}``, or the first of a list of answers (a native endpoint's
+    refusal of one image, as the per-image answers carry it)."""
+    body = reply.json()
+    return (body[0] if isinstance(body, list) else body).get("error", "")
 
 
 def check_client(url: str, backend: str) -> list[str]:
