@@ -13,7 +13,8 @@ from benchmark.profiles import process_tree, rss_mb, worker_pid
 # A parent that starts a child named like BentoML's worker (``python -m _bentoml_impl.worker.service ...``); the
 # name is split in the parent's own command line, which must not match.
 PARENT = ("import subprocess, sys, time\n"
-          "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', '_bentoml_impl.' + 'worker'])\n"
+          "name = '_bentoml_impl.' + 'worker'\n"
+          "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', name])\n"
           "print(child.pid, flush=True)\n"
           "time.sleep(60)\n")
 
