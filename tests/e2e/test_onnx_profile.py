@@ -1,38 +1,42 @@
-"""The service as the onnx profile's Bento runs it (no torch, no TensorFlow), in process: it loads the three ONNX
-backends, says so in /model_info and /v2/models, refuses the others with a 4xx naming the loaded ones, and still
-answers calibrated probabilities, the "not clothing" score and the v2 routes."""
+"""The service as the onnx profile's Bento runs it (no torch, no TensorFlow): a real ``bentoml serve`` whose
+processes cannot import either (a ``sitecustomize`` on ``PYTHONPATH`` puts ``None`` for both in ``sys.modules``:
+``import`` fails, ``importlib.util.find_spec`` finds nothing). It loads the three ONNX backends, says so in
+/model_info and /v2/models, refuses the others with a 4xx naming the loaded ones, and still answers calibrated
+probabilities, the "not clothing" score and the v2 routes.
+
+A real process rather than ``to_asgi()``: BentoML registers its metrics once per process, so a second in-process
+service in the test session would collide with tests/integration/test_refusals_asgi.py's; and only a process
+shows that the worker never imports either framework.
+"""
 
 from __future__ import annotations
 
-import sys
-
+import httpx
 import pytest
 
-from tests.helpers import SAMPLE, wait_until
+from tests.helpers import SAMPLE, start_server
 
 ONNX_BACKENDS = ["onnx-torch", "onnx-tf", "onnx-int8"]
 LOADED = "loaded: ['onnx-int8', 'onnx-tf', 'onnx-torch']"
+WITHOUT_FRAMEWORKS = "import sys\nsys.modules.update(torch=None, tensorflow=None)\n"
 
 
 @pytest.fixture(scope="module")
-def client(exported, bentoml_home):
-    """A TestClient on the service while torch and TensorFlow are absent (a None in sys.modules: ``import`` fails,
-    ``importlib.util.find_spec`` finds nothing), over the session's quick models."""
-    from starlette.testclient import TestClient
-
+def client(exported, bentoml_home, tmp_path_factory):
+    """An HTTP client on a server of the session's quick models without torch or TensorFlow."""
     from export.store import register_model
 
     for model_dir in exported.values():
         register_model(model_dir)
-    from service.service import FashionClassifier
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("torch", "tensorflow"):
-            patch.setitem(sys.modules, name, None)
-        with TestClient(FashionClassifier.to_asgi()) as test_client:
-            wait_until(lambda: test_client.get("/readyz").status_code == 200, "the in-process service to be ready",
-                       300, interval=0.25)
-            yield test_client
+    site = tmp_path_factory.mktemp("without-frameworks")
+    (site / "sitecustomize.py").write_text(WITHOUT_FRAMEWORKS)
+    instance = start_server(bentoml_home, tmp_path_factory.mktemp("onnx-profile"), {"PYTHONPATH": str(site)})
+    try:
+        instance.wait_ready()
+        with httpx.Client(base_url=instance.url, timeout=30) as http:
+            yield http
+    finally:
+        instance.stop()
 
 
 def sample_form() -> dict:
