@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check \
+.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
 	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs calibration ood scale-out workers
 
 help: ## Show the targets
@@ -51,8 +51,11 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
 	$(PY) -m pytest -m unit tests/unit
 
-bento-check: export ## Build the Bento, serve it from a fresh venv of only its requirements, check every backend (results/bento-check.txt)
+bento-check: export ## Build each Bento profile (full, onnx), serve it from a fresh venv of only its requirements, check it (results/bento-check.txt)
 	$(PY) -m tests.bento_check
+
+bento-profiles: export ## The profiles side by side: environment size, worker memory, time to ready, default route -> results/bento-profiles-<machine>.md (needs wrk)
+	$(PY) -m benchmark.profiles
 
 inputs: export ## Accuracy on transformed test photos via HTTP, both framings -> results/inputs.md (~15 min)
 	$(PY) -m benchmark.inputs --limit 1000

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fashion.backends import BACKENDS
+from fashion.backends import BACKENDS, RUNTIME_MODULES, unavailable_backends
 from fashion.env import available_cpus
 from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
 
@@ -63,7 +63,8 @@ class TaskLimits:
 class ServiceConfig:
     """What the service loads and which limits it enforces.
 
-    Environment variables (all optional): ``FASHION_BACKENDS`` (comma list, default all),
+    Environment variables (all optional): ``FASHION_BACKENDS`` (comma list, default every backend whose runtime
+    this environment has: see ``not_installed``),
     ``FASHION_DEFAULT_BACKEND``, ``FASHION_DEVICE`` (auto, cpu, cuda), ``FASHION_DEVICES`` (per backend,
     ``savedmodel=cpu,torch=cuda``; default ``savedmodel=cpu``), ``FASHION_THREADS``
     (intra-op threads per runtime), ``FASHION_MAX_BODY_BYTES``, ``FASHION_MAX_IMAGES``,
@@ -107,11 +108,18 @@ class ServiceConfig:
     # The export verified each float32 artifact within 1e-5 of its source model; two of them within 1e-4.
     parity_tolerance: float = 1e-4
     results_dir: Path = DEFAULT_RESULTS_DIR
+    # Backends this environment cannot run, each with the modules it lacks (found once by from_env): a Bento of
+    # the onnx profile (bentofile-onnx.yaml) has neither torch nor TensorFlow. Default: none missing.
+    not_installed: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise ConfigError(f"unknown backend(s) {unknown}; known: {sorted(BACKENDS)}")
+        absent = [b for b in self.backends if b in dict(self.not_installed)]
+        if absent:
+            raise ConfigError(f"FASHION_BACKENDS names {absent}, whose runtime this environment does not have "
+                              f"({self.why_not_installed(absent[0])}); installed: {list(self.installed)}")
         if self.default_backend not in self.backends:
             raise ConfigError(f"default backend {self.default_backend!r} is not among {list(self.backends)}")
         if self.device not in DEVICES:
@@ -135,6 +143,17 @@ class ServiceConfig:
         """The queue wait budget in seconds, ``None`` for no limit."""
         return self.queue_budget_ms / 1000 if self.queue_budget_ms else None
 
+    @property
+    def installed(self) -> tuple[str, ...]:
+        """The backends this environment can run, in :data:`BACKENDS` order."""
+        missing = dict(self.not_installed)
+        return tuple(name for name in BACKENDS if name not in missing)
+
+    def why_not_installed(self, backend: str) -> str | None:
+        """Why this environment cannot run ``backend`` (the modules it lacks); ``None`` when it can."""
+        lacking = dict(self.not_installed).get(backend)
+        return f"this environment has no {', '.join(lacking)}" if lacking else None
+
     def device_for(self, backend: str) -> str:
         """The device asked for ``backend``: its FASHION_DEVICES entry, else FASHION_DEVICE."""
         return dict(self.devices).get(backend, self.device)
@@ -143,8 +162,12 @@ class ServiceConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
         """Settings from ``FASHION_*`` environment variables (``env``: instead of ``os.environ``)."""
         env = os.environ if env is None else env
+        not_installed = tuple(unavailable_backends().items())
+        installed = tuple(name for name in BACKENDS if name not in dict(not_installed))
+        if not installed:
+            raise ConfigError(f"no backend can run here: none of the runtimes' modules {RUNTIME_MODULES} is installed")
         listed = env.get("FASHION_BACKENDS")
-        backends = tuple(b.strip() for b in listed.split(",") if b.strip()) if listed else tuple(BACKENDS)
+        backends = tuple(b.strip() for b in listed.split(",") if b.strip()) if listed else installed
         default = env.get("FASHION_DEFAULT_BACKEND") or (
             DEFAULT_BACKEND if DEFAULT_BACKEND in backends else backends[0])
         try:
@@ -168,6 +191,7 @@ class ServiceConfig:
                 tasks=TaskLimits.from_env(env),
                 parity_tolerance=float(env.get("FASHION_PARITY_TOLERANCE", cls.parity_tolerance)),
                 results_dir=Path(env.get("FASHION_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
+                not_installed=not_installed,
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc

@@ -88,7 +88,7 @@ def parse_backend(value: Any, config: ServiceConfig) -> str:
     if value in (None, ""):
         return config.default_backend
     if not isinstance(value, str) or value not in BACKENDS:
-        raise RequestError(f"unknown backend {str(value)[:64]!r}; choose from {sorted(BACKENDS)}", 400)
+        raise RequestError(f"unknown backend {str(value)[:64]!r}; choose from {sorted(config.backends)}", 400)
     return value
 
 

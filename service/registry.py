@@ -157,13 +157,21 @@ class ModelRegistry:
         return {name: parity.Identity.of(name, backend.manifest) for name, backend in self.backends.items()}
 
     def get(self, name: str | None) -> LoadedBackend:
-        """A loaded backend by name (``None``: the default). Raises KeyError with a clear message."""
+        """A loaded backend by name (``None``: the default). Raises KeyError with :meth:`why_not_loaded`."""
         name = name or self.config.default_backend
         if name not in self.backends:
-            if name in BACKENDS:
-                raise KeyError(f"backend {name!r} is not loaded in this server; loaded: {sorted(self.backends)}")
-            raise KeyError(f"unknown backend {name!r}; choose from {sorted(self.backends)}")
+            raise KeyError(self.why_not_loaded(name))
         return self.backends[name]
+
+    def why_not_loaded(self, name: str) -> str:
+        """The one message for a backend this server does not serve, naming the ones it does."""
+        loaded = f"loaded: {sorted(self.backends)}"
+        if name not in BACKENDS:
+            return f"unknown backend {name[:64]!r}; {loaded}"
+        lacking = self.config.why_not_installed(name)
+        if lacking:
+            return f"backend {name!r} is not installed in this server ({lacking}); {loaded}"
+        return f"backend {name!r} is not loaded in this server; {loaded}"
 
     def logits(self, name: str | None, pixels: np.ndarray) -> np.ndarray:
         """``float32[N, 10]`` logits for ``uint8[N, 28, 28]`` pixels (runs the model)."""
@@ -207,4 +215,7 @@ class ModelRegistry:
                 backends[name] = {"loaded": False, "reason": self.skipped.get(name) or self.error or "loading"}
         return {"ready": self.ready, "default_backend": self.config.default_backend, "error": self.error,
                 "gpu_present": has_nvidia_gpu(),
-                "class_names": list(CLASS_NAMES), "backends": backends}
+                "class_names": list(CLASS_NAMES), "backends": backends,
+                # What this environment can run at all (the Bento's profile, docs/deploy.md), and why not the rest.
+                "installed_backends": list(self.config.installed),
+                "not_installed": {name: self.config.why_not_installed(name) for name, _ in self.config.not_installed}}

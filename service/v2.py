@@ -7,7 +7,8 @@ version is the content version of the exported model it loads.
 
 * ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]/ready``:
   200 when true; an empty body, as the specification asks.
-* ``GET /v2`` (server metadata), ``GET /v2/models/{name}[/versions/{v}]`` (model metadata),
+* ``GET /v2`` (server metadata), ``GET /v2/models`` (every model, loaded or not and why, as Triton's repository
+  index lists them), ``GET /v2/models/{name}[/versions/{v}]`` (model metadata),
   ``GET /v2/models/{name}[/versions/{v}]/config`` (Triton's model configuration, read by perf_analyzer).
 * ``POST /v2/models/{name}[/versions/{v}]/infer``: input ``images``, ``UINT8[N, 28, 28]``,
   as JSON ``data`` (flat or nested) or as binary data after the JSON header
@@ -58,7 +59,7 @@ from fashion.contract import (
 )
 from service.batcher import OverloadedError
 from service.inputs import RequestError, read_body
-from service.registry import LoadedBackend
+from service.registry import LoadedBackend, ModelRegistry
 from service.serving import Serving, serving_of
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -147,7 +148,7 @@ def resolve_model(request: Request) -> LoadedBackend:
         raise V2Error("models are not ready yet", 503)
     name = request.path_params["model"]
     if name not in registry.backends:
-        raise V2Error(f"unknown model {name[:64]!r}; models here: {sorted(registry.backends)}", 404)
+        raise V2Error(registry.why_not_loaded(name), 404)
     backend = registry.backends[name]
     version = request.path_params.get("version")
     if version is not None and version != backend.manifest["version"]:
@@ -171,6 +172,22 @@ async def server_ready(request: Request) -> Response:
 async def server_metadata(request: Request) -> Response:
     """Name, version and the protocol extensions this server implements."""
     return JSONResponse({"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)})
+
+
+@answers_errors
+async def list_models(request: Request) -> Response:
+    """Every model this server knows, as Triton's repository index lists them: ``READY`` with its version when
+    loaded, else ``UNAVAILABLE`` with the reason (a backend whose runtime this Bento's profile does not carry)."""
+    registry = serving(request).registry
+    return JSONResponse({"models": index_models(registry)})
+
+
+def index_models(registry: ModelRegistry) -> list[dict[str, str]]:
+    """One repository index entry per known backend, the loaded ones first."""
+    ready = [{"name": name, "version": backend.manifest["version"], "state": "READY", "reason": ""}
+             for name, backend in registry.backends.items()]
+    return ready + [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": registry.why_not_loaded(name)}
+                    for name in BACKENDS if name not in registry.backends]
 
 
 @answers_errors
@@ -464,6 +481,7 @@ app = Starlette(routes=[
     Route("/v2", server_metadata),
     Route("/v2/health/live", server_live),
     Route("/v2/health/ready", server_ready),
+    Route("/v2/models", list_models),
     *(Route(base, model_metadata) for base in (MODEL, VERSION)),
     *(Route(f"{base}/ready", model_ready) for base in (MODEL, VERSION)),
     *(Route(f"{base}/config", model_config) for base in (MODEL, VERSION)),

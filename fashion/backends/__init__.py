@@ -9,6 +9,7 @@ branch on the framework: they pick a backend by name from :data:`BACKENDS`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,11 +49,38 @@ BACKENDS: dict[str, BackendSpec] = {
 }
 
 
+# The top-level modules each runtime's code imports: a Bento profile that leaves a framework out (bentofile-onnx.yaml
+# carries ONNX Runtime only) serves only the backends whose runtime finds all of them. Module names, not
+# distributions: `onnxruntime` and `onnxruntime-gpu` install the same `onnxruntime` module.
+RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
+    "onnx": ("onnxruntime", "onnx"),
+    "torch": ("torch",),
+    "savedmodel": ("tensorflow",),
+}
+
+
 def runtime_module(runtime: str):
     """The module of one runtime (imported on demand: each pulls in its framework)."""
-    if runtime not in {"onnx", "torch", "savedmodel"}:
+    if runtime not in RUNTIME_MODULES:
         raise ValueError(f"unknown runtime {runtime!r}")
     return importlib.import_module(f"fashion.backends.{runtime}_runtime")
+
+
+def missing_modules(runtime: str) -> tuple[str, ...]:
+    """What this environment lacks to run ``runtime``: its code module (a profile may leave it out of the Bento)
+    and the framework modules it imports. Empty when it can run.
+
+    Found with ``importlib.util.find_spec``, which locates a top-level module without importing it: deciding
+    must not cost the seconds and memory of importing torch or TensorFlow.
+    """
+    wanted = (f"fashion.backends.{runtime}_runtime", *RUNTIME_MODULES[runtime])
+    return tuple(name for name in wanted if importlib.util.find_spec(name) is None)
+
+
+def unavailable_backends() -> dict[str, tuple[str, ...]]:
+    """Per backend this environment cannot run, the modules it lacks (:func:`missing_modules`)."""
+    lacking = {runtime: missing_modules(runtime) for runtime in RUNTIME_MODULES}
+    return {name: lacking[spec.runtime] for name, spec in BACKENDS.items() if lacking[spec.runtime]}
 
 
 def load_artifact(model_dir: Path, artifact: str, runtime: str, device: str = "auto", **options: Any) -> Predictor:

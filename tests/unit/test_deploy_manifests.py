@@ -89,3 +89,11 @@ def test_a_clients_task_calls_reach_the_pod_that_owns_the_task_for_as_long_as_it
     assert service["sessionAffinity"] == "ClientIP"
     # Kubernetes caps the affinity at one day; BentoML keeps a task's result as long.
     assert service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] >= min(RETENTION_S, 86400)
+
+
+def test_production_runs_the_onnx_profiles_bento(container):
+    """The image is the onnx profile's Bento (bentofile-onnx.yaml names it): the small one, for production."""
+    from tests.bento_check import PROFILES
+
+    name = yaml.safe_load((MANIFEST.parents[2] / PROFILES["onnx"]).read_text())["name"]
+    assert container["image"].split(":")[0].rsplit("/", 1)[-1] == name == "fashion-classifier-onnx"
