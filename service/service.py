@@ -36,8 +36,8 @@ from starlette.responses import JSONResponse, Response
 from fashion.backends import MODEL_NAMES
 from service import deadline, eventloop
 from service.admission import AdmissionMiddleware
-from service.auth import KeyRing
 from service.answers import NPY, negotiate, records_response
+from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
 from service.datasets import Upload

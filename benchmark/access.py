@@ -1,0 +1,222 @@
+"""What API keys cost, and whether one key's flood slows another: ``python -m benchmark.access cost|isolation``.
+
+``cost``: benchmark.peers' harness (wrk at 1, 16 and 64 connections, repetitions in alternating order, medians),
+on three servers of fashion-serve only: this checkout with no keys, this checkout with keys (each request carries
+a valid key), and a baseline revision (default ``main``) that git checks out into a temporary folder. Written to
+``results/access-cost-<machine>.{md,json,png}``.
+
+``isolation``: one server with two keys. The calm key's latency (wrk, one connection) alone, then while the other
+key floods (wrk, many connections) far past its rate; repeated, in alternating order. Written to
+``results/access-isolation-<machine>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmark import peers
+from benchmark.bench_http import REPO, multipart_body, run_wrk
+from benchmark.report import machine_name
+from fashion.env import environment_stamp
+from service import launch
+from service.auth import new_key
+
+RESULTS = REPO / "results"
+# Routes without a header of their own (wrk sends one extra header: here, the key).
+COST_ROUTES = ("native multipart", "v2 JSON")
+
+
+def checkout(revision: str, folder: Path) -> tuple[Path, str]:
+    """``revision`` of this repository extracted into ``folder``; its commit id."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", revision], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder, commit
+
+
+def serve_command(code: Path):
+    """``bentoml serve`` of the service in ``code``, which comes first on the import path."""
+    return lambda bin_dir, port, workdir: ["env", f"PYTHONPATH={code}", str(bin_dir / "bentoml"), "serve",
+                                           "service.service:FashionClassifier", "--working-dir", str(code),
+                                           "--host", "127.0.0.1", "--port", str(port)]
+
+
+def variants(base: Path, commit: str, key: str, key_line: str) -> list[peers.Peer]:
+    """This checkout without and with keys, and the baseline revision, on the routes of :data:`COST_ROUTES`."""
+    png, pixels = peers.one_image()
+    routes = tuple(r for r in peers.our_routes(png, pixels) if r.label in COST_ROUTES)
+    keyed = tuple(dataclasses.replace(r, header=f"Authorization: Bearer {key}") for r in routes)
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    return [
+        peers.Peer("keys off", "this checkout, no keys configured", serve_command(REPO), "/readyz", routes, env=quiet),
+        peers.Peer("keys on", "this checkout, one key configured (FASHION_API_KEYS), sent with every request",
+                   serve_command(REPO), "/readyz", keyed, env={**quiet, "FASHION_API_KEYS": key_line}),
+        peers.Peer("baseline", f"commit {commit[:12]}, before keys existed", serve_command(base), "/readyz", routes,
+                   env=quiet),
+    ]
+
+
+def run_cost(args: argparse.Namespace) -> dict:
+    key, entry = new_key(["inference"])
+    with tempfile.TemporaryDirectory(prefix="access-") as tmp:
+        base, commit = checkout(args.baseline, Path(tmp) / "baseline")
+        args.no_perf_analyzer = True
+        results = peers.run_all(variants(base, commit, key, entry.line()), args, Path(tmp))
+    return {"baseline": {"revision": args.baseline, "commit": commit}, **results}
+
+
+def render_cost(report: dict) -> str:
+    lines = [f"# API keys: what they cost, {report['machine']}", "",
+             f"Written by `python -m benchmark.access {shlex.join(report['argv'])}` at {report['when']}; "
+             f"{report['seconds']} s per wrk run, {report['reps']} repetitions, medians, one image per request, one "
+             f"server at a time, the three in alternating order. {report['note']}", "",
+             *peers.render_table(report["medians"], report["cores"]), ""]
+    lines += [f"- {p['name']}: {p['configuration']}" for p in report["peers"]]
+    lines += ["", "Requests/s, keys on / keys off and keys off / baseline, per route and level (medians):", "",
+              "| route | connections | on / off | off / baseline |", "| --- | --- | --- | --- |"]
+    table = {(r["peer"], r["route"], r["connections"]): r["rps"] for r in report["medians"]}
+    for route in COST_ROUTES:
+        for level in peers.LEVELS:
+            off, on, base = (table.get((name, route, level)) for name in ("keys off", "keys on", "baseline"))
+            if off and on and base:
+                lines.append(f"| {route} | {level} | {on / off:.3f} | {off / base:.3f} |")
+    spread = spreads(report["runs"])
+    lines += ["", "Spread between repetitions of the same server (largest / smallest requests/s, median over "
+              f"routes and levels): {', '.join(f'{name} {value:.2f}' for name, value in spread.items())}.", ""]
+    if report["failures"]:
+        lines += ["## Did not run", ""] + [f"- {name}: {why}" for name, why in report["failures"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def spreads(rows: list[dict]) -> dict[str, float]:
+    """Per server, the median over (route, level) of the largest / smallest requests/s between repetitions."""
+    out = {}
+    for name in dict.fromkeys(r["peer"] for r in rows):
+        groups: dict[tuple, list[float]] = {}
+        for r in rows:
+            if r["peer"] == name:
+                groups.setdefault((r["route"], r["connections"]), []).append(r["rps"])
+        out[name] = statistics.median(max(v) / min(v) for v in groups.values() if len(v) > 1 and min(v) > 0)
+    return out
+
+
+def measure_isolation(url: str, calm: str, flood: str, body: Path, args: argparse.Namespace) -> list[dict]:
+    """Per repetition: the calm key alone, and the calm key while the flooding key floods (order alternates)."""
+    rows = []
+
+    def calm_run() -> dict:
+        return run_wrk(f"{url}/classify", 1, args.seconds, body, boundary=peers.BOUNDARY,
+                       header=f"Authorization: Bearer {calm}")
+
+    for rep in range(args.reps):
+        for flooded in ((False, True) if rep % 2 == 0 else (True, False)):
+            if not flooded:
+                stats = calm_run()
+                rows.append(row(rep, flooded, stats, None))
+                continue
+            with ThreadPoolExecutor(1) as pool:
+                flooding = pool.submit(run_wrk, f"{url}/classify", args.flood_connections, args.seconds + 2, body,
+                                       boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}")
+                stats = calm_run()
+                flood_stats = flooding.result()
+            rows.append(row(rep, flooded, stats, flood_stats))
+            print(f"rep {rep}: calm p99 {rows[-1]['calm_p99_ms']:.2f} ms while flooded; flood statuses "
+                  f"{flood_stats['statuses']}", flush=True)
+    return rows
+
+
+def row(rep: int, flooded: bool, calm: dict, flood: dict | None) -> dict:
+    out = {"rep": rep, "flooded": flooded, "calm_rps": calm["rps"], "calm_p50_ms": calm["p50_us"] / 1e3,
+           "calm_p99_ms": calm["p99_us"] / 1e3, "calm_statuses": calm["statuses"]}
+    if flood:
+        out |= {"flood_rps": flood["rps"], "flood_statuses": flood["statuses"],
+                "flood_429_without_retry_after": flood.get("no_retry_after", 0)}
+    return out
+
+
+def run_isolation(args: argparse.Namespace) -> dict:
+    calm_key, calm = new_key(["inference"])
+    flood_key, flood = new_key(["inference"], args.flood_rate)
+    png, _ = peers.one_image()
+    with tempfile.TemporaryDirectory(prefix="access-") as tmp:
+        body = Path(tmp) / "upload.body"
+        body.write_bytes(multipart_body(png, peers.BOUNDARY))
+        server = launch.start(Path(tmp), env={"FASHION_API_KEYS": f"{calm.line()}\n{flood.line()}",
+                                              "FASHION_BACKENDS": "onnx-torch", "TF_CPP_MIN_LOG_LEVEL": "3"})
+        try:
+            server.wait_ready()
+            run_wrk(f"{server.url}/classify", 4, 2, body, boundary=peers.BOUNDARY,
+                    header=f"Authorization: Bearer {calm_key}")  # warm-up
+            rows = measure_isolation(server.url, calm_key, flood_key, body, args)
+        finally:
+            server.stop()
+    alone = statistics.median(r["calm_p99_ms"] for r in rows if not r["flooded"])
+    flooded = statistics.median(r["calm_p99_ms"] for r in rows if r["flooded"])
+    return {"flood_rate": args.flood_rate, "flood_connections": args.flood_connections, "rows": rows,
+            "calm_p99_ms_alone": alone, "calm_p99_ms_flooded": flooded, "ratio": flooded / alone}
+
+
+def render_isolation(report: dict) -> str:
+    lines = [f"# API keys: one key's flood and another key's latency, {report['machine']}", "",
+             f"Written by `python -m benchmark.access {shlex.join(report['argv'])}` at {report['when']}. One server "
+             f"(onnx-torch), two keys. The calm key: wrk, one connection, {report['seconds']} s, one image per "
+             f"request to /classify. The flooding key (rate {report['flood_rate']}): wrk, "
+             f"{report['flood_connections']} connections, at the same time. {report['reps']} repetitions, alone and "
+             f"flooded in alternating order. {report['note']}", "",
+             f"Calm key's p99, median over repetitions: {report['calm_p99_ms_alone']:.2f} ms alone, "
+             f"{report['calm_p99_ms_flooded']:.2f} ms while the other key floods: **{report['ratio']:.2f}x** "
+             "(the aim: at most 2x).", "",
+             "| rep | flooded | calm req/s | calm p50 (ms) | calm p99 (ms) | flood req/s | flood statuses | "
+             "429 without Retry-After |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        lines.append(f"| {r['rep']} | {'yes' if r['flooded'] else 'no'} | {r['calm_rps']:,.0f} | "
+                     f"{r['calm_p50_ms']:.2f} | {r['calm_p99_ms']:.2f} | "
+                     + (f"{r['flood_rps']:,.0f} | {r['flood_statuses']} | {r['flood_429_without_retry_after']} |"
+                        if r["flooded"] else "- | - | - |"))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.access", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["cost", "isolation"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per wrk run (default: 10)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions, medians reported (default: 3)")
+    parser.add_argument("--baseline", default="main", help="cost: the revision to compare with (default: main)")
+    parser.add_argument("--flood-rate", default="50/s", help="isolation: the flooding key's rate (default: 50/s)")
+    parser.add_argument("--flood-connections", type=int, default=16,
+                        help="isolation: the flooding wrk's connections (default: 16)")
+    parser.add_argument("--note", default="", help="a line for the report, e.g. that the machine was busy")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for access-<what>-<machine>.*")
+    args = parser.parse_args(argv)
+    args.cache = peers.CACHE
+    stamp = environment_stamp()
+    machine = machine_name(stamp, None)
+    results = run_cost(args) if args.what == "cost" else run_isolation(args)
+    report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine, "environment": stamp,
+              "cores": os.cpu_count(), "argv": list(argv if argv is not None else sys.argv[1:]),
+              "seconds": args.seconds, "reps": args.reps, "note": args.note, **results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"access-{args.what}-{machine}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    stem.with_suffix(".md").write_text(render_cost(report) if args.what == "cost" else render_isolation(report))
+    if args.what == "cost":
+        peers.plot(report, stem.with_suffix(".png"))
+    print(f"wrote {stem}.md and .json")
+    return 1 if results.get("failures") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
