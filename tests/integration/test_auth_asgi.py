@@ -67,8 +67,10 @@ def client(exported, bentoml_home, keys, tmp_path_factory):
     from service.service import FashionClassifier
 
     store = tmp_path_factory.mktemp("tasks") / "task_result.db"
+    # /metrics reads the metrics folder that `bentoml serve` would make for its workers.
     env = {"FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()),
-           "BENTOML_RESULT_STORE": str(store), "FASHION_BACKENDS": "onnx-torch"}
+           "BENTOML_RESULT_STORE": str(store), "FASHION_BACKENDS": "onnx-torch",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
