@@ -5,8 +5,8 @@ on three servers of fashion-serve only: this checkout with no keys, this checkou
 a valid key), and a baseline revision (default ``main``) that git checks out into a temporary folder. Written to
 ``results/access-cost-<machine>.{md,json,png}``.
 
-``isolation``: one server with two keys. The calm key's latency (wrk, one connection) alone, then while the other
-key floods (wrk, many connections) far past its rate; repeated, in alternating order. Written to
+``isolation``: one server with two keys. The calm key's open-loop latency alone, while the other key floods
+open-loop far past its rate, and while it floods at line rate (wrk); repeated, in alternating order. Written to
 ``results/access-isolation-<machine>.{md,json}``.
 """
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmark import peers
 from benchmark.bench_http import REPO, multipart_body, run_wrk
+from benchmark.openloop import open_loop
 from benchmark.report import machine_name
 from fashion.env import environment_stamp
 from service import launch
@@ -112,36 +113,41 @@ def spreads(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def measure_isolation(url: str, calm: str, flood: str, body: Path, args: argparse.Namespace) -> list[dict]:
-    """Per repetition: the calm key alone, and the calm key while the flooding key floods (order alternates)."""
+CONDITIONS = ("alone", "open-loop flood", "line-rate flood")
+
+
+def measure_isolation(url: str, calm: str, flood: str, body: bytes, body_file: Path,
+                      args: argparse.Namespace) -> list[dict]:
+    """Per repetition and condition (order alternating): the calm key's open-loop latency, alone or while the other
+    key floods, either open-loop at ``--flood-per-s`` or closed-loop at line rate (wrk)."""
+    calm_headers = {"Authorization": f"Bearer {calm}"}
     rows = []
-
-    def calm_run() -> dict:
-        return run_wrk(f"{url}/classify", 1, args.seconds, body, boundary=peers.BOUNDARY,
-                       header=f"Authorization: Bearer {calm}")
-
     for rep in range(args.reps):
-        for flooded in ((False, True) if rep % 2 == 0 else (True, False)):
-            if not flooded:
-                stats = calm_run()
-                rows.append(row(rep, flooded, stats, None))
-                continue
+        for condition in CONDITIONS if rep % 2 == 0 else CONDITIONS[::-1]:
             with ThreadPoolExecutor(1) as pool:
-                flooding = pool.submit(run_wrk, f"{url}/classify", args.flood_connections, args.seconds + 2, body,
-                                       boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}")
-                stats = calm_run()
-                flood_stats = flooding.result()
-            rows.append(row(rep, flooded, stats, flood_stats))
-            print(f"rep {rep}: calm p99 {rows[-1]['calm_p99_ms']:.2f} ms while flooded; flood statuses "
-                  f"{flood_stats['statuses']}", flush=True)
+                flooding = None
+                if condition == "open-loop flood":
+                    flooding = pool.submit(open_loop, f"{url}/classify", body, peers.MULTIPART, args.flood_per_s,
+                                           args.seconds + 1, 64, {"Authorization": f"Bearer {flood}"})
+                elif condition == "line-rate flood":
+                    flooding = pool.submit(run_wrk, f"{url}/classify", args.flood_connections, args.seconds + 2,
+                                           body_file, boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}")
+                stats = open_loop(f"{url}/classify", body, peers.MULTIPART, args.calm_per_s, args.seconds, 8,
+                                  calm_headers)
+                flood_stats = flooding.result() if flooding else None
+            rows.append(row(rep, condition, stats, flood_stats))
+            print(f"rep {rep} {condition}: calm p99 {rows[-1]['calm_p99_ms']:.2f} ms, statuses {stats['statuses']}; "
+                  f"flood statuses {flood_stats and flood_stats['statuses']}", flush=True)
     return rows
 
 
-def row(rep: int, flooded: bool, calm: dict, flood: dict | None) -> dict:
-    out = {"rep": rep, "flooded": flooded, "calm_rps": calm["rps"], "calm_p50_ms": calm["p50_us"] / 1e3,
-           "calm_p99_ms": calm["p99_us"] / 1e3, "calm_statuses": calm["statuses"]}
+def row(rep: int, condition: str, calm: dict, flood: dict | None) -> dict:
+    out = {"rep": rep, "condition": condition, "calm_p50_ms": calm["p50_s"] * 1e3, "calm_p99_ms": calm["p99_s"] * 1e3,
+           "calm_statuses": calm["statuses"]}
     if flood:
-        out |= {"flood_rps": flood["rps"], "flood_statuses": flood["statuses"],
+        seconds = flood["duration_us"] / 1e6 if "duration_us" in flood else flood["seconds"]
+        sent = flood["requests"] if "requests" in flood else flood["sent"]
+        out |= {"flood_per_s": sent / seconds, "flood_statuses": flood["statuses"],
                 "flood_429_without_retry_after": flood.get("no_retry_after", 0)}
     return out
 
@@ -150,41 +156,44 @@ def run_isolation(args: argparse.Namespace) -> dict:
     calm_key, calm = new_key(["inference"])
     flood_key, flood = new_key(["inference"], args.flood_rate)
     png, _ = peers.one_image()
+    body = multipart_body(png, peers.BOUNDARY)
     with tempfile.TemporaryDirectory(prefix="access-") as tmp:
-        body = Path(tmp) / "upload.body"
-        body.write_bytes(multipart_body(png, peers.BOUNDARY))
+        body_file = Path(tmp) / "upload.body"
+        body_file.write_bytes(body)
         server = launch.start(Path(tmp), env={"FASHION_API_KEYS": f"{calm.line()}\n{flood.line()}",
                                               "FASHION_BACKENDS": "onnx-torch", "TF_CPP_MIN_LOG_LEVEL": "3"})
         try:
             server.wait_ready()
-            run_wrk(f"{server.url}/classify", 4, 2, body, boundary=peers.BOUNDARY,
+            run_wrk(f"{server.url}/classify", 4, 2, body_file, boundary=peers.BOUNDARY,
                     header=f"Authorization: Bearer {calm_key}")  # warm-up
-            rows = measure_isolation(server.url, calm_key, flood_key, body, args)
+            rows = measure_isolation(server.url, calm_key, flood_key, body, body_file, args)
         finally:
             server.stop()
-    alone = statistics.median(r["calm_p99_ms"] for r in rows if not r["flooded"])
-    flooded = statistics.median(r["calm_p99_ms"] for r in rows if r["flooded"])
-    return {"flood_rate": args.flood_rate, "flood_connections": args.flood_connections, "rows": rows,
-            "calm_p99_ms_alone": alone, "calm_p99_ms_flooded": flooded, "ratio": flooded / alone}
+    p99 = {c: statistics.median(r["calm_p99_ms"] for r in rows if r["condition"] == c) for c in CONDITIONS}
+    return {"flood_rate": args.flood_rate, "flood_per_s": args.flood_per_s, "calm_per_s": args.calm_per_s,
+            "flood_connections": args.flood_connections, "rows": rows, "calm_p99_ms": p99,
+            "ratios": {c: p99[c] / p99["alone"] for c in CONDITIONS[1:]}}
 
 
 def render_isolation(report: dict) -> str:
+    p99, ratios = report["calm_p99_ms"], report["ratios"]
     lines = [f"# API keys: one key's flood and another key's latency, {report['machine']}", "",
              f"Written by `python -m benchmark.access {shlex.join(report['argv'])}` at {report['when']}. One server "
-             f"(onnx-torch), two keys. The calm key: wrk, one connection, {report['seconds']} s, one image per "
-             f"request to /classify. The flooding key (rate {report['flood_rate']}): wrk, "
-             f"{report['flood_connections']} connections, at the same time. {report['reps']} repetitions, alone and "
-             f"flooded in alternating order. {report['note']}", "",
-             f"Calm key's p99, median over repetitions: {report['calm_p99_ms_alone']:.2f} ms alone, "
-             f"{report['calm_p99_ms_flooded']:.2f} ms while the other key floods: **{report['ratio']:.2f}x** "
-             "(the aim: at most 2x).", "",
-             "| rep | flooded | calm req/s | calm p50 (ms) | calm p99 (ms) | flood req/s | flood statuses | "
+             f"(onnx-torch), two keys. The calm key sends {report['calm_per_s']:g} requests/s open-loop (one image "
+             f"each to /classify; latency from each request's scheduled time) for {report['seconds']:g} s: alone; "
+             f"while the flooding key (rate {report['flood_rate']}) sends {report['flood_per_s']:g} requests/s "
+             f"open-loop; and while it floods at line rate (wrk, {report['flood_connections']} connections, no "
+             f"pause). {report['reps']} repetitions, the conditions in alternating order. {report['note']}", "",
+             f"Calm key's p99, median over repetitions: {p99['alone']:.2f} ms alone; "
+             f"{p99['open-loop flood']:.2f} ms during the open-loop flood (**{ratios['open-loop flood']:.2f}x**); "
+             f"{p99['line-rate flood']:.2f} ms during the line-rate flood (**{ratios['line-rate flood']:.2f}x**).", "",
+             "| rep | condition | calm p50 (ms) | calm p99 (ms) | calm statuses | flood req/s | flood statuses | "
              "429 without Retry-After |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
-        lines.append(f"| {r['rep']} | {'yes' if r['flooded'] else 'no'} | {r['calm_rps']:,.0f} | "
-                     f"{r['calm_p50_ms']:.2f} | {r['calm_p99_ms']:.2f} | "
-                     + (f"{r['flood_rps']:,.0f} | {r['flood_statuses']} | {r['flood_429_without_retry_after']} |"
-                        if r["flooded"] else "- | - | - |"))
+        flood = (f"{r['flood_per_s']:,.0f} | {r['flood_statuses']} | {r['flood_429_without_retry_after']} |"
+                 if "flood_per_s" in r else "- | - | - |")
+        lines.append(f"| {r['rep']} | {r['condition']} | {r['calm_p50_ms']:.2f} | {r['calm_p99_ms']:.2f} | "
+                     f"{r['calm_statuses']} | {flood}")
     return "\n".join(lines) + "\n"
 
 
@@ -196,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions, medians reported (default: 3)")
     parser.add_argument("--baseline", default="main", help="cost: the revision to compare with (default: main)")
     parser.add_argument("--flood-rate", default="50/s", help="isolation: the flooding key's rate (default: 50/s)")
+    parser.add_argument("--flood-per-s", type=float, default=1000.0,
+                        help="isolation: the open-loop flood's requests per second (default: 1000)")
+    parser.add_argument("--calm-per-s", type=float, default=50.0,
+                        help="isolation: the calm key's requests per second (default: 50)")
     parser.add_argument("--flood-connections", type=int, default=16,
-                        help="isolation: the flooding wrk's connections (default: 16)")
+                        help="isolation: the line-rate flood's wrk connections (default: 16)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. that the machine was busy")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for access-<what>-<machine>.*")
     args = parser.parse_args(argv)

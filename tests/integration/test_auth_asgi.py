@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,30 +55,24 @@ def keys():
 
 
 @pytest.fixture(scope="module")
-def client(exported, bentoml_home, keys, tmp_path_factory):
-    """The service with the keys of :data:`KEYS`, over the session's quickly trained models."""
+def client(service_app, keys, tmp_path_factory):
+    """The service with the keys of :data:`KEYS` (read when the TestClient starts it), the session's models."""
     import os
 
     from starlette.testclient import TestClient
 
-    from export.store import register_model
-
-    for model_dir in exported.values():
-        register_model(model_dir)
-    from service.service import FashionClassifier
-
-    store = tmp_path_factory.mktemp("tasks") / "task_result.db"
     # /metrics reads the metrics folder that `bentoml serve` would make for its workers.
     env = {"FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()),
-           "BENTOML_RESULT_STORE": str(store), "FASHION_BACKENDS": "onnx-torch",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}
+           "FASHION_BACKENDS": "onnx-torch", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
+    from _bentoml_impl.tasks.result import Sqlite3Store
+
+    Sqlite3Store.init_db(str(store_path()))  # as `bentoml serve` does before it starts a worker
     try:
-        with TestClient(FashionClassifier.to_asgi()) as test_client:
+        with TestClient(service_app) as test_client:
             wait_until(lambda: test_client.get("/readyz").status_code == 200, "the in-process service to be ready",
                        300, interval=0.25)
-            test_client.task_store = store
             yield test_client
     finally:
         for name, value in saved.items():
@@ -85,6 +80,19 @@ def client(exported, bentoml_home, keys, tmp_path_factory):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def store_path() -> Path:
+    """BentoML's task store: where it keeps each task's request (for ``retry``) and result."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.result_store_file.get())
+
+
+def task_store() -> bytes:
+    """The task store's bytes, its write-ahead log included."""
+    path = store_path()
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(f"{path.name}*")))
 
 
 def test_the_probes_and_the_page_stay_open(client):
@@ -143,7 +151,7 @@ def test_a_task_is_seen_only_by_the_key_that_submitted_it_and_its_key_is_not_sto
         assert foreign.status_code == reply.status_code == 404, route
         assert foreign.json() == reply.json() == {"error": "task_id not found"}, route
     assert task_route(client, "progress", task_id, owner).json()["status"] == "completed"  # the cancel did nothing
-    stored = client.task_store.read_bytes()
+    stored = task_store()
     assert task_id.encode() in stored  # the store is the one the service wrote
     for secret in (owner, owner.split("_")[2]):
         assert secret.encode() not in stored and secret not in caplog.text
