@@ -6,7 +6,7 @@ from benchmark import access
 
 
 def test_the_baseline_is_the_named_revision_s_own_files(tmp_path):
-    folder, commit = access.checkout("HEAD", tmp_path)
+    folder, commit = access.checkout("HEAD", tmp_path / "baseline")
     assert len(commit) == 40 and (folder / "service" / "service.py").is_file()
     assert not (folder / ".venv").exists()  # the revision's tracked files only
 
