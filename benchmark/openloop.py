@@ -15,10 +15,11 @@ from urllib.parse import urlsplit
 from benchmark.timing import percentile
 
 
-def _request_bytes(url: str, body: bytes, content_type: str) -> bytes:
+def _request_bytes(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> bytes:
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    head = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n{extra}"
             f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
     return head.encode() + body
 
@@ -35,9 +36,10 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return int(status_line.split()[1])
 
 
-async def _run(url: str, body: bytes, content_type: str, rate: float, seconds: float, connections: int) -> dict:
+async def _run(url: str, body: bytes, content_type: str, rate: float, seconds: float, connections: int,
+               headers: dict[str, str] | None = None) -> dict:
     parts = urlsplit(url)
-    payload = _request_bytes(url, body, content_type)
+    payload = _request_bytes(url, body, content_type, headers)
     idle: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
         idle.put_nowait(await asyncio.open_connection(parts.hostname, parts.port))
@@ -72,9 +74,11 @@ async def _run(url: str, body: bytes, content_type: str, rate: float, seconds: f
             "p99_s": percentile(latencies, 99), "max_s": max(latencies)}
 
 
-def open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: float, connections: int = 64) -> dict:
-    """Send ``rate`` requests per second for ``seconds``; latencies counted from each scheduled time."""
+def open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: float, connections: int = 64,
+              headers: dict[str, str] | None = None) -> dict:
+    """Send ``rate`` requests per second for ``seconds``; latencies counted from each scheduled time.
+    ``headers``: more request headers (an API key)."""
     cpu_start = time.process_time()
-    result = asyncio.run(_run(url, body, content_type, rate, seconds, connections))
+    result = asyncio.run(_run(url, body, content_type, rate, seconds, connections, headers))
     result["generator_cpu_cores"] = (time.process_time() - cpu_start) / seconds
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from clients.batch import EXIT_FAILED, JobConfig, JobError, Stages, answers_from_records, run_job
-from clients.client import FashionClient, RetryPolicy, ServiceError
+from clients.client import API_KEY_ENV, FashionClient, RetryPolicy, ServiceError
 from clients.formats import FORMATS
 from clients.sources import SourceError, open_source
 from fashion.backends import BACKENDS
@@ -27,7 +28,7 @@ DEFAULT_URL = "http://localhost:3000"
 def cmd_classify(args: argparse.Namespace) -> int:
     """Label and confidence per image, as a table or JSON."""
     rows = []
-    with FashionClient(args.url, timeout=args.timeout) as client:
+    with FashionClient(args.url, timeout=args.timeout, api_key=args.api_key) as client:
         for image in args.images:
             try:
                 prediction = client.classify(Path(image), args.backend)
@@ -70,7 +71,7 @@ def remote_classifier(args: argparse.Namespace):
     """A classify function over HTTP (compact answers; safe to call from several threads), once the service is
     ready; and a function counting the retries made."""
     client = FashionClient(args.url, timeout=args.timeout, retry=RetryPolicy(attempts=args.retries),
-                           max_connections=args.concurrency)
+                           max_connections=args.concurrency, api_key=args.api_key)
     wait_until_ready(args.url, args.timeout)
 
     def classify(pixels):
@@ -139,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clients", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=DEFAULT_URL, help=f"service address (default {DEFAULT_URL})")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                        help=f"the service's API key, if it has keys (default: ${API_KEY_ENV}, else none); "
+                             "prefer the variable: a command line is visible to other users")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default=None, help="default: the service's fastest")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -7,12 +7,16 @@
 
 Retries (exponential backoff with full jitter) happen only on 429, 503, 504 and
 connection errors; every other 4xx is raised at once as :class:`ServiceError`.
+
+A service with API keys (service.auth) needs one: ``FashionClient(url, api_key=...)``, else the
+``FASHION_API_KEY`` environment variable; it is sent as ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -24,6 +28,7 @@ import httpx
 import numpy as np
 
 RETRY_STATUSES = frozenset({429, 503, 504})
+API_KEY_ENV = "FASHION_API_KEY"
 # The compact answer (service.answers): ``fashion.contract.ANSWER_DTYPE`` rows as a .npy body.
 NPY_ANSWER = "application/x-npy"
 T = TypeVar("T")
@@ -163,6 +168,12 @@ def npy_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def key_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries ``api_key`` (else ``FASHION_API_KEY``); none when neither is set."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class _Requests:
     """Shared request building and answer parsing of both clients."""
 
@@ -206,15 +217,19 @@ class FashionClient(_Requests):
         timeout: seconds per request attempt.
         retry: retry policy (default: 5 attempts).
         transport: an httpx transport (tests pass a mock one).
+        api_key: the service's API key, if it has keys (default: ``FASHION_API_KEY``, else none).
+        verify: TLS verification for ``https://`` URLs: ``True`` (the system's CAs), a CA bundle's path, or an
+            ``ssl.SSLContext``.
     """
 
     def __init__(self, base_url: str = "http://localhost:3000", timeout: float = 30.0,
                  retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, api_key: str | None = None, verify: Any = True) -> None:
         super().__init__(base_url, timeout, retry)
         # httpx.Client is thread-safe: the batch CLI shares one between its request threads.
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
-                                 limits=httpx.Limits(max_connections=max_connections))
+                                 limits=httpx.Limits(max_connections=max_connections), headers=key_headers(api_key),
+                                 verify=verify)
 
     def __enter__(self) -> FashionClient:
         return self
@@ -288,14 +303,16 @@ class FashionClient(_Requests):
 
 
 class AsyncFashionClient(_Requests):
-    """The asyncio twin of :class:`FashionClient` (same methods, awaitable)."""
+    """The asyncio twin of :class:`FashionClient` (same methods and options, awaitable)."""
 
     def __init__(self, base_url: str = "http://localhost:3000", timeout: float = 30.0,
                  retry: RetryPolicy | None = None, max_connections: int = 64,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, api_key: str | None = None,
+                 verify: Any = True) -> None:
         super().__init__(base_url, timeout, retry)
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
-                                      limits=httpx.Limits(max_connections=max_connections))
+                                      limits=httpx.Limits(max_connections=max_connections),
+                                      headers=key_headers(api_key), verify=verify)
 
     async def __aenter__(self) -> AsyncFashionClient:
         return self

@@ -9,6 +9,10 @@
 
 Health, readiness and metrics routes (the v2 protocol's too) are never refused, so probes answer
 during a flood; the OpenAPI page and v2 server metadata answer while the models load.
+
+With API keys configured (service.auth), every request is first checked for its key, its scope and its key's
+rate (401, 403, 429 with ``Retry-After``), before it counts as in progress; the probes stay open. Without keys
+that check is one attribute test.
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ class AdmissionMiddleware:
         serving = self.current() if scope["type"] == "http" else None
         if serving is not None:
             attach(scope, serving)
+            # getattr: admission's own tests stand in for a Serving with an object that has no keys.
+            keys = getattr(serving, "keys", None)
+            if keys is not None and scope["type"] == "http":
+                refused = keys.check(scope)
+                if refused is not None:
+                    return await self.refuse(send, refused.status, refused.message, refused.headers)
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             return await self.app(scope, receive, send)
         # The service's count (the batcher reads it, service.serving.InFlight); before the service exists, when
@@ -85,10 +95,14 @@ class AdmissionMiddleware:
         finally:
             counter.leave(answered)
 
-    async def refuse(self, send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
-        """Answer ``status`` with a JSON error and ``Retry-After``, without reading the body."""
+    async def refuse(self, send: Callable[[Message], Awaitable[None]], status: int, message: str,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Answer ``status`` with a JSON error and ``headers``, without reading the body; 429 and 503 get
+        ``Retry-After`` (``headers``' own, else the default)."""
         body = json.dumps({"error": message}).encode()
+        extra = list(headers)
+        if status in RETRY_STATUSES and not any(name == b"retry-after" for name, _ in extra):
+            extra.append((b"retry-after", self.retry_after))
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", self.retry_after)]})
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
         await send({"type": "http.response.body", "body": body})

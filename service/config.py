@@ -10,6 +10,7 @@ from pathlib import Path
 from fashion.backends import BACKENDS, RUNTIME_MODULES, unavailable_backends
 from fashion.env import available_cpus
 from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
+from service.auth import KeyEntry, parse_keys
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
 DEFAULT_BACKEND = "onnx-torch"
@@ -78,7 +79,8 @@ class ServiceConfig:
     ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md),
     ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, service.parity),
     ``FASHION_RESULTS_DIR`` (the benchmark files the web page shows; default the checkout's ``results/``),
-    and the task limits of :class:`TaskLimits`.
+    ``FASHION_API_KEYS_FILE`` or ``FASHION_API_KEYS`` (API key lines, service.auth; neither: no keys, every route
+    open, as before keys existed), and the task limits of :class:`TaskLimits`.
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
     """
 
@@ -111,6 +113,8 @@ class ServiceConfig:
     # Backends this environment cannot run, each with the modules it lacks (found once by from_env): a Bento of
     # the onnx profile (bentofile-onnx.yaml) has neither torch nor TensorFlow. Default: none missing.
     not_installed: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Salted hashes of the API keys (service.auth); empty: no keys, nothing checked.
+    api_keys: tuple[KeyEntry, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -192,9 +196,31 @@ class ServiceConfig:
                 parity_tolerance=float(env.get("FASHION_PARITY_TOLERANCE", cls.parity_tolerance)),
                 results_dir=Path(env.get("FASHION_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
                 not_installed=not_installed,
+                api_keys=read_api_keys(env),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
+
+
+def read_api_keys(env: Mapping[str, str]) -> tuple[KeyEntry, ...]:
+    """The key lines of ``FASHION_API_KEYS_FILE`` (a path) or ``FASHION_API_KEYS`` (the lines themselves).
+
+    Either one set but holding no key is an error, not an open service: it is a mistake, and it would fail open.
+    """
+    path, text = env.get("FASHION_API_KEYS_FILE"), env.get("FASHION_API_KEYS")
+    if path and text:
+        raise ConfigError("set FASHION_API_KEYS_FILE or FASHION_API_KEYS, not both")
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"FASHION_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
+    if text is None:
+        return ()
+    keys = parse_keys(text)
+    if not keys:
+        raise ConfigError("FASHION_API_KEYS_FILE or FASHION_API_KEYS is set but holds no key line")
+    return keys
 
 
 def parse_devices(text: str) -> dict[str, str]:

@@ -109,7 +109,7 @@ class Server:
 
 
 def start(workdir: Path, env: dict[str, str] | None = None, models: Path | None = None, health_port: bool = False,
-          port: int | None = None, kind: type[Server] = Server) -> Server:
+          port: int | None = None, kind: type[Server] = Server, options: tuple[str, ...] = ()) -> Server:
     """Start the service on ``127.0.0.1`` with a private BentoML home under ``workdir``; does not wait.
 
     Args:
@@ -119,6 +119,7 @@ def start(workdir: Path, env: dict[str, str] | None = None, models: Path | None 
         health_port: also serve the probes on a free port of their own (service.health), as deployed.
         port: the API port (default: a free one).
         kind: the :class:`Server` subclass to return.
+        options: more ``bentoml serve`` options; with ``--ssl-certfile`` the URL is ``https://``.
 
     Returns:
         The server; call :meth:`Server.wait_ready` before use and :meth:`Server.stop` after.
@@ -137,6 +138,7 @@ def start(workdir: Path, env: dict[str, str] | None = None, models: Path | None 
     # interpreter while its scripts' shebangs point at the old path.
     with log.open("w") as sink:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
-                                 "--port", str(port)],
+                                 "--port", str(port), *options],
                                 cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    return kind(proc, f"http://127.0.0.1:{port}", log, health_url)
+    scheme = "https" if "--ssl-certfile" in options else "http"
+    return kind(proc, f"{scheme}://127.0.0.1:{port}", log, health_url)

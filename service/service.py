@@ -37,6 +37,7 @@ from fashion.backends import MODEL_NAMES
 from service import deadline, eventloop
 from service.admission import AdmissionMiddleware
 from service.answers import NPY, negotiate, records_response
+from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import ServiceConfig
 from service.datasets import Upload
@@ -109,7 +110,8 @@ class FashionClassifier:
                                     alone=in_flight.alone, inline_images=INLINE_MAX_IMAGES)
         self.tasks = TaskBoard(self.config.tasks)
         # Handed to every request by admission control (service.serving): the parsers, v2 and the task routes.
-        self.serving = Serving(self.config, self.registry, self.batcher, self.tasks, in_flight)
+        self.serving = Serving(self.config, self.registry, self.batcher, self.tasks, in_flight,
+                               keys=KeyRing(self.config.api_keys) if self.config.api_keys else None)
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         self.gc = GCRecorder().install()
         self.heartbeat = Heartbeat(self.config.liveness_stale_s)

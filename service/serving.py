@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.auth import KeyRing
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
 from service.registry import ModelRegistry
@@ -72,6 +73,8 @@ class Serving:
     batcher: MicroBatcher
     tasks: TaskBoard
     in_flight: InFlight = field(default_factory=InFlight)
+    # API keys (service.auth); None when none are configured, and then admission checks nothing.
+    keys: KeyRing | None = None
 
     def not_ready_reason(self) -> str | None:
         """``None`` once every configured backend has loaded and warmed up; else why not (loading, or the error

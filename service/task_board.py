@@ -36,6 +36,8 @@ class TaskProgress:
     cancel_requested: bool = False
     created: float = field(default_factory=time.time)
     finished: float | None = None
+    # The id of the API key that submitted it (service.auth); None when keys are off.
+    owner: str | None = None
 
     @property
     def active(self) -> bool:
@@ -68,15 +70,20 @@ class TaskBoard:
         self.limits = limits
         self.tasks: dict[str, TaskProgress] = {}
 
-    def register(self, task_id: str) -> TaskProgress:
-        """The task's entry, created on first sight (at submit, or when the task starts)."""
+    def register(self, task_id: str, owner: str | None = None) -> TaskProgress:
+        """The task's entry, created on first sight (at submit, or when the task starts); the submit names its
+        ``owner``."""
         if task_id not in self.tasks:
             self.prune()
             self.tasks[task_id] = TaskProgress(task_id)
+        if owner is not None:
+            self.tasks[task_id].owner = owner
         return self.tasks[task_id]
 
-    def get(self, task_id: str) -> TaskProgress | None:
-        return self.tasks.get(task_id)
+    def get(self, task_id: str, owner: str | None = None) -> TaskProgress | None:
+        """The task, if ``owner`` (the caller's key id; ``None`` when keys are off) submitted it."""
+        task = self.tasks.get(task_id)
+        return task if task is not None and task.owner == owner else None
 
     def active(self) -> int:
         return sum(task.active for task in self.tasks.values())

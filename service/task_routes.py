@@ -25,6 +25,10 @@ and ``cancel`` (PUT). What BentoML 1.4's own server does with them (``_bentoml_i
   so nothing overwrites the mark; the middleware swallows it when the submit request ends. A
   canceled task has no result (``get`` answers 400 "not completed").
 
+With API keys (service.auth) a task belongs to the key that submitted it: every task route answers another
+key's task id with the same 404 as an unknown id (``status`` and ``get`` are checked here before BentoML's own
+answer), and the submit's key headers are dropped before BentoML stores its request.
+
 The task itself (reading, chunks, the result) is service.task_runner; the progress and cancel flags
 it shares with these routes are service.task_board.
 """
@@ -41,6 +45,7 @@ from starlette.requests import Request
 from fashion.contract import ContractError, check_count
 from service.admission import ASGIApp, Message, Receive, Send
 from service.answers import negotiate
+from service.auth import key_id_of, without_key_headers
 from service.datasets import Upload, declared_count
 from service.inputs import RequestError
 from service.serving import Serving
@@ -107,7 +112,8 @@ class TaskMiddleware:
         self.app = app
         self.current = current
         self.routes = {("POST", f"{route}/submit"): self.submit, ("POST", f"{route}/retry"): self.retry,
-                       ("GET", f"{route}/progress"): self.progress, ("PUT", f"{route}/cancel"): self.cancel}
+                       ("GET", f"{route}/progress"): self.progress, ("PUT", f"{route}/cancel"): self.cancel,
+                       ("GET", f"{route}/status"): self.owned, ("GET", f"{route}/get"): self.owned}
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         handler = self.routes.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
@@ -142,6 +148,8 @@ class TaskMiddleware:
         # no online request is answered). So it gets the headers and an empty body; the task takes the
         # checked upload from the request's state, which the submit request and its task share.
         scope.setdefault("state", {})[UPLOAD_STATE] = upload
+        if key_id_of(scope) is not None:
+            scope = without_key_headers(scope)  # the same state; headers BentoML would store without the key
         await self.run_task_request(board, scope, replay(b"", receive), send)
 
     async def retry(self, board: TaskBoard, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -162,7 +170,7 @@ class TaskMiddleware:
                     except (ValueError, AttributeError):
                         task_id = None
                     if isinstance(task_id, str):  # registered before BentoML starts the task, after this message
-                        task.append(board.register(task_id))
+                        task.append(board.register(task_id, key_id_of(scope)))
             await send(message)
 
         try:
@@ -175,13 +183,19 @@ class TaskMiddleware:
 
     @staticmethod
     async def find(board: TaskBoard, scope: dict[str, Any], send: Send):
-        """The task named by ``?task_id=``; ``None`` once 400 or 404 has been answered."""
+        """The task named by ``?task_id=`` if the caller's key submitted it; ``None`` once 400 or 404 has been
+        answered (the same 404 for another key's task as for an unknown id)."""
         task_id = Request(scope).query_params.get("task_id")
-        task = board.get(task_id) if task_id else None
+        task = board.get(task_id, key_id_of(scope)) if task_id else None
         if task is None:
             await reply(send, 400 if not task_id else 404,
                         {"error": "task_id is required" if not task_id else "task_id not found"})
         return task
+
+    async def owned(self, board: TaskBoard, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        """``status`` and ``get``: BentoML answers them, for the key that submitted the task only."""
+        if key_id_of(scope) is None or await self.find(board, scope, send) is not None:
+            await self.app(scope, receive, send)
 
     async def progress(self, board: TaskBoard, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if (task := await self.find(board, scope, send)) is not None:

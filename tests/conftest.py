@@ -91,3 +91,21 @@ def server(exported, bentoml_home, tmp_path_factory, batch_hold):
         yield instance.url
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="session")
+def service_app(exported, bentoml_home):
+    """The service's ASGI app (``FashionClassifier.to_asgi()``) over the quickly trained models, built once.
+
+    BentoML registers its Prometheus metrics in the process-wide registry when an app first starts, so a second app
+    in the same process fails (``DuplicateTimeseries``). Each test module enters this one with a TestClient of its
+    own; every entry creates a new service instance, which reads its settings (``FASHION_*``) from the environment
+    then.
+    """
+    from export.store import register_model
+
+    for model_dir in exported.values():
+        register_model(model_dir)
+    from service.service import FashionClassifier
+
+    return FashionClassifier.to_asgi()

@@ -58,6 +58,7 @@ ALLOWED = {
     "255": "the pixel range",
     "3000": "the default port", "3001": "the default probe port",
     "200": "an HTTP status", "400": "an HTTP status", "404": "an HTTP status", "406": "an HTTP status",
+    "401": "an HTTP status", "403": "an HTTP status",
     "409": "an HTTP status",
     "413": "an HTTP status", "415": "an HTTP status", "422": "an HTTP status", "429": "an HTTP status",
     "500": "an HTTP status", "502": "an HTTP status", "503": "an HTTP status", "504": "an HTTP status",

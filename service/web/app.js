@@ -5,6 +5,9 @@
 import { barChart, colourOf, html, lineChart, si } from "./charts.js";
 
 const API = { classify: "../classify", modelInfo: "../model_info" };
+// A service with API keys needs one (SECURITY.md): typed into the page, kept in this tab's session storage only
+// (gone when the tab closes; never in a cookie or the URL), and sent as "Authorization: Bearer <key>".
+const KEY_STORE = "fashion-serve-api-key";
 const CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
   "Ankle boot"];
 
@@ -27,11 +30,17 @@ function errorText(status, statusText, body) {
   return `The service answered ${status}${statusText ? ` ${statusText}` : ""}: ${message}`;
 }
 
+/** The header that carries the API key typed into the page; none without a key. */
+function keyHeaders() {
+  const key = sessionStorage.getItem(KEY_STORE);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 /** POST and parse JSON; throws an Error whose message is readable by a person. */
 async function post(url, body) {
   let reply;
   try {
-    reply = await fetch(url, { method: "POST", body });
+    reply = await fetch(url, { method: "POST", body, headers: keyHeaders() });
   } catch (err) {
     throw new Error(`Could not reach the service (${err.message}).`);
   }
@@ -461,6 +470,19 @@ function redrawOnResize() {
   });
 }
 
+/** The key field: filled from session storage; a new key is stored and the backend list asked for again. */
+function setUpKey() {
+  const field = $("api-key");
+  field.value = sessionStorage.getItem(KEY_STORE) || "";
+  field.addEventListener("change", () => {
+    const key = field.value.trim();
+    if (key) sessionStorage.setItem(KEY_STORE, key);
+    else sessionStorage.removeItem(KEY_STORE);
+    state.backendsLoaded = loadBackends();
+  });
+}
+
+setUpKey();
 setUpInputs();
 redrawOnResize();
 loadSamples().catch((err) => showError(`Could not load the sample images: ${err.message}`));

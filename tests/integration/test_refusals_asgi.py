@@ -9,17 +9,11 @@ from tests.helpers import BAD_INPUTS, wait_until
 
 
 @pytest.fixture(scope="module")
-def client(exported, bentoml_home):
+def client(service_app):
     """A TestClient on the service, over the quickly trained models registered in the session's store."""
     from starlette.testclient import TestClient
 
-    from export.store import register_model
-
-    for model_dir in exported.values():
-        register_model(model_dir)
-    from service.service import FashionClassifier
-
-    with TestClient(FashionClassifier.to_asgi()) as test_client:
+    with TestClient(service_app) as test_client:
         wait_until(lambda: test_client.get("/readyz").status_code == 200, "the in-process service to be ready",
                    300, interval=0.25)
         yield test_client

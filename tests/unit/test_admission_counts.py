@@ -28,7 +28,7 @@ async def fail_halfway(scope, receive, send):
     raise ConnectionResetError("client went away")
 
 
-def call(app, path: str = "/classify") -> list[dict]:
+def call(app, path: str = "/classify", headers: list | None = None) -> list[dict]:
     sent: list[dict] = []
 
     async def receive():
@@ -37,7 +37,7 @@ def call(app, path: str = "/classify") -> list[dict]:
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": path, "client": ("127.0.0.1", 5000), "headers": []}
+    scope = {"type": "http", "method": "POST", "path": path, "client": ("127.0.0.1", 5000), "headers": headers or []}
     asyncio.run(app(scope, receive, send))
     return sent
 
@@ -57,3 +57,21 @@ def test_refused_and_probe_requests_are_not_let_in():
     assert refused[0]["status"] == 429
     call(AdmissionMiddleware(answer_in_full, lambda: parts), path="/readyz")
     assert (parts.in_flight.let_in, parts.in_flight.answered) == (0, 0)
+
+
+def test_with_keys_a_refused_key_is_answered_before_it_counts_and_a_good_one_is_let_in():
+    from service.auth import KeyRing, new_key
+
+    key, entry = new_key(["inference"], "1/h", burst=1)
+    parts = serving()
+    parts.keys = KeyRing([entry])
+    app = AdmissionMiddleware(answer_in_full, lambda: parts)
+    unauthorised = call(app)
+    assert unauthorised[0]["status"] == 401 and (b"www-authenticate", b'Bearer realm="fashion-serve"') in \
+        unauthorised[0]["headers"]
+    keyed = [(b"authorization", f"Bearer {key}".encode())]
+    assert call(app, headers=keyed)[0]["status"] == 200
+    over = call(app, headers=keyed)[0]
+    assert over["status"] == 429 and dict(over["headers"])[b"retry-after"] == b"3600"
+    assert call(app, path="/readyz")[0]["status"] == 200
+    assert (parts.in_flight.let_in, parts.in_flight.answered) == (1, 1)  # the good request only
