@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
-	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs calibration ood scale-out workers
+	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs calibration ood ood-cost scale-out workers
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ calibration: export ## ECE before/after temperature scaling per exported model -
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
 	$(PY) -m benchmark.ood
+
+ood-cost: export ## The "not clothing" score's cost per image in a batch, beside the model's -> results/ood-cost-<machine>.md
+	$(PY) -m benchmark.ood_cost
 
 test-timing: data ## Time each test tier once -> results/test-suite.md
 	$(PY) -m tests.timing

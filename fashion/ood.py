@@ -22,7 +22,8 @@ chosen true-positive rate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,23 +40,71 @@ METHOD = "weighted geometric mean of validation ranks: energy x2, logit distance
 
 
 def energy(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """``T * logsumexp(logits / T)`` per row (float64)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
+    """``T * logsumexp(logits / T)`` per row."""
+    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
     top = z.max(axis=1)
-    return temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
+    return np.float32(temperature) * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
 
 
-def smoothness(pixels: np.ndarray) -> np.ndarray:
-    """Mean correlation of horizontally and vertically neighbouring pixels; 0 for a constant image."""
-    x = pixels.astype(np.float64).reshape(len(pixels), *pixels.shape[-2:])
-    pairs = [(x[:, :, :-1], x[:, :, 1:]), (x[:, :-1], x[:, 1:])]
-    return np.mean([_correlation(a.reshape(len(a), -1), b.reshape(len(b), -1)) for a, b in pairs], axis=0)
+# Images scored at a time: a dataset task scores its whole upload, and each image costs a float32 row of 784 while
+# it is scored.
+SCORE_CHUNK = 4096
+SIDE = 28  # images are SIDE x SIDE (fashion.contract); rows are flattened row by row
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
-    norm = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    return np.where(norm > 0, (a * b).sum(axis=1) / np.maximum(norm, 1e-12), 0.0)
+@dataclass(frozen=True)
+class PixelStats:
+    """What every pixel view needs from a batch, in a few passes over it: each image as a ``float32[N, 784]`` row of
+    grey levels (0-255) centred on its own mean, that mean, and the centred squared norm."""
+
+    centred: np.ndarray
+    means: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def of(cls, pixels: np.ndarray) -> PixelStats:
+        """From ``uint8[N, 28, 28]`` pixels."""
+        rows = pixels.reshape(len(pixels), -1).astype(np.float32)
+        means = rows.mean(axis=1)
+        rows -= means[:, None]  # centred: the sums below then lose nothing in float32
+        return cls(rows, means, np.einsum("ij,ij->i", rows, rows))
+
+
+def spread(stats: PixelStats) -> np.ndarray:
+    """Standard deviation of each image's pixels, in grey levels (0 for a blank or constant image)."""
+    return np.sqrt(stats.squares / np.float32(stats.centred.shape[1]))
+
+
+def smoothness(pixels: np.ndarray | PixelStats) -> np.ndarray:
+    """Mean correlation of horizontally and vertically neighbouring pixels; 0 for a constant image.
+
+    Each correlation needs one sum of products over the flattened rows (neighbours are 1 or :data:`SIDE` apart);
+    the other sums follow from the image's totals less its first or last row or column.
+    """
+    stats = pixels if isinstance(pixels, PixelStats) else PixelStats.of(pixels)
+    c = stats.centred
+    # Horizontal neighbours: every pair 1 apart in the flat row, less the pairs that wrap from one row to the next.
+    products = np.einsum("ij,ij->i", c[:, :-1], c[:, 1:]) - np.einsum("ij,ij->i", c[:, SIDE - 1:-1:SIDE],
+                                                                       c[:, SIDE::SIDE])
+    horizontal = _correlation(stats, products, c[:, SIDE - 1::SIDE], c[:, ::SIDE])
+    vertical = _correlation(stats, np.einsum("ij,ij->i", c[:, :-SIDE], c[:, SIDE:]), c[:, -SIDE:], c[:, :SIDE])
+    return (horizontal + vertical) / np.float32(2.0)
+
+
+def _correlation(stats: PixelStats, products: np.ndarray, last: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the pixels without their ``last`` line (a) and without their ``first`` (b), the
+    pairs' sum of products given; 0 where either side is constant."""
+    count = np.float32(stats.centred.shape[1] - first.shape[1])
+    total = stats.centred.sum(axis=1)
+    sum_a, sum_b = total - last.sum(axis=1), total - first.sum(axis=1)
+    var_a = stats.squares - np.einsum("ij,ij->i", last, last) - sum_a * sum_a / count
+    var_b = stats.squares - np.einsum("ij,ij->i", first, first) - sum_b * sum_b / count
+    cov = products - sum_a * sum_b / count
+    # Below this (a thousandth of a grey level, squared, per pixel) a side is constant up to float32 rounding, as
+    # a blank image is: no correlation to speak of.
+    flat = np.float32(1e-6) * count
+    norm = np.sqrt(np.maximum(var_a, 0) * np.maximum(var_b, 0))
+    return np.where((var_a > flat) & (var_b > flat), cov / np.maximum(norm, flat), np.float32(0.0))
 
 
 @dataclass(frozen=True)
@@ -76,34 +125,74 @@ class OodDetector:
     ref_spread: np.ndarray
     ref_smoothness: np.ndarray
 
-    def likelihood(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilistic-PCA log-likelihood of ``uint8[N, 28, 28]`` images, up to a constant."""
-        x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255.0 - self.mean
-        coeffs = x @ self.components.T
-        residual = x - coeffs @ self.components
-        return -((coeffs ** 2 / self.variances).sum(axis=1) + (residual ** 2).sum(axis=1) / self.noise_variance)
+    @cached_property
+    def _float32(self) -> dict[str, np.ndarray]:
+        """The fitted arrays in the form serving uses: float32, and the precision as a whitening matrix, so the
+        Mahalanobis distance of a row of logits to every class mean is one small matrix product."""
+        eigenvalues, eigenvectors = np.linalg.eigh(np.asarray(self.precision, dtype=np.float64))
+        whiten = eigenvectors * np.sqrt(np.maximum(eigenvalues, 0.0))
+        means = self.class_means @ whiten
+        return {"projection": np.vstack([self.components, self.mean]).astype(np.float32),
+                "component_sums": self.components.sum(axis=1).astype(np.float32),
+                "mean_coeffs": (self.components @ self.mean).astype(np.float32),
+                "mean_sum": np.float32(self.mean.sum()), "mean_norm": np.float32(self.mean @ self.mean),
+                "inverse_variances": (1.0 / self.variances).astype(np.float32), "whiten": whiten.astype(np.float32),
+                "white_means": means.astype(np.float32), "white_norms": (means ** 2).sum(axis=1).astype(np.float32),
+                "floors": 1.0 / np.array([max(len(getattr(self, f"ref_{name}")), 1) for name in WEIGHTS]),
+                "tails": np.array([name in TAILS for name in WEIGHTS]),
+                "weights": np.array(list(WEIGHTS.values())) / sum(WEIGHTS.values())}
+
+    def likelihood(self, pixels: np.ndarray | PixelStats) -> np.ndarray:
+        """Probabilistic-PCA log-likelihood of ``uint8[N, 28, 28]`` images, up to a constant.
+
+        With ``x`` an image less the training mean: its coefficients are ``x @ components.T``, and as the
+        components are orthonormal the residual's squared norm is ``|x|^2 - |coeffs|^2``, so one small matrix
+        product of the centred rows does it all.
+        """
+        fitted = self._float32
+        stats = pixels if isinstance(pixels, PixelStats) else PixelStats.of(pixels)
+        # In 0-1 units, x = centred + (m - mean), m the image's own mean; the centred rows sum to 0. One product
+        # gives the centred rows' coefficients and their dot product with the training mean.
+        unit = np.float32(1.0 / 255.0)
+        projected = (stats.centred @ fitted["projection"].T) * unit
+        m = stats.means * unit
+        coeffs = projected[:, :-1] + m[:, None] * fitted["component_sums"] - fitted["mean_coeffs"]
+        size = np.float32(stats.centred.shape[1])
+        norms = (stats.squares * unit * unit - 2 * projected[:, -1]
+                 + (size * m - 2 * fitted["mean_sum"]) * m + fitted["mean_norm"])
+        residual = np.maximum(norms - np.einsum("ij,ij->i", coeffs, coeffs), 0)
+        return -((coeffs * coeffs) @ fitted["inverse_variances"] + residual / np.float32(self.noise_variance))
 
     def logit_distance(self, logits: np.ndarray) -> np.ndarray:
         """Minus the smallest squared Mahalanobis distance of each row of logits to a class mean."""
-        d = np.asarray(logits, dtype=np.float64)[:, None, :] - self.class_means[None]
-        return -np.einsum("nci,ij,ncj->nc", d, self.precision, d).min(axis=1)
+        fitted = self._float32
+        white = np.asarray(logits, dtype=np.float32) @ fitted["whiten"]
+        distances = (np.einsum("ij,ij->i", white, white)[:, None] - 2 * white @ fitted["white_means"].T
+                     + fitted["white_norms"])
+        return -np.maximum(distances.min(axis=1), 0)
 
     def views(self, logits: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """The five raw statistics (higher = more typical), keyed as :data:`WEIGHTS`."""
+        """The five raw statistics (higher = more typical), keyed as :data:`WEIGHTS`; float32, one pixel pass."""
+        stats = PixelStats.of(pixels)
         return {"energy": energy(logits, self.temperature), "logit_distance": self.logit_distance(logits),
-                "likelihood": self.likelihood(pixels), "spread": pixels.reshape(len(pixels), -1).std(axis=1),
-                "smoothness": smoothness(pixels)}
+                "likelihood": self.likelihood(stats), "spread": spread(stats), "smoothness": smoothness(stats)}
 
     def score(self, logits: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        """Per image, 0-1: how typical of the validation images it is (see the module docs)."""
-        total = np.zeros(len(logits))
-        for name, values in self.views(logits, pixels).items():
-            reference = getattr(self, f"ref_{name}")
-            rank = _rank(reference, values)
-            if name in TAILS:
-                rank = np.minimum(1.0, TAIL_WEIGHT * rank)
-            total += WEIGHTS[name] * np.log(rank + 1.0 / len(reference))
-        return np.exp(total / sum(WEIGHTS.values()))
+        """Per image, 0-1: how typical of the validation images it is (see the module docs); ``float32[N]``.
+
+        Vectorised over the batch: the service scores every batch the model runs in the model's thread
+        (service.registry), so its cost per image is that of a few small matrix products.
+        """
+        if len(logits) > SCORE_CHUNK:  # a whole dataset: bounded temporaries, the same scores
+            return np.concatenate([self.score(logits[i:i + SCORE_CHUNK], pixels[i:i + SCORE_CHUNK])
+                                   for i in range(0, len(logits), SCORE_CHUNK)])
+        fitted = self._float32
+        ranks = np.empty((len(WEIGHTS), len(logits)))
+        for i, (name, values) in enumerate(self.views(logits, pixels).items()):
+            ranks[i] = _rank(getattr(self, f"ref_{name}"), values)
+        tails = fitted["tails"]
+        ranks[tails] = np.minimum(1.0, TAIL_WEIGHT * ranks[tails])
+        return np.exp(fitted["weights"] @ np.log(ranks + fitted["floors"][:, None])).astype(np.float32)
 
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         """True where the score reaches the validated threshold."""
@@ -111,7 +200,7 @@ class OodDetector:
 
     def save(self, path: Path) -> None:
         """Write the detector's arrays to an ``.npz`` file (no pickles)."""
-        np.savez(path, **self.__dict__)
+        np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def _rank(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -122,13 +211,13 @@ def _rank(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
 def load_detector(path: Path) -> OodDetector:
     """Read a detector written by :meth:`OodDetector.save`."""
     with np.load(path, allow_pickle=False) as data:
-        fields = {name: data[name] for name in data.files}
+        arrays = {name: data[name] for name in data.files}
     expected = set(OodDetector.__dataclass_fields__)
-    if set(fields) != expected:
-        raise ValueError(f"{path} is not a detector of this version (fields {sorted(set(fields) ^ expected)} differ); "
+    if set(arrays) != expected:
+        raise ValueError(f"{path} is not a detector of this version (fields {sorted(set(arrays) ^ expected)} differ); "
                          "re-export the model (python -m export)")
     scalars = ("temperature", "threshold", "noise_variance")
-    return OodDetector(**{k: (float(v) if k in scalars else v) for k, v in fields.items()})
+    return OodDetector(**{k: (float(v) if k in scalars else v) for k, v in arrays.items()})
 
 
 def fit_logit_classes(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +246,6 @@ def fit_detector(train_pixels: np.ndarray, train_logits: np.ndarray, train_label
     partial = OodDetector(temperature, 0.0, *fit_pca(train_pixels), *fit_logit_classes(train_logits, train_labels),
                           **empty)
     references = {f"ref_{name}": np.sort(v) for name, v in partial.views(val_logits, val_pixels).items()}
-    partial = OodDetector(**{**partial.__dict__, **references})
+    partial = replace(partial, **references)
     threshold = float(np.quantile(partial.score(val_logits, val_pixels), 1.0 - target_tpr))
-    return OodDetector(**{**partial.__dict__, "threshold": threshold})
+    return replace(partial, threshold=threshold)

@@ -40,8 +40,24 @@ from typing import Any
 
 import numpy as np
 
-RunBatch = Callable[[str, np.ndarray], np.ndarray]
+# (backend, uint8[n, 28, 28] pixels, score) -> that batch's Outputs; runs in the model thread.
+RunBatch = Callable[[str, np.ndarray, bool], "Outputs"]
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What one model call answers: ``float32[n, 10]`` logits, and the "not clothing" scores (``float32[n]``,
+    fashion.ood) when the batch was scored and the model has a detector. Rows slice together."""
+
+    logits: np.ndarray
+    scores: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, rows: slice) -> Outputs:
+        return Outputs(self.logits[rows], None if self.scores is None else self.scores[rows])
 
 
 class OverloadedError(RuntimeError):
@@ -56,6 +72,7 @@ class Job:
     pixels: np.ndarray
     future: asyncio.Future
     enqueued: float
+    score: bool = False
 
 
 @functools.cache
@@ -80,7 +97,8 @@ class MicroBatcher:
                  inline_images: int = 0) -> None:
         """
         Args:
-            run_batch: ``(backend, uint8[n, 28, 28]) -> float32[n, 10]`` logits; runs in the model thread.
+            run_batch: ``(backend, uint8[n, 28, 28], score) ->`` :class:`Outputs`, scored when ``score``;
+                runs in the model thread.
             max_batch_images: images per model call; one larger job still runs, alone.
             max_queued_images: images allowed to wait; past this, :meth:`predict` raises OverloadedError.
             hold_file: tests only: no model call starts while this file exists (see :meth:`_wait_while_held`).
@@ -109,8 +127,9 @@ class MicroBatcher:
         self._worker: asyncio.Task | None = None
         metrics()  # the series exist (at zero) from the start, so /metrics always shows them
 
-    async def predict(self, backend: str, pixels: np.ndarray) -> np.ndarray:
-        """Logits for ``pixels`` in input order, once their batch has run.
+    async def predict(self, backend: str, pixels: np.ndarray, score: bool = False) -> Outputs:
+        """Logits for ``pixels`` in input order, once their batch has run; with ``score``, their "not clothing"
+        scores too, computed for the whole batch in the model thread (none of the event loop's time).
 
         Raises:
             OverloadedError: the queue already holds :attr:`max_queued_images` images.
@@ -119,9 +138,9 @@ class MicroBatcher:
             metrics()["refused"].inc()
             raise OverloadedError(f"{self.queued_images:,} images are already queued; try again shortly")
         if self._can_run_inline(len(pixels)):
-            return self._run_inline(backend, pixels)
+            return self._run_inline(backend, pixels, score)
         self._start()
-        job = Job(backend, pixels, asyncio.get_running_loop().create_future(), self.clock())
+        job = Job(backend, pixels, asyncio.get_running_loop().create_future(), self.clock(), score)
         self.queue.append(job)
         self.queued_images += len(pixels)
         self._wake.set()
@@ -134,12 +153,12 @@ class MicroBatcher:
                 and self.alone is not None and self.alone()
                 and (self.hold_file is None or not os.path.exists(self.hold_file)))
 
-    def _run_inline(self, backend: str, pixels: np.ndarray) -> np.ndarray:
+    def _run_inline(self, backend: str, pixels: np.ndarray, score: bool) -> Outputs:
         """The model call on the event loop, counted in /metrics like any batch (one job, no wait)."""
         series = metrics()
         series["wait"].observe(0.0)
         series["batch"].observe(len(pixels))
-        return self.run_batch(backend, pixels)
+        return self.run_batch(backend, pixels, score)
 
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
@@ -223,13 +242,14 @@ class MicroBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def run_jobs(run_batch: RunBatch, jobs: list[Job]) -> list[np.ndarray]:
-    """Run ``jobs`` with one model call per backend; each job's logits, in job order."""
-    answers: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(jobs)
+def run_jobs(run_batch: RunBatch, jobs: list[Job]) -> list[Outputs]:
+    """Run ``jobs`` with one model call per backend, scored when any of its jobs asks; each job's rows, in job
+    order (a job that did not ask may get scores it ignores: scoring a batch once is cheaper than splitting it)."""
+    answers: list[Outputs] = [Outputs(np.empty((0, 0), np.float32))] * len(jobs)
     for backend in dict.fromkeys(job.backend for job in jobs):
         group = [i for i, job in enumerate(jobs) if job.backend == backend]
         pixels = np.concatenate([jobs[i].pixels for i in group]) if len(group) > 1 else jobs[group[0]].pixels
-        results = run_batch(backend, pixels)
+        results = run_batch(backend, pixels, any(jobs[i].score for i in group))
         start = 0
         for i in group:
             count = len(jobs[i].pixels)

@@ -130,8 +130,8 @@ async def check_loaded_backends(batcher: MicroBatcher, registry: ModelRegistry,
     pixels = bundled_samples() if pixels is None else pixels
     names = list(registry.backends)
     try:
-        answers = await asyncio.gather(*(batcher.predict(name, pixels) for name in names))
+        outputs = await asyncio.gather(*(batcher.predict(name, pixels) for name in names))
     except OverloadedError as exc:
         return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-    return {"source": source, **compare(dict(zip(names, answers, strict=True)), registry.identities(),
-                                     registry.config.parity_tolerance)}
+    logits = {name: out.logits for name, out in zip(names, outputs, strict=True)}
+    return {"source": source, **compare(logits, registry.identities(), registry.config.parity_tolerance)}

@@ -18,6 +18,7 @@ from fashion.manifest import read_manifest, verify_artifact
 from fashion.ood import OodDetector, load_detector
 from fashion.samples import sample_images
 from service import parity
+from service.batcher import Outputs
 from service.config import ServiceConfig
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -177,13 +178,19 @@ class ModelRegistry:
         """``float32[N, 10]`` logits for ``uint8[N, 28, 28]`` pixels (runs the model)."""
         return self.get(name).predictor.predict(preprocess(pixels))
 
+    def run_batch(self, name: str, pixels: np.ndarray, score: bool = False) -> Outputs:
+        """One batch through the model; with ``score`` (and a detector), its "not clothing" scores as well, in
+        the same thread and in one vectorised pass (service.batcher.RunBatch)."""
+        logits = self.logits(name, pixels)
+        return Outputs(logits, self.ood_scores(name, logits, pixels) if score else None)
+
     def ood_scores(self, name: str | None, logits: np.ndarray, images: np.ndarray) -> np.ndarray | None:
         """Per image, how clothing-like it is (fashion.ood); ``None`` when the model has no detector."""
         detector = self.get(name).detector
         return detector.score(logits, images) if detector else None
 
     def describe(self, name: str | None, logits: np.ndarray, top_k: int | None = None,
-                 pixels: np.ndarray | None = None, images: np.ndarray | None = None) -> list[dict[str, Any]]:
+                 pixels: np.ndarray | None = None, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Label, confidence and top-k per row of ``logits``, in input order.
 
         Args:
@@ -192,11 +199,10 @@ class ModelRegistry:
             top_k: classes per answer (``None``: the configured number).
             pixels: when given, the ``uint8[N, 28, 28]`` input; each answer then carries its image as
                 ``pixels`` (28 lists of 28 ints), so a client can see what the model received.
-            images: the ``uint8[N, 28, 28]`` input, for the "not clothing" fields (``ood_score``,
-                ``in_distribution``); without it, or without a detector, answers carry neither.
+            scores: the "not clothing" scores of the batch (service.batcher.Outputs), for the fields
+                ``ood_score`` and ``in_distribution``; without them (no detector), answers carry neither.
         """
         backend = self.get(name)
-        scores = self.ood_scores(name, logits, images) if images is not None else None
         answers = describe_predictions(softmax(logits, backend.temperature), backend.name,
                                        backend.manifest["version"], top_k or self.config.top_k, scores,
                                        backend.detector.threshold if backend.detector else None)

@@ -105,7 +105,7 @@ class FashionClassifier:
         self.config = ServiceConfig.from_env()
         self.registry = ModelRegistry(self.config)
         in_flight = InFlight()
-        self.batcher = MicroBatcher(self.registry.logits, MAX_BATCH_IMAGES, self.config.max_queued_images,
+        self.batcher = MicroBatcher(self.registry.run_batch, MAX_BATCH_IMAGES, self.config.max_queued_images,
                                     self.config.batch_hold_file, self.config.queue_budget_s,
                                     alone=in_flight.alone, inline_images=INLINE_MAX_IMAGES)
         self.tasks = TaskBoard(self.config.tasks)
@@ -158,13 +158,15 @@ class FashionClassifier:
         except RequestError as exc:
             return refusal(ctx, exc.error_code.value, str(exc))
         try:
-            logits = await self.batcher.predict(backend, pixels)
+            outputs = await self.batcher.predict(backend, pixels, score=answer != NPY)
         except OverloadedError as exc:
             return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
         if answer == NPY:
             loaded = self.registry.get(backend)
-            return records_response(logits, backend, loaded.manifest["version"], temperature=loaded.temperature)
-        return self.registry.describe(backend, logits, top_k, pixels if return_input else None, images=pixels)
+            return records_response(outputs.logits, backend, loaded.manifest["version"],
+                                    temperature=loaded.temperature)
+        return self.registry.describe(backend, outputs.logits, top_k, pixels if return_input else None,
+                                      outputs.scores)
 
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer)
     async def classify(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,

@@ -44,7 +44,7 @@ async def predict_when_admitted(task: TaskProgress, batcher: MicroBatcher, backe
     delay = 0.05
     while True:
         try:
-            return await batcher.predict(backend, pixels)
+            return (await batcher.predict(backend, pixels)).logits
         except OverloadedError:
             await asyncio.sleep(delay)
             delay = min(2 * delay, 1.0)
@@ -141,8 +141,8 @@ async def run_dataset_task(board: TaskBoard, batcher: MicroBatcher, registry: Mo
     header = {"task_id": task.task_id, "backend": backend, "model_version": version, "seconds": round(seconds, 3)}
     # The submit's Accept, checked there (service.task_routes): JSON, or the compact rows (service.answers).
     answer = negotiate(ctx.request.headers.get("accept"))
-    # 100,000 answers are megabytes of JSON, and their "not clothing" scores whole-array float64 work on every
-    # pixel: both in a thread, not on the event loop that serves online requests.
+    # 100,000 answers are megabytes of JSON, and their "not clothing" scores a pass over every pixel: both in a
+    # thread, not on the event loop that serves online requests.
     result = await anyio.to_thread.run_sync(answer_task, registry, backend, header, logits, dataset, answer)
     task.check_cancel()  # canceled while it rendered: canceled it stays
     task.end("completed")

@@ -57,7 +57,7 @@ from fashion.contract import (
     check_pixel_values,
     softmax,
 )
-from service.batcher import OverloadedError
+from service.batcher import Outputs, OverloadedError
 from service.inputs import RequestError, read_body
 from service.registry import LoadedBackend, ModelRegistry
 from service.serving import Serving, serving_of
@@ -249,8 +249,9 @@ async def infer(request: Request) -> Response:
     outputs = requested_outputs(payload)
     if backend.detector is None and "outputs" not in payload:  # a model exported before the detector existed
         outputs = [o for o in outputs if o.name not in (OOD_SCORE, IN_DISTRIBUTION)]
+    scored = backend.detector is not None and any(o.name in (OOD_SCORE, IN_DISTRIBUTION) for o in outputs)
     try:
-        logits = await serving(request).batcher.predict(backend.name, pixels)
+        result = await serving(request).batcher.predict(backend.name, pixels, score=scored)
     except OverloadedError as exc:
         raise V2Error(str(exc), 503) from None
     except Exception:  # a model failure: JSON like every other error, the details in the log
@@ -259,8 +260,7 @@ async def infer(request: Request) -> Response:
     answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
     if "id" in payload:
         answer["id"] = payload["id"]
-    scores: dict[str, np.ndarray] = {}
-    return encode_response(answer, [output_tensor(output, logits, backend, pixels, scores) for output in outputs])
+    return encode_response(answer, [output_tensor(output, result, backend) for output in outputs])
 
 
 async def read_request(request: Request, limit: int) -> bytes:
@@ -412,29 +412,23 @@ def requested_outputs(payload: dict[str, Any]) -> list[RequestedOutput]:
     return outputs
 
 
-def output_values(name: str, logits: np.ndarray, backend: LoadedBackend, pixels: np.ndarray,
-                  scores: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """The values of one output: logits, calibrated probabilities, or the "not clothing" fields (``[N, 1]``).
-
-    ``scores``: the request's detector scores once computed, under :data:`OOD_SCORE`; both "not clothing"
-    outputs come from them, and scoring costs more than the model call of one image.
-    """
+def output_values(name: str, result: Outputs, backend: LoadedBackend) -> np.ndarray:
+    """The values of one output: logits, calibrated probabilities, or the "not clothing" fields (``[N, 1]``) from
+    the scores the batch computed (:func:`infer` asks for them when an output needs them)."""
     if name == OUTPUT_NAME:
-        return logits
+        return result.logits
     if name == PROBABILITIES:
-        return softmax(logits, backend.temperature)
-    if backend.detector is None:
+        return softmax(result.logits, backend.temperature)
+    if backend.detector is None or result.scores is None:
         raise V2Error(f"output {name!r}: model {backend.manifest['version']} was exported without a detector", 400)
-    scores = {} if scores is None else scores
-    if OOD_SCORE not in scores:
-        scores[OOD_SCORE] = backend.detector.score(logits, pixels).astype(np.float32)[:, None]
-    return scores[OOD_SCORE] if name == OOD_SCORE else backend.detector.in_distribution(scores[OOD_SCORE])
+    scores = result.scores[:, None]
+    return scores if name == OOD_SCORE else backend.detector.in_distribution(scores)
 
 
-def output_tensor(output: RequestedOutput, logits: np.ndarray, backend: LoadedBackend, pixels: np.ndarray,
-                  scores: dict[str, np.ndarray] | None = None) -> tuple[dict[str, Any], bytes | None]:
-    """One response output (and its binary data when asked for binary); ``scores`` as for :func:`output_values`."""
-    values = output_values(output.name, logits, backend, pixels, scores)
+def output_tensor(output: RequestedOutput, result: Outputs, backend: LoadedBackend) -> tuple[dict[str, Any],
+                                                                                            bytes | None]:
+    """One response output (and its binary data when asked for binary)."""
+    values = output_values(output.name, result, backend)
     if output.class_count:
         if output.name not in (OUTPUT_NAME, PROBABILITIES):
             raise V2Error(f"'classification' applies to {OUTPUT_NAME} and {PROBABILITIES}, not {output.name}")

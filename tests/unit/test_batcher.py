@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher, OverloadedError
+from service.batcher import Job, MicroBatcher, Outputs, OverloadedError, run_jobs
 from tests.helpers import images
 
 
@@ -19,7 +19,7 @@ class SlowModel:
         self.calls: list[tuple[str, int]] = []
         self.gate = threading.Event()
 
-    def __call__(self, backend: str, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, backend: str, pixels: np.ndarray, score: bool = False) -> np.ndarray:
         self.gate.wait(5)
         self.calls.append((backend, len(pixels)))
         logits = np.zeros((len(pixels), 10), np.float32)
@@ -113,7 +113,7 @@ def test_a_full_queue_refuses_at_once_and_a_model_error_fails_only_its_batch():
     first, queued = run(scenario())
     assert first[:, 0].tolist() == [1] and queued[:, 0].tolist() == [2, 3]
 
-    def broken(backend: str, pixels: np.ndarray) -> np.ndarray:
+    def broken(backend: str, pixels: np.ndarray, score: bool = False) -> np.ndarray:
         raise RuntimeError("model failed")
 
     failing = MicroBatcher(broken)
@@ -126,3 +126,19 @@ def test_a_full_queue_refuses_at_once_and_a_model_error_fails_only_its_batch():
         return await failing.predict("a", images(9))  # the worker survived
 
     assert run(after_failure())[:, 0].tolist() == [9]
+
+
+def test_a_batch_is_scored_once_when_any_of_its_requests_asks_and_each_gets_its_own_rows():
+    calls = []
+
+    def model(backend: str, pixels: np.ndarray, score: bool = False) -> Outputs:
+        calls.append((backend, len(pixels), score))
+        firsts = pixels[:, 0, 0].astype(np.float32)
+        return Outputs(np.repeat(firsts[:, None], 10, axis=1), firsts / 100 if score else None)
+
+    jobs = [Job("a", images(1), None, 0.0), Job("a", images(2, 3), None, 0.0, score=True),
+            Job("b", images(4), None, 0.0)]
+    answers = run_jobs(model, jobs)
+    assert calls == [("a", 3, True), ("b", 1, False)]  # one call per backend; only a's batch was scored
+    assert [a.logits[:, 0].tolist() for a in answers] == [[1], [2, 3], [4]]
+    assert answers[1].scores.tolist() == pytest.approx([0.02, 0.03]) and answers[2].scores is None

@@ -27,7 +27,7 @@ class ThreadRecorder:
         self.gate.set()
         self.entered = threading.Event()
 
-    def __call__(self, backend: str, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, backend: str, pixels: np.ndarray, score: bool = False) -> np.ndarray:
         self.entered.set()
         assert self.gate.wait(WAIT_S), "the test never opened the model's gate"
         self.calls.append((threading.current_thread().name, len(pixels)))
@@ -121,7 +121,7 @@ def test_a_burst_while_the_model_is_busy_still_merges():
 
 
 def test_a_model_error_on_the_loop_reaches_the_caller():
-    def broken(backend: str, pixels: np.ndarray) -> np.ndarray:
+    def broken(backend: str, pixels: np.ndarray, score: bool = False) -> np.ndarray:
         raise RuntimeError("model failed")
 
     batcher = MicroBatcher(broken, alone=lambda: True, inline_images=4)

@@ -13,7 +13,7 @@ from fashion.calibration import (
     reliability_bins,
 )
 from fashion.contract import describe_predictions, softmax, temperature_of
-from fashion.ood import energy, fit_detector, fit_logit_classes, load_detector, smoothness
+from fashion.ood import WEIGHTS, energy, fit_detector, fit_logit_classes, load_detector, smoothness
 
 
 def sample(temperature: float, n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -120,3 +120,57 @@ def test_a_detector_of_another_version_is_refused_with_the_fix(tmp_path):
     np.savez(tmp_path / "ood.npz", temperature=1.0, threshold=0.1, mean=np.zeros(784))
     with pytest.raises(ValueError, match="re-export"):
         load_detector(tmp_path / "ood.npz")
+
+
+def reference_score(detector, logits: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """The score as the module docs define it, written plainly in float64: the batch path must agree with it."""
+    x = pixels.reshape(len(pixels), -1).astype(np.float64)
+    z = logits.astype(np.float64) / detector.temperature
+    centred = x / 255.0 - detector.mean
+    coeffs = centred @ detector.components.T
+    residual = centred - coeffs @ detector.components
+    d = logits.astype(np.float64)[:, None, :] - detector.class_means[None]
+
+    def correlation(a, b):
+        a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(axis=1, keepdims=True)
+        b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(axis=1, keepdims=True)
+        norm = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+        return np.where(norm > 0, (a * b).sum(axis=1) / np.maximum(norm, 1e-12), 0.0)
+
+    images = x.reshape(-1, 28, 28)
+    views = {
+        "energy": detector.temperature * (z.max(axis=1) + np.log(np.exp(z - z.max(axis=1)[:, None]).sum(axis=1))),
+        "logit_distance": -np.einsum("nci,ij,ncj->nc", d, detector.precision, d).min(axis=1),
+        "likelihood": -((coeffs ** 2 / detector.variances).sum(axis=1)
+                        + (residual ** 2).sum(axis=1) / detector.noise_variance),
+        "spread": x.std(axis=1),
+        "smoothness": (correlation(images[:, :, :-1], images[:, :, 1:])
+                       + correlation(images[:, :-1], images[:, 1:])) / 2,
+    }
+    total = np.zeros(len(logits))
+    for name, values in views.items():
+        reference = getattr(detector, f"ref_{name}")
+        rank = np.searchsorted(reference, values) / len(reference)
+        if name in ("likelihood", "spread", "smoothness"):
+            rank = np.minimum(1.0, 10.0 * rank)
+        total += WEIGHTS[name] * np.log(rank + 1.0 / len(reference))
+    return np.exp(total / sum(WEIGHTS.values()))
+
+
+def test_the_batch_score_is_the_documented_score_and_does_not_depend_on_the_batch():
+    """float32 and vectorised for serving, it still computes the module's definition (float64 reference), and an
+    image scores the same alone as inside any batch."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 6000)
+    logits = (rng.normal(0, 1, (6000, 10)) + 6 * np.eye(10)[labels]).astype(np.float32)
+    detector = fit_detector(blobs(rng, 4000), logits[:4000], labels[:4000], blobs(rng, 2000), logits[4000:], 1.3)
+    junk = np.stack([np.zeros((28, 28)), np.full((28, 28), 200), rng.integers(0, 256, (28, 28))]).astype(np.uint8)
+    pixels = np.concatenate([blobs(rng, 500), junk])
+    batch_logits = np.concatenate([logits[:500], logits[:3]])
+    scores = detector.score(batch_logits, pixels)
+    assert scores.dtype == np.float32
+    assert scores == pytest.approx(reference_score(detector, batch_logits, pixels), abs=2e-3)
+    assert (detector.in_distribution(scores) == detector.in_distribution(
+        reference_score(detector, batch_logits, pixels))).mean() >= 0.99
+    alone = np.concatenate([detector.score(batch_logits[i:i + 1], pixels[i:i + 1]) for i in range(0, 503, 50)])
+    assert alone == pytest.approx(scores[::50], abs=1e-5)

@@ -20,7 +20,7 @@ class GatedModel:
         self.gate = threading.Event()
         self.calls: list[int] = []
 
-    def __call__(self, backend: str, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, backend: str, pixels: np.ndarray, score: bool = False) -> np.ndarray:
         self.started.set()
         assert self.gate.wait(10), "the test never opened the gate"
         self.calls.append(len(pixels))
