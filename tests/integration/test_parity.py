@@ -46,7 +46,7 @@ def run_parity(registry: ModelRegistry, pixels: np.ndarray | None) -> dict:
     """What /parity answers: every loaded backend through a real batcher, compared."""
 
     async def go() -> dict:
-        batcher = MicroBatcher(registry.logits)
+        batcher = MicroBatcher(registry.run_batch)
         try:
             return await check_loaded_backends(batcher, registry, pixels)
         finally:

@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import Request
 
 from fashion.manifest import read_manifest
-from service.batcher import MicroBatcher
+from service.batcher import MicroBatcher, Outputs
 from service.config import ServiceConfig, TaskLimits
 from service.datasets import Upload, read_dataset
 from service.inputs import RequestError
@@ -26,11 +26,11 @@ def test_a_model_failure_ends_the_task_failed_with_the_reason(exported, dataset)
     registry.load_all({read_manifest(exported["torch"])["name"]: exported["torch"]})
     calls = []
 
-    def failing_third_call(backend: str, pixels: np.ndarray) -> np.ndarray:
+    def failing_third_call(backend: str, pixels: np.ndarray, score: bool = False) -> Outputs:
         calls.append(len(pixels))
         if len(calls) == 3:
             raise RuntimeError("device lost")
-        return registry.logits(backend, pixels)
+        return registry.run_batch(backend, pixels, score)
 
     board = TaskBoard(TaskLimits(chunk_images=100))
     request = Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""})
