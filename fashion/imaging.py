@@ -12,7 +12,11 @@ Policy (also in docs/serving.md, "Input policy"):
   tiles. Only the first frame of an animated or multi-page file is decoded.
 * Errors: :class:`ImageError` is the only exception that escapes, whatever the
   bytes (``tests/fuzz_imaging.py`` fuzzes this).
-* Colour: converted to 8-bit grayscale; transparent pixels become black.
+* Decoding respects the file: the EXIF orientation is applied (:func:`orient`), 16-bit and other
+  high-bit-depth images are scaled to 8 bits, not clipped (:func:`to_8bit`), and transparency is a mask
+  (:func:`split_alpha`): the transparent area is background, whatever colour its pixels hold; it stands for a
+  white backdrop (a cut-out product photo), or black with ``invert=False``, and the object is framed from it.
+* Colour: converted to 8-bit grayscale (CMYK and palettes through Pillow's conversions).
 * Shape: the longest side is scaled to 28 pixels (aspect ratio kept, Lanczos),
   the image is centred on a black 28 x 28 canvas.
 * Polarity: Fashion-MNIST shows a light object on a dark background. When the
@@ -139,14 +143,94 @@ def _open(data: bytes):
     return image
 
 
-def _to_gray(image) -> np.ndarray:
+# Pillow's 16-bit grayscale modes; their full scale (65535) maps to 255.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# EXIF tag 0x0112: 1 is "as stored"; 2-8 are the mirrorings and quarter turns a camera records instead of
+# turning the pixels (https://www.exif.org/Exif2-2.PDF, section 4.6.4).
+EXIF_ORIENTATION = 0x0112
+# An alpha above this is object, at or below it background, when the trim reads the transparency mask.
+OPAQUE = 127
+
+
+def orient(image):
+    """``image`` turned and mirrored as its EXIF orientation says (every format whose EXIF Pillow reads).
+
+    A camera stores a portrait photo sideways and records the turn in the tag; viewers apply it, so must we.
+    An unreadable EXIF block leaves the pixels as stored rather than refusing the photo.
+    """
+    from PIL import ImageOps
+
+    try:
+        if image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+            return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF is no reason to refuse the pixels
+        pass
+    return image
+
+
+def _full_scale(pixels: np.ndarray, mode: str) -> float:
+    """The sample value that means white: 65535 for 16-bit modes; from the values' range for 32-bit ones."""
+    if mode in WIDE_MODES:
+        return 65535.0
+    peak = float(pixels.max(initial=0))
+    if mode == "F" and peak <= 1.0:
+        return 1.0
+    return 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+
+
+def to_8bit(image):
+    """High-bit-depth grayscale (16-bit, 32-bit integer or float) scaled to 8 bits; other modes unchanged.
+
+    Pillow's own ``convert("L")`` clips these modes at 255 instead of scaling, which turns a 16-bit photo white.
+    """
     from PIL import Image
 
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("L"), dtype=np.uint8)
+    if image.mode not in (*WIDE_MODES, "I", "F"):
+        return image
+    pixels = np.asarray(image).astype(np.float64)
+    scaled = np.clip(np.round(pixels * (255.0 / _full_scale(pixels, image.mode))), 0, 255)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
+def split_alpha(image) -> tuple:
+    """``(image without alpha, uint8[H, W] alpha or None)``: alpha channels, palette and colour-key transparency.
+
+    ``None`` when every pixel is opaque, so an RGBA file without transparent pixels is framed as an RGB one.
+    """
+    if image.mode not in ("RGBA", "RGBa", "LA", "La", "PA") and "transparency" not in image.info:
+        return image, None
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if int(alpha.min()) == 255:
+        return rgba.convert("RGB"), None
+    return rgba.convert("RGB"), alpha
+
+
+def composite(rgb: np.ndarray, alpha: np.ndarray, backdrop: int) -> np.ndarray:
+    """``rgb`` over a uniform ``backdrop`` level through ``alpha``: whatever colour transparent pixels hold vanishes.
+
+    Pillow's 8-bit compositing, not numpy floats: a 4 MP upload must not cost several float copies of itself.
+    """
+    from PIL import Image
+
+    rgba = Image.fromarray(rgb)
+    rgba.putalpha(Image.fromarray(alpha))
+    backdrop_image = Image.new("RGBA", rgba.size, (backdrop, backdrop, backdrop, 255))
+    return np.asarray(Image.alpha_composite(backdrop_image, rgba).convert("RGB"))
+
+
+def transparent_backdrop(invert: bool | None) -> int:
+    """The level a transparent background stands for: white (a product photo, negated later) unless told not to.
+
+    Fashion-MNIST's photos were shot on white; a cut-out product photo is the same photo without its backdrop.
+    """
+    return 0 if invert is False else 255
+
+
+def _to_gray(rgb: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)
 
 
 def _fit(gray: np.ndarray) -> np.ndarray:
@@ -165,18 +249,22 @@ def _fit(gray: np.ndarray) -> np.ndarray:
 
 
 def _to_rgb(image) -> np.ndarray:
-    """``uint8[H, W, 3]``; transparent pixels become black, as in :func:`_to_gray`."""
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    """``uint8[H, W, 3]`` of an image without alpha (CMYK, palette, 1-bit and 8-bit gray included)."""
     if image.mode not in ("RGB", "L"):
         try:
-            image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image.convert("RGB")
-        except ValueError:  # a mode Pillow cannot turn into RGB (e.g. LAB): its gray, as the legacy policy uses
+            image = image.convert("L") if image.mode == "1" else image.convert("RGB")
+        except ValueError:  # a mode Pillow cannot turn into RGB (e.g. LAB): its gray
             image = image.convert("L")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_pixels(image) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(uint8[H, W, 3], uint8[H, W] alpha or None)`` of a loaded image, shown as its file says.
+
+    Turned by its EXIF orientation, scaled from a high bit depth, its transparency split off as a mask.
+    """
+    image, alpha = split_alpha(to_8bit(orient(image)))
+    return _to_rgb(image), alpha
 
 
 def corner_colour(rgb: np.ndarray) -> np.ndarray:
@@ -196,29 +284,49 @@ def _content_span(mask: np.ndarray, axis: int) -> tuple[float, float] | None:
     return hits[0] / len(counts), (hits[-1] + 1) / len(counts)
 
 
-def trim_box(rgb: np.ndarray, background: np.ndarray) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` of the object: rows and columns not within 5% of the background colour.
+def _probe(pixels: np.ndarray):
+    """A Pillow copy of ``pixels`` at most :data:`TRIM_PROBE_SIZE` a side (box-averaged), for deciding the trim."""
+    from PIL import Image
 
-    Decided on a median-filtered copy of at most :data:`TRIM_PROBE_SIZE` pixels a side, so noise and JPEG
-    ringing do not count as object. The whole image when nothing differs (a blank upload stays blank).
-    """
-    from PIL import Image, ImageFilter
-
-    height, width = rgb.shape[:2]
-    probe = Image.fromarray(rgb)
+    height, width = pixels.shape[:2]
+    probe = Image.fromarray(pixels)
     if max(height, width) > TRIM_PROBE_SIZE:
         scale = TRIM_PROBE_SIZE / max(height, width)
         probe = probe.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-    if min(probe.size) >= 3:
-        probe = probe.filter(ImageFilter.MedianFilter(3))
-    diff = np.abs(np.asarray(probe, dtype=np.int16) - background.astype(np.int16)).max(axis=2)
-    mask = diff > TRIM_TOLERANCE
+    return probe
+
+
+def box_of(mask: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` in a ``height x width`` image of the object marked in ``mask`` (any size).
+
+    The whole image when the mask holds no object (a blank upload stays blank).
+    """
     rows, cols = _content_span(mask, 1), _content_span(mask, 0)
     if rows is None or cols is None:
         return 0, height, 0, width
     top, bottom = int(np.floor(rows[0] * height)), int(np.ceil(rows[1] * height))
     left, right = int(np.floor(cols[0] * width)), int(np.ceil(cols[1] * width))
     return top, max(bottom, top + 1), left, max(right, left + 1)
+
+
+def trim_box(rgb: np.ndarray, background: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the object: rows and columns not within 5% of the background colour.
+
+    Decided on a median-filtered copy of at most :data:`TRIM_PROBE_SIZE` pixels a side, so noise and JPEG
+    ringing do not count as object. The whole image when nothing differs (a blank upload stays blank).
+    """
+    from PIL import ImageFilter
+
+    probe = _probe(rgb)
+    if min(probe.size) >= 3:
+        probe = probe.filter(ImageFilter.MedianFilter(3))
+    diff = np.abs(np.asarray(probe, dtype=np.int16) - background.astype(np.int16)).max(axis=2)
+    return box_of(diff > TRIM_TOLERANCE, *rgb.shape[:2])
+
+
+def alpha_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the visible object: the rows and columns holding opaque pixels."""
+    return box_of(np.asarray(_probe(alpha)) > OPAQUE, *alpha.shape)
 
 
 def sharpen_kernel(sigma: float = SHARPEN_SIGMA) -> np.ndarray:
@@ -250,17 +358,24 @@ def sharpen(image):
     return sharp.crop((1, 1, image.width + 1, image.height + 1))
 
 
-def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None) -> np.ndarray:
+def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None, alpha: np.ndarray | None = None) -> np.ndarray:
     """Fashion-MNIST's own conversion of a product photo into ``uint8[28, 28]`` (see the module docs).
 
     Args:
         rgb: ``uint8[H, W, 3]`` decoded pixels.
-        invert: ``None`` negates when the background (corner colour) is light; ``True``/``False`` force it.
+        invert: ``None`` negates when the object is darker than its background; ``True``/``False`` force it.
+        alpha: ``uint8[H, W]`` transparency, if the file has any: the transparent area is the background,
+            whatever colour its pixels hold, and the object is framed from the mask.
     """
     from PIL import Image
 
-    background = corner_colour(rgb)
-    top, bottom, left, right = trim_box(rgb, background)
+    if alpha is not None:
+        backdrop = transparent_backdrop(invert)
+        rgb, background = composite(rgb, alpha, backdrop), np.full(3, float(backdrop))
+        top, bottom, left, right = alpha_box(alpha)
+    else:
+        background = corner_colour(rgb)
+        top, bottom, left, right = trim_box(rgb, background)
     crop = Image.fromarray(np.ascontiguousarray(rgb[top:bottom, left:right]))
     scale = IMAGE_SIZE / max(crop.size)
     size = (min(IMAGE_SIZE, max(1, round(crop.width * scale))), min(IMAGE_SIZE, max(1, round(crop.height * scale))))
@@ -312,10 +427,7 @@ def decode_image(data: bytes, invert: bool | None = None, framing: str = DEFAULT
             # Only the first frame is decoded (Image.open leaves every format on frame 0); nothing here
             # asks for n_frames or seeks, which would walk every frame of a GIF/TIFF/APNG with thousands.
             image.load()
-            if framing == "dataset":
-                rgb = _to_rgb(image)
-            else:
-                gray = _to_gray(image)
+            rgb, alpha = decode_pixels(image)
         except ImageError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -328,9 +440,9 @@ def decode_image(data: bytes, invert: bool | None = None, framing: str = DEFAULT
         except Exception as exc:
             raise ImageError(f"the image could not be decoded ({exc}); it is truncated or corrupt", 422) from None
     if framing == "dataset" and rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-        return frame_like_dataset(rgb, invert)
-    if framing == "dataset":  # already 28 x 28: taken as framed (the dataset's own format), as legacy does
-        gray = _to_gray(Image.fromarray(rgb))
+        return frame_like_dataset(rgb, invert, alpha)
+    # Legacy framing, and a 28 x 28 upload in either (taken as framed, the dataset's own format): the whole canvas.
+    gray = _to_gray(rgb if alpha is None else composite(rgb, alpha, transparent_backdrop(invert)))
     if invert if invert is not None else has_light_background(gray):
         gray = 255 - gray
     return _fit(gray)
