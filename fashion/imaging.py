@@ -66,6 +66,24 @@ TRIM_MIN_RUN = 0.02
 # Trimming decides on a copy at most this large (the crop is then taken from the full image): a 1,000 px photo
 # needs no more to find its margins, and the median filter costs grow with pixels.
 TRIM_PROBE_SIZE = 256
+# Uneven light: a plane per channel is fitted to the outer LIGHT_BORDER of each side of the picture; the light
+# counts as uneven (and is levelled) only when that plane spans more than UNEVEN_LEVELS across the picture, so a
+# photo on an even backdrop takes exactly the path it took before. Measured in docs/inputs.md ("Uneven light").
+LIGHT_BORDER = 0.04
+UNEVEN_LEVELS = TRIM_TOLERANCE / 2
+# Tilt: the angle within +-MAX_TILT degrees whose turn makes the object's projection profiles sharpest; the object
+# is turned only when they are at least TILT_GAIN sharper than upright, so an upright garment is left alone
+# (how the gain was chosen: docs/inputs.md, "Tilt").
+MAX_TILT = 15
+TILT_GAIN = 0.01
+# At most this many object pixels decide the tilt (an even subsample of the mask beyond it).
+TILT_POINTS = 8_000
+# A 28 x 28 upload whose background (median of its outermost pixels) is at most this level is the dataset's own
+# format and passes through as it is; the dataset's own test images stay below it (docs/inputs.md).
+BLACK_LEVEL = 32
+# An object whose brightest pixel is fainter than this above its background is taken as blank: its contrast is
+# not stretched (stretching would turn faint noise on a plain picture into an object).
+CONTRAST_FLOOR = 2 * TRIM_TOLERANCE
 # "Sharpening pixels using a Gaussian operator of the radius and standard deviation of 1.0" (the dataset's README).
 SHARPEN_SIGMA = 1.0
 
@@ -309,19 +327,146 @@ def box_of(mask: np.ndarray, height: int, width: int) -> tuple[int, int, int, in
     return top, max(bottom, top + 1), left, max(right, left + 1)
 
 
-def trim_box(rgb: np.ndarray, background: np.ndarray) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` of the object: rows and columns not within 5% of the background colour.
+def object_mask(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Object pixels of a probe copy (:func:`_probe`): not within 5% of the background colour, after a 3 x 3 median.
 
-    Decided on a median-filtered copy of at most :data:`TRIM_PROBE_SIZE` pixels a side, so noise and JPEG
-    ringing do not count as object. The whole image when nothing differs (a blank upload stays blank).
+    The median keeps noise and JPEG ringing from counting as object.
     """
     from PIL import ImageFilter
 
     probe = _probe(rgb)
     if min(probe.size) >= 3:
         probe = probe.filter(ImageFilter.MedianFilter(3))
-    diff = np.abs(np.asarray(probe, dtype=np.int16) - background.astype(np.int16)).max(axis=2)
-    return box_of(diff > TRIM_TOLERANCE, *rgb.shape[:2])
+    return np.abs(np.asarray(probe, dtype=np.int16) - background.astype(np.int16)).max(axis=2) > TRIM_TOLERANCE
+
+
+def trim_box(rgb: np.ndarray, background: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the object: rows and columns not within 5% of the background colour.
+
+    Decided on a median-filtered copy of at most :data:`TRIM_PROBE_SIZE` pixels a side, so noise and JPEG
+    ringing do not count as object. The whole image when nothing differs (a blank upload stays blank).
+    """
+    return box_of(object_mask(rgb, background), *rgb.shape[:2])
+
+
+def _border_samples(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(design[N, 3], values[N, C])`` of the outer ring: rows ``1, row, col`` (fractions of the side) and pixels."""
+    height, width = pixels.shape[:2]
+    k = max(1, round(LIGHT_BORDER * min(height, width)))
+    ring = np.zeros((height, width), dtype=bool)
+    ring[:k], ring[-k:], ring[:, :k], ring[:, -k:] = True, True, True, True
+    rows, cols = np.nonzero(ring)
+    design = np.column_stack([np.ones(len(rows)), (rows + 0.5) / height, (cols + 0.5) / width])
+    return design, pixels[rows, cols].astype(np.float64)
+
+
+def _side_medians_plane(design: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A first plane through the medians of the four sides: robust to an object covering part of any side."""
+    rows, cols = design[:, 1], design[:, 2]
+    side = [np.median(values[m], axis=0) for m in (rows < 0.5 - 0.45, rows > 0.95, cols < 0.05, cols > 0.95)]
+    top, bottom, left, right = (s if np.all(np.isfinite(s)) else np.median(values, axis=0) for s in side)
+    slope_r, slope_c = bottom - top, right - left
+    return np.stack([(top + bottom + left + right) / 4 - slope_r / 2 - slope_c / 2, slope_r, slope_c])
+
+
+def fit_light(pixels: np.ndarray) -> np.ndarray | None:
+    """``[3, C]`` coefficients of the plane ``a + b * row + c * col`` (fractions of the side) the backdrop follows.
+
+    Fitted to the border: a first plane through the sides' medians, then least squares on the border pixels within
+    tolerance of it, twice. ``None`` when the light is even (the plane spans at most :data:`UNEVEN_LEVELS`) or
+    when the border does not follow a plane (most of it is object).
+    """
+    import warnings as _warnings
+
+    design, values = _border_samples(pixels)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore", RuntimeWarning)  # a side too thin to hold pixels: its median is NaN
+        coef = _side_medians_plane(design, values)
+    for tolerance in (2 * TRIM_TOLERANCE, TRIM_TOLERANCE):
+        keep = np.abs(design @ coef - values).max(axis=1) <= tolerance
+        if keep.mean() < 0.5:
+            return None
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+    span = np.abs(coef[1]) + np.abs(coef[2])
+    return coef if float(span.max()) > UNEVEN_LEVELS else None
+
+
+def level_light(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` with uneven light on its backdrop levelled, as a copy of at most :data:`TRIM_PROBE_SIZE` a side.
+
+    The backdrop's plane (:func:`fit_light`) is divided out (a light backdrop: light multiplies) or subtracted
+    (a dark one), keeping its brightest corner's colour. ``rgb`` itself when the light is even.
+    """
+    work = np.asarray(_probe(rgb))
+    coef = fit_light(work)
+    if coef is None:
+        return rgb
+    height, width = work.shape[:2]
+    rows = ((np.arange(height) + 0.5) / height)[:, None, None]
+    cols = ((np.arange(width) + 0.5) / width)[None, :, None]
+    field = coef[0] + coef[1] * rows + coef[2] * cols
+    corners = np.stack([coef[0] + coef[1] * r + coef[2] * c for r in (0, 1) for c in (0, 1)])
+    if float(corners.max(axis=0).mean()) > 127:
+        flat = work * (corners.max(axis=0) / np.maximum(field, 1.0))
+    else:
+        flat = work - (field - corners.min(axis=0))
+    return np.clip(np.round(flat), 0, 255).astype(np.uint8)
+
+
+def _profile_sharpness(rows: np.ndarray, cols: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """For each angle, the sum of squared counts of the object's pixels per 1-pixel row and column once turned.
+
+    The classic projection-profile measure of document deskewing: straight edges (a hem, a trouser leg, the side
+    of a bag) pile up in few rows or columns when they are level, and spread when tilted.
+    """
+    theta = np.deg2rad(degrees)[:, None]
+    scores = np.empty(len(degrees))
+    for k, (across, down) in enumerate(zip(cols * np.cos(theta) - rows * np.sin(theta),
+                                           cols * np.sin(theta) + rows * np.cos(theta), strict=True)):
+        counts = [np.bincount(np.round(a - a.min()).astype(np.int64)).astype(np.float64) for a in (across, down)]
+        scores[k] = sum(float((c * c).sum()) for c in counts)
+    return scores
+
+
+def tilt_of(mask: np.ndarray) -> float:
+    """Degrees (Pillow's ``rotate`` sense, counter-clockwise) that turn the object in ``mask`` upright; 0 if upright.
+
+    The whole degree within +-:data:`MAX_TILT` whose turn makes the projection profiles sharpest
+    (:func:`_profile_sharpness`), when it is at least :data:`TILT_GAIN` sharper than the object as it stands.
+    """
+    rows, cols = np.nonzero(mask)
+    if len(rows) < 16:
+        return 0.0
+    step = max(1, len(rows) // TILT_POINTS)
+    degrees = np.arange(-MAX_TILT, MAX_TILT + 1)
+    scores = _profile_sharpness(rows[::step].astype(np.float64), cols[::step].astype(np.float64), degrees)
+    best = int(np.argmax(scores))
+    return -float(degrees[best]) if scores[best] > (1 + TILT_GAIN) * scores[MAX_TILT] else 0.0
+
+
+def deskew(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """``rgb`` turned so the object stands upright (:func:`tilt_of`), as a copy of at most the probe's size.
+
+    The corners the turn uncovers are filled with ``background``. ``rgb`` itself when the object is upright.
+    """
+    from PIL import Image
+
+    degrees = tilt_of(object_mask(rgb, background))
+    if not degrees:
+        return rgb
+    fill = tuple(round(float(c)) for c in background)
+    return np.asarray(_probe(rgb).rotate(degrees, Image.Resampling.BICUBIC, expand=True, fillcolor=fill))
+
+
+def stretch_contrast(gray: np.ndarray) -> np.ndarray:
+    """``gray`` (float, background at 0) scaled so its brightest pixel is white, as in every dataset image.
+
+    Left as it is when already white, or when fainter than :data:`CONTRAST_FLOOR` (a blank picture).
+    """
+    peak = float(gray.max(initial=0))
+    if peak < CONTRAST_FLOOR or peak >= 255:
+        return gray
+    return gray * (255.0 / peak)
 
 
 def alpha_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
@@ -374,7 +519,9 @@ def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None, alpha: np.nd
         rgb, background = composite(rgb, alpha, backdrop), np.full(3, float(backdrop))
         top, bottom, left, right = alpha_box(alpha)
     else:
+        rgb = level_light(rgb)
         background = corner_colour(rgb)
+        rgb = deskew(rgb, background)
         top, bottom, left, right = trim_box(rgb, background)
     crop = Image.fromarray(np.ascontiguousarray(rgb[top:bottom, left:right]))
     scale = IMAGE_SIZE / max(crop.size)
@@ -391,7 +538,28 @@ def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None, alpha: np.nd
     if light:
         gray, level = 255.0 - gray, 255.0 - level
     # Background to black, full range kept: undoes a grey or coloured backdrop (Fashion-MNIST's is white).
-    stretched = (gray - level) * (255.0 / max(255.0 - level, 1.0))
+    stretched = stretch_contrast((gray - level) * (255.0 / max(255.0 - level, 1.0)))
+    return np.clip(np.round(stretched), 0, 255).astype(np.uint8)
+
+
+def frame_small(gray: np.ndarray, invert: bool | None = None) -> np.ndarray:
+    """A 28 x 28 upload: the dataset's own format passes as it is; on another background it is brought to it.
+
+    Polarity from the object (darker than the background means negate), then a background above
+    :data:`BLACK_LEVEL` is mapped to black and the object's contrast stretched (:func:`stretch_contrast`): a
+    faded, brightened or inverted 28 x 28 image becomes the dataset's light object on black.
+    """
+    ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]]).astype(np.float32)
+    level = float(np.median(ring))
+    pixels = gray.astype(np.float32)
+    if invert is None:
+        differs = np.abs(pixels - level) > TRIM_TOLERANCE
+        invert = bool(differs.any()) and float(pixels[differs].mean()) < level
+    if invert:
+        gray, pixels, level = 255 - gray, 255.0 - pixels, 255.0 - level
+    if level <= BLACK_LEVEL:
+        return gray
+    stretched = stretch_contrast(np.maximum(pixels - level, 0) * (255.0 / max(255.0 - level, 1.0)))
     return np.clip(np.round(stretched), 0, 255).astype(np.uint8)
 
 
@@ -441,8 +609,10 @@ def decode_image(data: bytes, invert: bool | None = None, framing: str = DEFAULT
             raise ImageError(f"the image could not be decoded ({exc}); it is truncated or corrupt", 422) from None
     if framing == "dataset" and rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         return frame_like_dataset(rgb, invert, alpha)
-    # Legacy framing, and a 28 x 28 upload in either (taken as framed, the dataset's own format): the whole canvas.
     gray = _to_gray(rgb if alpha is None else composite(rgb, alpha, transparent_backdrop(invert)))
+    if framing == "dataset":
+        return frame_small(gray, invert)
+    # Legacy framing: the whole canvas.
     if invert if invert is not None else has_light_background(gray):
         gray = 255 - gray
     return _fit(gray)
