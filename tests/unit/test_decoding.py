@@ -97,7 +97,7 @@ def test_transparency_is_background_whatever_colour_it_hides(hidden):
 def test_transparent_28_by_28_upload():
     """At the dataset's own size too: a dark garment on transparent black comes out light on black."""
     garment = np.zeros((28, 28), dtype=np.uint8)
-    garment[4:24, 9:19] = 200
+    garment[0:28, 9:19] = 200  # spanning the frame, as every dataset object does
     rgba = np.dstack([255 - garment] * 3 + [np.where(garment > 0, 255, 0).astype(np.uint8)])
     rgba[garment == 0, :3] = 0  # the hidden colour a plain alpha composite shows: black, like the garment
     assert np.array_equal(decode_image(save(Image.fromarray(rgba), "PNG")), garment)
@@ -130,14 +130,14 @@ def test_16_bit_grayscale_is_scaled_not_clipped(fmt):
     gray = np.asarray(Image.fromarray(photo()).convert("L"))
     assert np.array_equal(decode_image(sixteen_bit(gray, fmt)), decode_image(save(Image.fromarray(gray), "PNG")))
     small = np.zeros((28, 28), dtype=np.uint8)
-    small[5:23, 8:20] = np.arange(18, dtype=np.uint8)[:, None] * 14
+    small[:, 8:20] = np.arange(28, dtype=np.uint8)[:, None] * 9
     assert np.array_equal(decode_image(sixteen_bit(small, fmt)), small)
 
 
 def test_32_bit_integer_and_float_images_are_scaled():
     """Pillow's ``I`` and ``F`` modes: 16-bit-range integers and 0-1 floats map onto 0-255."""
     small = np.zeros((28, 28), dtype=np.uint8)
-    small[5:23, 8:20] = 180
+    small[:, 8:20] = 180
     as_int = Image.fromarray(small.astype(np.int32) * 257, mode="I")
     as_float = Image.fromarray(small.astype(np.float32) / 255, mode="F")
     assert np.array_equal(decode_image(save(as_int, "TIFF")), small)

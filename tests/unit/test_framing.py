@@ -81,7 +81,7 @@ def garment_on_black() -> np.ndarray:
     """A faint, textured object on a black background with some dark noise: the dataset's own format."""
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 8, (28, 28), dtype=np.uint8)
-    pixels[3:25, 6:22] = rng.integers(60, 121, (22, 16), dtype=np.uint8)
+    pixels[:, 6:22] = rng.integers(60, 121, (28, 16), dtype=np.uint8)  # spanning the frame, as in the dataset
     return pixels
 
 
@@ -147,7 +147,7 @@ def test_a_graded_object_keeps_its_levels():
 def test_inverted_brightened_or_faded_28_by_28_images_are_brought_back():
     """A negative, a washed-out copy (background lifted to grey) and a faded copy come back as light on black."""
     pixels = garment_on_black()
-    pixels[3:25, 6:22] += 135  # 195-255: the dataset's objects reach white
+    pixels[:, 6:22] += 135  # 195-255: the dataset's objects reach white
     original = pixels.astype(np.float32)
     mean = original.mean()
     for changed in (255 - original, original * 0.6 + 100, (original - mean) * 0.2 + mean):
@@ -204,3 +204,15 @@ def test_a_faint_object_gets_the_datasets_contrast():
     """A light-grey garment on white is stretched until its darkest part is white once negated."""
     faint = canvas(200, 160, (255, 255, 255), obj_colour=(200, 200, 200))
     assert np.array_equal(decode_image(encode(faint)), BLOCK)
+
+
+def test_a_shrunken_28_by_28_object_is_framed_again():
+    """An object shrunk inside its 28 x 28 frame (MNIST-C's "scale") is trimmed and resized like a photo."""
+    full = np.zeros((28, 28), dtype=np.uint8)
+    full[:, 7:21] = 255
+    shrunk = np.asarray(Image.fromarray(full).resize((14, 14), Image.Resampling.BOX))
+    small = np.zeros((28, 28), dtype=np.uint8)
+    small[7:21, 7:21] = shrunk
+    framed = decode_image(encode(small))
+    assert len(np.flatnonzero(framed.max(1) > 127)) == 28  # the object spans the frame again, as it did
+    assert np.abs(framed.astype(int) - BLOCK).mean() < 24  # within the blur of a 2x upscale
