@@ -85,8 +85,8 @@ TILT_AGREE = 2
 # A 28 x 28 upload whose background (median of its outermost pixels) is at most this level is the dataset's own
 # format and passes through as it is; the dataset's own test images stay below it (docs/inputs.md).
 BLACK_LEVEL = 32
-# A 28 x 28 upload whose object spans fewer pixels than this (both ways) is framed again like a photo: every
-# test image's object spans at least 22 of the 28, and 99.7% at least 26 (docs/inputs.md).
+# A 28 x 28 upload whose object spans fewer pixels than this (both ways) is framed again like a photo: the dataset
+# resized every object's longest side to 28, so a clean test image almost never spans fewer (docs/inputs.md).
 REFRAME_BELOW = 26
 # An object whose brightest pixel is fainter than this above its background is taken as blank: its contrast is
 # not stretched (stretching would turn faint noise on a plain picture into an object).

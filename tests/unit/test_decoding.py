@@ -13,8 +13,6 @@ from PIL import Image, ImageCms
 
 from fashion.imaging import decode_image
 
-pytestmark = pytest.mark.unit
-
 # How a camera stores a picture for each EXIF orientation: the inverse of what a viewer does to show it
 # (Pillow's ImageOps.exif_transpose does the showing; 2, 3, 4, 5 and 7 are their own inverses).
 STORED = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
