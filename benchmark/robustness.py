@@ -37,9 +37,7 @@ from benchmark.inputs import (
     command_line,
     compose,
     encode,
-    model_tags,
     place,
-    store_models,
 )
 
 PHOTO_OBJECT = 112  # the object's side in the photo, px (a 4x upscale)
@@ -176,6 +174,14 @@ def cases() -> list[Case]:
     ]
 
 
+def served_models(url: str, backends: tuple[str, ...]) -> list[str]:
+    """``backend: name:version`` of the model each asked backend serves, from the service's ``/model_info``."""
+    import httpx
+
+    info = httpx.post(f"{url}/model_info", json={}, timeout=60).json()
+    return [f"{b}: {info['backends'].get(b, {}).get('model')}" for b in backends]
+
+
 def run_cases(url: str, images: np.ndarray, labels: np.ndarray, backends: tuple[str, ...], seed: int,
               only: str | None = None) -> list[dict]:
     """Accuracy and "not clothing" share per case and backend."""
@@ -245,15 +251,16 @@ def markdown(results: dict) -> str:
     lines += ["", "## Summary (acceptance bounds in brackets)", "",
               "| run | backend | baseline | delivery worst drop [<= 1.0] | delivery worst \"not clothing\" rise "
               "[<= 1.0] | tilt worst drop [<= 5] | light 30% drop [<= 3] | severity 3 mean drop [<= 8] | "
-              "severity 3 worst family [<= 20] |",
+              "severity 3 worst family, drop [<= 20] |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for label, run in runs.items():
         for backend, s in summary(run["rows"], run["backends"]).items():
             worst = s["severity_3_worst"]
-            lines.append(f"| {label} | {backend} | {s['baseline']:.4f} | {_fmt(s['delivery_worst_drop'])} | "
-                         f"{_fmt(s['delivery_worst_not_clothing_rise'])} | {_fmt(s['tilt_worst_drop'])} | "
-                         f"{_fmt(s['light_30_drop'])} | {_fmt(s['severity_3_mean_drop'])} | "
-                         f"{'n/a' if worst is None else f'{worst[0]} {worst[1]:+.1f}'} |")
+            drops = [s[k] for k in ("delivery_worst_drop", "delivery_worst_not_clothing_rise", "tilt_worst_drop",
+                                    "light_30_drop", "severity_3_mean_drop")]
+            lines.append(f"| {label} | {backend} | {s['baseline']:.4f} | "
+                         + " | ".join(_fmt(d, ".1f") for d in drops)
+                         + f" | {'n/a' if worst is None else f'{worst[0]} {worst[1]:.1f}'} |")
     for group in ("delivery", "capture", "corruption"):
         lines += ["", f"## {group.capitalize()}", "",
                   "| case | severity | " + " | ".join(f"{label} {b} accuracy (points) | {label} {b} not clothing"
@@ -289,7 +296,8 @@ def plot(results: dict, path: Path) -> None:
                     (r["severity"], r[backend]["accuracy"]) for r in run["rows"]
                     if r["group"] == "corruption" and r["family"] == family]
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", linestyle="--" if label != "after" else "-", label=f"{label} {backend}")
+                style = "--" if label.startswith("before") else "-"
+                ax.plot(xs, ys, marker="o", linestyle=style, label=f"{label} {backend}")
         ax.set_title(family.replace("_", " "))
         ax.set_xticks(range(6))
         ax.set_ylim(0, 1)
@@ -321,7 +329,7 @@ def write_results(run: dict, label: str, out: Path) -> dict:
     path = out / "robustness.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     results["runs"][label] = run
-    results["runs"] = dict(sorted(results["runs"].items(), key=lambda kv: kv[0] != "before"))
+    results["runs"] = dict(sorted(results["runs"].items(), key=lambda kv: not kv[0].startswith("before")))
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     (out / "robustness.md").write_text(markdown(results))
@@ -405,10 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cost", metavar="REF", default=None,
                         help="instead: time decode + framing of this checkout against git REF (results/decode-cost.md)")
     parser.add_argument("--repeats", type=int, default=5, help="with --cost: interleaved repeats")
+    parser.add_argument("--report-only", action="store_true",
+                        help="instead: rewrite robustness.md and .png from the stored robustness.json")
     parser.add_argument("--url", default=None, help="a running service; default: start one on the store's models")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
+    if args.report_only:
+        results = json.loads((args.out / "robustness.json").read_text())
+        (args.out / "robustness.md").write_text(markdown(results))
+        plot(results, args.out / "robustness.png")
+        return 0
     from fashion.data import load_fashion_mnist
 
     data = load_fashion_mnist(args.data_dir)
@@ -422,19 +437,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     backends = tuple(args.backends)
     if args.url:
-        rows = run_cases(args.url, images, labels, backends, args.seed, args.only)
+        models, rows = served_models(args.url, backends), run_cases(args.url, images, labels, backends, args.seed,
+                                                                    args.only)
     else:
         from reliability.harness import launch
 
         with tempfile.TemporaryDirectory(prefix="robustness-") as work:
             server = launch(Path(work))
             try:
+                models = served_models(server.url, backends)
                 rows = run_cases(server.url, images, labels, backends, args.seed, args.only)
             finally:
                 server.stop()
     run = {"command": command_line("benchmark.robustness", argv), "code": args.code or code_version(),
-           "n": len(labels), "seed": args.seed, "backends": list(backends),
-           "models": None if args.url else model_tags(store_models()), "rows": rows}
+           "n": len(labels), "seed": args.seed, "backends": list(backends), "models": models, "rows": rows}
     results = write_results(run, args.label, args.out)
     print(markdown({"runs": {args.label: results["runs"][args.label]}}).split("## Delivery")[0])
     return 0

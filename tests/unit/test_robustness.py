@@ -75,4 +75,4 @@ def test_report_summarises_against_the_baseline():
     assert s["severity_3_worst"][0] == "rotate"
     run = {"command": "c", "code": "x", "n": 10, "models": None, "backends": ["b"], "rows": rows}
     text = markdown({"runs": {"before": run, "after": run}})
-    assert "| before | b | 0.9000 |" in text and "| exif-6 |" in text and "rotate +30.0" in text
+    assert "| before | b | 0.9000 |" in text and "| exif-6 |" in text and "rotate 30.0" in text
