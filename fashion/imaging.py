@@ -78,6 +78,8 @@ MAX_TILT = 15
 TILT_GAIN = 0.003
 # At most this many object pixels decide the tilt (an even subsample of the mask beyond it).
 TILT_POINTS = 4_000
+# The tilt is judged on the object mask at most this many pixels a side (the size the gains were chosen at).
+TILT_SIZE = 112
 # Beyond this gain the profiles are trusted alone (large tilts, where the symmetry check errs more).
 TILT_SURE = 0.02
 # The symmetry check looks this many degrees either side of the profiles' angle.
@@ -462,6 +464,12 @@ def tilt_of(mask: np.ndarray) -> float:
     The whole degree within +-:data:`MAX_TILT` whose turn makes the projection profiles sharpest
     (:func:`_profile_sharpness`), when it is at least :data:`TILT_GAIN` sharper than the object as it stands.
     """
+    if max(mask.shape) > TILT_SIZE:  # the same evidence whatever the resolution: the profiles are judged at one size
+        from PIL import Image
+
+        scale = TILT_SIZE / max(mask.shape)
+        size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) > 127
     rows, cols = np.nonzero(mask)
     if len(rows) < 16:
         return 0.0
