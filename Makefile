@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
-	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs calibration ood ood-cost scale-out workers
+	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood ood-cost \
+	scale-out workers
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +63,12 @@ inputs: export ## Accuracy on transformed test photos via HTTP, both framings ->
 
 calibration: export ## ECE before/after temperature scaling per exported model -> results/calibration.md
 	$(PY) -m benchmark.calibration
+
+robustness: export ## MNIST-C corruptions, delivery and capture variants via HTTP, both frameworks -> results/robustness.md
+	$(PY) -m benchmark.robustness --limit 1000
+
+decode-cost: ## Decode + framing time per image, this checkout against the framing before issue 29 (31ca1b2) -> results/decode-cost.md
+	$(PY) -m benchmark.robustness --cost 31ca1b2 --limit 100
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
 	$(PY) -m benchmark.ood

@@ -12,7 +12,11 @@ Policy (also in docs/serving.md, "Input policy"):
   tiles. Only the first frame of an animated or multi-page file is decoded.
 * Errors: :class:`ImageError` is the only exception that escapes, whatever the
   bytes (``tests/fuzz_imaging.py`` fuzzes this).
-* Colour: converted to 8-bit grayscale; transparent pixels become black.
+* Decoding respects the file: the EXIF orientation is applied (:func:`orient`), 16-bit and other
+  high-bit-depth images are scaled to 8 bits, not clipped (:func:`to_8bit`), and transparency is a mask
+  (:func:`split_alpha`): the transparent area is background, whatever colour its pixels hold; it stands for a
+  white backdrop (a cut-out product photo), or black with ``invert=False``, and the object is framed from it.
+* Colour: converted to 8-bit grayscale (CMYK and palettes through Pillow's conversions).
 * Shape: the longest side is scaled to 28 pixels (aspect ratio kept, Lanczos),
   the image is centred on a black 28 x 28 canvas.
 * Polarity: Fashion-MNIST shows a light object on a dark background. When the
@@ -62,6 +66,33 @@ TRIM_MIN_RUN = 0.02
 # Trimming decides on a copy at most this large (the crop is then taken from the full image): a 1,000 px photo
 # needs no more to find its margins, and the median filter costs grow with pixels.
 TRIM_PROBE_SIZE = 256
+# Uneven light: a plane per channel is fitted to the outer LIGHT_BORDER of each side of the picture; the light
+# counts as uneven (and is levelled) only when that plane spans more than UNEVEN_LEVELS across the picture, so a
+# photo on an even backdrop takes exactly the path it took before. Measured in docs/inputs.md ("Uneven light").
+LIGHT_BORDER = 0.04
+UNEVEN_LEVELS = TRIM_TOLERANCE / 2
+# Tilt: the angle within +-MAX_TILT degrees whose turn makes the object's projection profiles sharpest; the object
+# is turned only when they are at least TILT_GAIN sharper than upright, so an upright garment is left alone
+# (how the gain was chosen: docs/inputs.md, "Tilt").
+MAX_TILT = 15
+TILT_GAIN = 0.003
+# At most this many object pixels decide the tilt (an even subsample of the mask beyond it).
+TILT_POINTS = 4_000
+# The tilt is judged on the object mask at most this many pixels a side (the size the gains were chosen at).
+TILT_SIZE = 112
+# Beyond this gain the profiles are trusted alone (large tilts, where the symmetry check errs more).
+TILT_SURE = 0.02
+# The symmetry check looks this many degrees either side of the profiles' angle.
+TILT_AGREE = 2
+# A 28 x 28 upload whose background (median of its outermost pixels) is at most this level is the dataset's own
+# format and passes through as it is; the dataset's own test images stay below it (docs/inputs.md).
+BLACK_LEVEL = 32
+# A 28 x 28 upload whose object spans fewer pixels than this (both ways) is framed again like a photo: the dataset
+# resized every object's longest side to 28, so a clean test image almost never spans fewer (docs/inputs.md).
+REFRAME_BELOW = 26
+# An object whose brightest pixel is fainter than this above its background is taken as blank: its contrast is
+# not stretched (stretching would turn faint noise on a plain picture into an object).
+CONTRAST_FLOOR = 2 * TRIM_TOLERANCE
 # "Sharpening pixels using a Gaussian operator of the radius and standard deviation of 1.0" (the dataset's README).
 SHARPEN_SIGMA = 1.0
 
@@ -139,14 +170,94 @@ def _open(data: bytes):
     return image
 
 
-def _to_gray(image) -> np.ndarray:
+# Pillow's 16-bit grayscale modes; their full scale (65535) maps to 255.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# EXIF tag 0x0112: 1 is "as stored"; 2-8 are the mirrorings and quarter turns a camera records instead of
+# turning the pixels (https://www.exif.org/Exif2-2.PDF, section 4.6.4).
+EXIF_ORIENTATION = 0x0112
+# An alpha above this is object, at or below it background, when the trim reads the transparency mask.
+OPAQUE = 127
+
+
+def orient(image):
+    """``image`` turned and mirrored as its EXIF orientation says (every format whose EXIF Pillow reads).
+
+    A camera stores a portrait photo sideways and records the turn in the tag; viewers apply it, so must we.
+    An unreadable EXIF block leaves the pixels as stored rather than refusing the photo.
+    """
+    from PIL import ImageOps
+
+    try:
+        if image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+            return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF is no reason to refuse the pixels
+        pass
+    return image
+
+
+def _full_scale(pixels: np.ndarray, mode: str) -> float:
+    """The sample value that means white: 65535 for 16-bit modes; from the values' range for 32-bit ones."""
+    if mode in WIDE_MODES:
+        return 65535.0
+    peak = float(pixels.max(initial=0))
+    if mode == "F" and peak <= 1.0:
+        return 1.0
+    return 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+
+
+def to_8bit(image):
+    """High-bit-depth grayscale (16-bit, 32-bit integer or float) scaled to 8 bits; other modes unchanged.
+
+    Pillow's own ``convert("L")`` clips these modes at 255 instead of scaling, which turns a 16-bit photo white.
+    """
     from PIL import Image
 
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("L"), dtype=np.uint8)
+    if image.mode not in (*WIDE_MODES, "I", "F"):
+        return image
+    pixels = np.asarray(image).astype(np.float64)
+    scaled = np.clip(np.round(pixels * (255.0 / _full_scale(pixels, image.mode))), 0, 255)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
+def split_alpha(image) -> tuple:
+    """``(image without alpha, uint8[H, W] alpha or None)``: alpha channels, palette and colour-key transparency.
+
+    ``None`` when every pixel is opaque, so an RGBA file without transparent pixels is framed as an RGB one.
+    """
+    if image.mode not in ("RGBA", "RGBa", "LA", "La", "PA") and "transparency" not in image.info:
+        return image, None
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if int(alpha.min()) == 255:
+        return rgba.convert("RGB"), None
+    return rgba.convert("RGB"), alpha
+
+
+def composite(rgb: np.ndarray, alpha: np.ndarray, backdrop: int) -> np.ndarray:
+    """``rgb`` over a uniform ``backdrop`` level through ``alpha``: whatever colour transparent pixels hold vanishes.
+
+    Pillow's 8-bit compositing, not numpy floats: a 4 MP upload must not cost several float copies of itself.
+    """
+    from PIL import Image
+
+    rgba = Image.fromarray(rgb)
+    rgba.putalpha(Image.fromarray(alpha))
+    backdrop_image = Image.new("RGBA", rgba.size, (backdrop, backdrop, backdrop, 255))
+    return np.asarray(Image.alpha_composite(backdrop_image, rgba).convert("RGB"))
+
+
+def transparent_backdrop(invert: bool | None) -> int:
+    """The level a transparent background stands for: white (a product photo, negated later) unless told not to.
+
+    Fashion-MNIST's photos were shot on white; a cut-out product photo is the same photo without its backdrop.
+    """
+    return 0 if invert is False else 255
+
+
+def _to_gray(rgb: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)
 
 
 def _fit(gray: np.ndarray) -> np.ndarray:
@@ -165,18 +276,22 @@ def _fit(gray: np.ndarray) -> np.ndarray:
 
 
 def _to_rgb(image) -> np.ndarray:
-    """``uint8[H, W, 3]``; transparent pixels become black, as in :func:`_to_gray`."""
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    """``uint8[H, W, 3]`` of an image without alpha (CMYK, palette, 1-bit and 8-bit gray included)."""
     if image.mode not in ("RGB", "L"):
         try:
-            image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image.convert("RGB")
-        except ValueError:  # a mode Pillow cannot turn into RGB (e.g. LAB): its gray, as the legacy policy uses
+            image = image.convert("L") if image.mode == "1" else image.convert("RGB")
+        except ValueError:  # a mode Pillow cannot turn into RGB (e.g. LAB): its gray
             image = image.convert("L")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_pixels(image) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(uint8[H, W, 3], uint8[H, W] alpha or None)`` of a loaded image, shown as its file says.
+
+    Turned by its EXIF orientation, scaled from a high bit depth, its transparency split off as a mask.
+    """
+    image, alpha = split_alpha(to_8bit(orient(image)))
+    return _to_rgb(image), alpha
 
 
 def corner_colour(rgb: np.ndarray) -> np.ndarray:
@@ -196,29 +311,221 @@ def _content_span(mask: np.ndarray, axis: int) -> tuple[float, float] | None:
     return hits[0] / len(counts), (hits[-1] + 1) / len(counts)
 
 
-def trim_box(rgb: np.ndarray, background: np.ndarray) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` of the object: rows and columns not within 5% of the background colour.
+def _probe(pixels: np.ndarray):
+    """A Pillow copy of ``pixels`` at most :data:`TRIM_PROBE_SIZE` a side (box-averaged), for deciding the trim."""
+    from PIL import Image
 
-    Decided on a median-filtered copy of at most :data:`TRIM_PROBE_SIZE` pixels a side, so noise and JPEG
-    ringing do not count as object. The whole image when nothing differs (a blank upload stays blank).
-    """
-    from PIL import Image, ImageFilter
-
-    height, width = rgb.shape[:2]
-    probe = Image.fromarray(rgb)
+    height, width = pixels.shape[:2]
+    probe = Image.fromarray(pixels)
     if max(height, width) > TRIM_PROBE_SIZE:
         scale = TRIM_PROBE_SIZE / max(height, width)
         probe = probe.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-    if min(probe.size) >= 3:
-        probe = probe.filter(ImageFilter.MedianFilter(3))
-    diff = np.abs(np.asarray(probe, dtype=np.int16) - background.astype(np.int16)).max(axis=2)
-    mask = diff > TRIM_TOLERANCE
+    return probe
+
+
+def box_of(mask: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` in a ``height x width`` image of the object marked in ``mask`` (any size).
+
+    The whole image when the mask holds no object (a blank upload stays blank).
+    """
     rows, cols = _content_span(mask, 1), _content_span(mask, 0)
     if rows is None or cols is None:
         return 0, height, 0, width
     top, bottom = int(np.floor(rows[0] * height)), int(np.ceil(rows[1] * height))
     left, right = int(np.floor(cols[0] * width)), int(np.ceil(cols[1] * width))
     return top, max(bottom, top + 1), left, max(right, left + 1)
+
+
+def object_mask(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Object pixels of a probe copy (:func:`_probe`): not within 5% of the background colour, after a 3 x 3 median.
+
+    The median keeps noise and JPEG ringing from counting as object.
+    """
+    from PIL import ImageFilter
+
+    probe = _probe(rgb)
+    if min(probe.size) >= 3:
+        probe = probe.filter(ImageFilter.MedianFilter(3))
+    return np.abs(np.asarray(probe, dtype=np.int16) - background.astype(np.int16)).max(axis=2) > TRIM_TOLERANCE
+
+
+def trim_box(rgb: np.ndarray, background: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the object: rows and columns not within 5% of the background colour.
+
+    Decided on a median-filtered copy of at most :data:`TRIM_PROBE_SIZE` pixels a side, so noise and JPEG
+    ringing do not count as object. The whole image when nothing differs (a blank upload stays blank).
+    """
+    return box_of(object_mask(rgb, background), *rgb.shape[:2])
+
+
+def _border_samples(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(design[N, 3], values[N, C])`` of the outer ring: rows ``1, row, col`` (fractions of the side) and pixels."""
+    height, width = pixels.shape[:2]
+    k = max(1, round(LIGHT_BORDER * min(height, width)))
+    ring = np.zeros((height, width), dtype=bool)
+    ring[:k], ring[-k:], ring[:, :k], ring[:, -k:] = True, True, True, True
+    rows, cols = np.nonzero(ring)
+    design = np.column_stack([np.ones(len(rows)), (rows + 0.5) / height, (cols + 0.5) / width])
+    return design, pixels[rows, cols].astype(np.float64)
+
+
+def _side_medians_plane(design: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A first plane through the medians of the four sides: robust to an object covering part of any side."""
+    rows, cols = design[:, 1], design[:, 2]
+    side = [np.median(values[m], axis=0) for m in (rows < 0.5 - 0.45, rows > 0.95, cols < 0.05, cols > 0.95)]
+    top, bottom, left, right = (s if np.all(np.isfinite(s)) else np.median(values, axis=0) for s in side)
+    slope_r, slope_c = bottom - top, right - left
+    return np.stack([(top + bottom + left + right) / 4 - slope_r / 2 - slope_c / 2, slope_r, slope_c])
+
+
+def fit_light(pixels: np.ndarray) -> np.ndarray | None:
+    """``[3, C]`` coefficients of the plane ``a + b * row + c * col`` (fractions of the side) the backdrop follows.
+
+    Fitted to the border: a first plane through the sides' medians, then least squares on the border pixels within
+    tolerance of it, twice. ``None`` when the light is even (the plane spans at most :data:`UNEVEN_LEVELS`) or
+    when the border does not follow a plane (most of it is object).
+    """
+    import warnings as _warnings
+
+    design, values = _border_samples(pixels)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore", RuntimeWarning)  # a side too thin to hold pixels: its median is NaN
+        coef = _side_medians_plane(design, values)
+    for tolerance in (2 * TRIM_TOLERANCE, TRIM_TOLERANCE):
+        keep = np.abs(design @ coef - values).max(axis=1) <= tolerance
+        if keep.mean() < 0.5:
+            return None
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+    span = np.abs(coef[1]) + np.abs(coef[2])
+    return coef if float(span.max()) > UNEVEN_LEVELS else None
+
+
+def level_light(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` with uneven light on its backdrop levelled, as a copy of at most :data:`TRIM_PROBE_SIZE` a side.
+
+    The backdrop's plane (:func:`fit_light`) is divided out (a light backdrop: light multiplies) or subtracted
+    (a dark one), keeping its brightest corner's colour. ``rgb`` itself when the light is even.
+    """
+    work = np.asarray(_probe(rgb))
+    coef = fit_light(work)
+    if coef is None:
+        return rgb
+    height, width = work.shape[:2]
+    rows = ((np.arange(height) + 0.5) / height)[:, None, None]
+    cols = ((np.arange(width) + 0.5) / width)[None, :, None]
+    field = coef[0] + coef[1] * rows + coef[2] * cols
+    corners = np.stack([coef[0] + coef[1] * r + coef[2] * c for r in (0, 1) for c in (0, 1)])
+    if float(corners.max(axis=0).mean()) > 127:
+        flat = work * (corners.max(axis=0) / np.maximum(field, 1.0))
+    else:
+        flat = work - (field - corners.min(axis=0))
+    return np.clip(np.round(flat), 0, 255).astype(np.uint8)
+
+
+def _profile_sharpness(rows: np.ndarray, cols: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """For each angle, the sum of squared counts of the object's pixels per 1-pixel row and column once turned.
+
+    The classic projection-profile measure of document deskewing: straight edges (a hem, a trouser leg, the side
+    of a bag) pile up in few rows or columns when they are level, and spread when tilted.
+    """
+    theta = np.deg2rad(degrees)[:, None]
+    scores = np.zeros(len(degrees))
+    for turned in (cols * np.cos(theta) - rows * np.sin(theta), cols * np.sin(theta) + rows * np.cos(theta)):
+        bins = np.round(turned - turned.min(axis=1, keepdims=True)).astype(np.int64)
+        width = int(bins.max()) + 1
+        # One bincount for every angle at once: angle k's bins are offset by k * width.
+        counts = np.bincount((bins + np.arange(len(degrees))[:, None] * width).ravel(),
+                             minlength=len(degrees) * width).reshape(len(degrees), width).astype(np.float64)
+        scores += (counts * counts).sum(axis=1)
+    return scores
+
+
+def _mirror_overlap(rows: np.ndarray, cols: np.ndarray, degrees: np.ndarray) -> np.ndarray:
+    """For each angle, how much of the turned object its own left-right mirror image covers (0-1).
+
+    Most garments are symmetric when upright; an angle that makes the object its own mirror image is upright.
+    The mirror axis is the column through the median object pixel.
+    """
+    theta = np.deg2rad(degrees)[:, None]
+    across = cols * np.cos(theta) - rows * np.sin(theta)
+    down = cols * np.sin(theta) + rows * np.cos(theta)
+    across = np.round(across - np.median(across, axis=1, keepdims=True)).astype(np.int64)
+    down = np.round(down - down.min(axis=1, keepdims=True)).astype(np.int64)
+    half, height = int(np.abs(across).max()), int(down.max()) + 1
+    width = 2 * half + 1
+    cells = (np.arange(len(degrees))[:, None] * height + down) * width + across + half
+    grid = np.bincount(cells.ravel(), minlength=len(degrees) * height * width).reshape(len(degrees), height, width)
+    return np.minimum(grid, grid[:, :, ::-1]).sum(axis=(1, 2)) / len(rows)
+
+
+def tilt_of(mask: np.ndarray) -> float:
+    """Degrees (Pillow's ``rotate`` sense, counter-clockwise) that turn the object in ``mask`` upright; 0 if upright.
+
+    The whole degree within +-:data:`MAX_TILT` whose turn makes the projection profiles sharpest
+    (:func:`_profile_sharpness`), when it is at least :data:`TILT_GAIN` sharper than the object as it stands.
+    """
+    if max(mask.shape) > TILT_SIZE:  # the same evidence whatever the resolution: the profiles are judged at one size
+        from PIL import Image
+
+        scale = TILT_SIZE / max(mask.shape)
+        size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) > 127
+    rows, cols = np.nonzero(mask)
+    if len(rows) < 16:
+        return 0.0
+    step = max(1, len(rows) // TILT_POINTS)
+    rows, cols = rows[::step].astype(np.float64), cols[::step].astype(np.float64)
+    # Every third degree first, then the whole degrees around the best of those: half the work of all 31.
+    coarse = np.arange(-MAX_TILT, MAX_TILT + 1, 3)
+    scores = _profile_sharpness(rows, cols, coarse)
+    centre = int(coarse[int(np.argmax(scores))])
+    fine = np.array([d for d in range(centre - 2, centre + 3) if abs(d) <= MAX_TILT and d % 3])
+    degrees = np.concatenate([coarse, fine])
+    scores = np.concatenate([scores, _profile_sharpness(rows, cols, fine)]) if len(fine) else scores
+    best = int(np.argmax(scores))
+    upright = scores[int(np.flatnonzero(degrees == 0)[0])]
+    if scores[best] <= (1 + TILT_GAIN) * upright:
+        return 0.0
+    if scores[best] > (1 + TILT_SURE) * upright:
+        return -float(degrees[best])
+    # A small gain needs a second, independent opinion (symmetry): a shoe's sole or a bag's strap can make the
+    # profiles a little sharper at a tilt while the object stands upright.
+    near = np.arange(degrees[best] - TILT_AGREE, degrees[best] + TILT_AGREE + 1)
+    overlap = _mirror_overlap(rows, cols, np.concatenate([[0], near]))
+    return -float(near[int(np.argmax(overlap[1:]))]) if overlap[1:].max() > overlap[0] else 0.0
+
+
+def deskew(rgb: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(rgb turned so the object stands upright, its object mask or None)`` (see :func:`tilt_of`).
+
+    A turned copy is at most the probe's size, the corners the turn uncovers filled with ``background``, and its
+    mask is ``None`` (to be found again). An upright object comes back as ``rgb`` itself with the mask already
+    computed, so the trim does not compute it twice.
+    """
+    from PIL import Image
+
+    mask = object_mask(rgb, background)
+    degrees = tilt_of(mask)
+    if not degrees:
+        return rgb, mask
+    fill = tuple(round(float(c)) for c in background)
+    return np.asarray(_probe(rgb).rotate(degrees, Image.Resampling.BICUBIC, expand=True, fillcolor=fill)), None
+
+
+def stretch_contrast(gray: np.ndarray) -> np.ndarray:
+    """``gray`` (float, background at 0) scaled so its brightest pixel is white, as in every dataset image.
+
+    Left as it is when already white, or when fainter than :data:`CONTRAST_FLOOR` (a blank picture).
+    """
+    peak = float(gray.max(initial=0))
+    if peak < CONTRAST_FLOOR or peak >= 255:
+        return gray
+    return gray * (255.0 / peak)
+
+
+def alpha_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the visible object: the rows and columns holding opaque pixels."""
+    return box_of(np.asarray(_probe(alpha)) > OPAQUE, *alpha.shape)
 
 
 def sharpen_kernel(sigma: float = SHARPEN_SIGMA) -> np.ndarray:
@@ -250,17 +557,28 @@ def sharpen(image):
     return sharp.crop((1, 1, image.width + 1, image.height + 1))
 
 
-def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None) -> np.ndarray:
+def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None, alpha: np.ndarray | None = None) -> np.ndarray:
     """Fashion-MNIST's own conversion of a product photo into ``uint8[28, 28]`` (see the module docs).
 
     Args:
         rgb: ``uint8[H, W, 3]`` decoded pixels.
-        invert: ``None`` negates when the background (corner colour) is light; ``True``/``False`` force it.
+        invert: ``None`` negates when the object is darker than its background; ``True``/``False`` force it.
+        alpha: ``uint8[H, W]`` transparency, if the file has any: the transparent area is the background,
+            whatever colour its pixels hold, and the object is framed from the mask.
     """
     from PIL import Image
 
-    background = corner_colour(rgb)
-    top, bottom, left, right = trim_box(rgb, background)
+    if alpha is not None:
+        backdrop = transparent_backdrop(invert)
+        rgb, background = composite(rgb, alpha, backdrop), np.full(3, float(backdrop))
+        top, bottom, left, right = alpha_box(alpha)
+    else:
+        rgb = level_light(rgb)
+        background = corner_colour(rgb)
+        rgb, mask = deskew(rgb, background)
+        if mask is None:
+            mask = object_mask(rgb, background)
+        top, bottom, left, right = box_of(mask, *rgb.shape[:2])
     crop = Image.fromarray(np.ascontiguousarray(rgb[top:bottom, left:right]))
     scale = IMAGE_SIZE / max(crop.size)
     size = (min(IMAGE_SIZE, max(1, round(crop.width * scale))), min(IMAGE_SIZE, max(1, round(crop.height * scale))))
@@ -276,8 +594,32 @@ def frame_like_dataset(rgb: np.ndarray, invert: bool | None = None) -> np.ndarra
     if light:
         gray, level = 255.0 - gray, 255.0 - level
     # Background to black, full range kept: undoes a grey or coloured backdrop (Fashion-MNIST's is white).
-    stretched = (gray - level) * (255.0 / max(255.0 - level, 1.0))
+    stretched = stretch_contrast((gray - level) * (255.0 / max(255.0 - level, 1.0)))
     return np.clip(np.round(stretched), 0, 255).astype(np.uint8)
+
+
+def frame_small(gray: np.ndarray, invert: bool | None = None) -> np.ndarray:
+    """A 28 x 28 upload: the dataset's own format passes as it is; on another background it is brought to it.
+
+    Polarity from the object (darker than the background means negate), then a background above
+    :data:`BLACK_LEVEL` is mapped to black and the object's contrast stretched (:func:`stretch_contrast`): a
+    faded, brightened or inverted 28 x 28 image becomes the dataset's light object on black.
+    """
+    ring = np.sort(np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]]).astype(np.float32))
+    level = float(ring[(len(ring) - 1) // 2] + ring[len(ring) // 2]) / 2  # the median (np.median costs more here)
+    pixels = gray.astype(np.float32)
+    if invert is None:  # an object darker than its background needs a background above the tolerance
+        differs = np.abs(pixels - level) > TRIM_TOLERANCE if level > TRIM_TOLERANCE else None
+        invert = differs is not None and bool(differs.any()) and float(pixels[differs].mean()) < level
+    if invert:
+        gray, pixels, level = 255 - gray, 255.0 - pixels, 255.0 - level
+    if level > BLACK_LEVEL:
+        stretched = stretch_contrast(np.maximum(pixels - level, 0) * (255.0 / max(255.0 - level, 1.0)))
+        gray = np.clip(np.round(stretched), 0, 255).astype(np.uint8)
+    top, bottom, left, right = box_of(gray > TRIM_TOLERANCE, IMAGE_SIZE, IMAGE_SIZE)
+    if max(bottom - top, right - left) < REFRAME_BELOW:  # a shrunken or shifted object: frame it as a photo
+        return frame_like_dataset(np.stack([gray] * 3, axis=-1), invert=False)
+    return gray
 
 
 def has_light_background(gray: np.ndarray) -> bool:
@@ -312,10 +654,7 @@ def decode_image(data: bytes, invert: bool | None = None, framing: str = DEFAULT
             # Only the first frame is decoded (Image.open leaves every format on frame 0); nothing here
             # asks for n_frames or seeks, which would walk every frame of a GIF/TIFF/APNG with thousands.
             image.load()
-            if framing == "dataset":
-                rgb = _to_rgb(image)
-            else:
-                gray = _to_gray(image)
+            rgb, alpha = decode_pixels(image)
         except ImageError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -328,9 +667,11 @@ def decode_image(data: bytes, invert: bool | None = None, framing: str = DEFAULT
         except Exception as exc:
             raise ImageError(f"the image could not be decoded ({exc}); it is truncated or corrupt", 422) from None
     if framing == "dataset" and rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-        return frame_like_dataset(rgb, invert)
-    if framing == "dataset":  # already 28 x 28: taken as framed (the dataset's own format), as legacy does
-        gray = _to_gray(Image.fromarray(rgb))
+        return frame_like_dataset(rgb, invert, alpha)
+    gray = _to_gray(rgb if alpha is None else composite(rgb, alpha, transparent_backdrop(invert)))
+    if framing == "dataset":
+        return frame_small(gray, invert)
+    # Legacy framing: the whole canvas.
     if invert if invert is not None else has_light_background(gray):
         gray = 255 - gray
     return _fit(gray)

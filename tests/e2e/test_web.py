@@ -206,6 +206,40 @@ def test_uploaded_test_image_shows_the_offline_models_answer(page, exported, pat
     assert (tmp_path / f"{path.stem}.png").stat().st_size > 10_000
 
 
+def test_a_phone_photo_shows_the_28_by_28_view_the_model_saw(page):
+    """The chooser takes any image (so a phone offers its camera), and a photo stored sideways with an EXIF
+    orientation tag is shown as the model saw it: turned upright, trimmed and negated."""
+    import io
+
+    from PIL import Image
+
+    assert page.get_attribute("#file", "accept") == "image/*"
+    photo = np.full((160, 120, 3), 255, dtype=np.uint8)
+    photo[20:140, 30:55], photo[115:140, 55:95] = 0, 60  # an asymmetric L: a wrong turn would show
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter clockwise: the viewer turns it back
+    buffer = io.BytesIO()
+    Image.fromarray(photo).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    page.set_input_files("#file", files=[{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": buffer.getvalue()}])
+    page.wait_for_selector("#result:not([hidden])")
+    drawn = page.evaluate("() => Array.from(document.getElementById('input28').getContext('2d')"
+                          ".getImageData(0, 0, 28, 28).data)")
+    shown = np.array(drawn, dtype=np.uint8).reshape(28, 28, 4)[..., 0]
+    assert np.array_equal(shown, decode_image(buffer.getvalue()))
+    upright = decode_image(encode_upright(photo)).astype(int)
+    assert np.abs(shown.astype(int) - upright).mean() < 4
+
+
+def encode_upright(rgb: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
 def test_a_blank_image_is_shown_as_not_clothing(page):
     """The model's "not clothing" answer reaches the page, and a garment clears it again."""
     from fashion.imaging import encode_png

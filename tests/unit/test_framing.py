@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion.imaging import decode_image, frame_like_dataset, sharpen, sharpen_kernel
+from fashion.imaging import decode_image, frame_like_dataset, level_light, sharpen, sharpen_kernel, tilt_of
 
 BLOCK = np.zeros((28, 28), dtype=np.uint8)
 BLOCK[:, 7:21] = 255  # a 60 x 30 object framed: longest edge 28 rows, short edge 14 columns, centred
@@ -77,10 +77,17 @@ def test_blank_and_constant_uploads_come_out_black():
     assert not decode_image(encode(np.full((1, 1), 128, dtype=np.uint8))).any()
 
 
-def test_28_by_28_uploads_are_taken_as_framed():
-    """A Fashion-MNIST-sized upload is the dataset's own format: both policies pass it through."""
+def garment_on_black() -> np.ndarray:
+    """A faint, textured object on a black background with some dark noise: the dataset's own format."""
     rng = np.random.default_rng(1)
-    pixels = rng.integers(0, 120, (28, 28), dtype=np.uint8)
+    pixels = rng.integers(0, 8, (28, 28), dtype=np.uint8)
+    pixels[:, 6:22] = rng.integers(60, 121, (28, 16), dtype=np.uint8)  # spanning the frame, as in the dataset
+    return pixels
+
+
+def test_28_by_28_uploads_are_taken_as_framed():
+    """A Fashion-MNIST-sized upload on black is the dataset's own format: both policies pass it through."""
+    pixels = garment_on_black()
     assert np.array_equal(decode_image(encode(pixels)), pixels)
     assert np.array_equal(decode_image(encode(pixels), framing="legacy"), pixels)
 
@@ -135,3 +142,77 @@ def test_a_graded_object_keeps_its_levels():
     assert np.array_equal(framed[:, :7], np.zeros((28, 7), np.uint8))  # 14 columns wide, centred: 7 black each side
     assert abs(int(framed[14, 14]) - 127) <= 2  # negated mid grey
     assert framed[2, 10] >= 250 and framed[14, 8] >= 250  # the dark rim, negated (less a Lanczos ripple)
+
+
+def test_inverted_brightened_or_faded_28_by_28_images_are_brought_back():
+    """A negative, a washed-out copy (background lifted to grey) and a faded copy come back as light on black."""
+    pixels = garment_on_black()
+    pixels[:, 6:22] += 135  # 195-255: the dataset's objects reach white
+    original = pixels.astype(np.float32)
+    mean = original.mean()
+    for changed in (255 - original, original * 0.6 + 100, (original - mean) * 0.2 + mean):
+        restored = decode_image(encode(np.round(changed).astype(np.uint8))).astype(np.float32)
+        assert np.abs(restored - original).mean() < 12, changed[0, :4]
+
+
+def gradient(rgb: np.ndarray, darkest: float = 0.7, axis: int = 1) -> np.ndarray:
+    """``rgb`` lit unevenly: full light on one side falling linearly to ``darkest`` on the other."""
+    ramp = np.linspace(1.0, darkest, rgb.shape[axis])
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return np.round(rgb * ramp.reshape(shape)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_uneven_light_is_levelled_before_trimming(axis):
+    """A 30% light fall-off across a white backdrop: the object is still trimmed tight and negated."""
+    plain = decode_image(encode(canvas(200, 160, (255, 255, 255))))
+    uneven = decode_image(encode(gradient(canvas(200, 160, (255, 255, 255)), axis=axis)))
+    assert np.abs(uneven.astype(int) - plain).mean() < 8
+    assert not uneven[:, :5].any() and not uneven[:, 23:].any()  # the margins beside the object stay black
+
+
+def test_even_light_takes_the_plain_path():
+    """A uniform backdrop is left as it is: no plane to level (the framing of every even photo is unchanged)."""
+    rgb = canvas(200, 160, (255, 255, 255))
+    assert level_light(rgb) is rgb
+    assert level_light(gradient(rgb)) is not rgb
+
+
+def tilted(degrees: float) -> np.ndarray:
+    """A dark 120 x 50 object with a crossbar on white, turned ``degrees`` counter-clockwise."""
+    rgb = np.full((240, 200, 3), 255, dtype=np.uint8)
+    rgb[60:180, 75:125] = 0
+    rgb[60:75, 55:145] = 0
+    return np.asarray(Image.fromarray(rgb).rotate(degrees, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)))
+
+
+@pytest.mark.parametrize("degrees", [-15, -8, 8, 15])
+def test_a_tilted_object_is_turned_upright(degrees):
+    """Tilts up to 15 degrees: the object is found tilted and framed as the upright one, within resampling."""
+    upright = decode_image(encode(tilted(0))).astype(int)
+    assert tilt_of(tilted(degrees).min(axis=2) < 128) == pytest.approx(-degrees, abs=1)
+    assert np.abs(decode_image(encode(tilted(degrees))).astype(int) - upright).mean() < 12
+
+
+def test_an_upright_object_is_not_turned():
+    assert tilt_of(tilted(0).min(axis=2) < 128) == 0
+    assert tilt_of(BLOCK > 0) == 0
+
+
+def test_a_faint_object_gets_the_datasets_contrast():
+    """A light-grey garment on white is stretched until its darkest part is white once negated."""
+    faint = canvas(200, 160, (255, 255, 255), obj_colour=(200, 200, 200))
+    assert np.array_equal(decode_image(encode(faint)), BLOCK)
+
+
+def test_a_shrunken_28_by_28_object_is_framed_again():
+    """An object shrunk inside its 28 x 28 frame (MNIST-C's "scale") is trimmed and resized like a photo."""
+    full = np.zeros((28, 28), dtype=np.uint8)
+    full[:, 7:21] = 255
+    shrunk = np.asarray(Image.fromarray(full).resize((14, 14), Image.Resampling.BOX))
+    small = np.zeros((28, 28), dtype=np.uint8)
+    small[7:21, 7:21] = shrunk
+    framed = decode_image(encode(small))
+    assert len(np.flatnonzero(framed.max(1) > 127)) == 28  # the object spans the frame again, as it did
+    assert np.abs(framed.astype(int) - BLOCK).mean() < 24  # within the blur of a 2x upscale
