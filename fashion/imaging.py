@@ -236,7 +236,7 @@ def split_alpha(image) -> tuple:
 def composite(rgb: np.ndarray, alpha: np.ndarray, backdrop: int) -> np.ndarray:
     """``rgb`` over a uniform ``backdrop`` level through ``alpha``: whatever colour transparent pixels hold vanishes.
 
-    Pillow's 8-bit compositing, not numpy floats: a 4 MP upload must not cost several float copies of itself.
+    Pillow's 8-bit compositing, not numpy floats: a large upload must not cost several float copies of itself.
     """
     from PIL import Image
 
