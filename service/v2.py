@@ -147,7 +147,9 @@ def resolve_model(request: Request) -> LoadedBackend:
     if not registry.ready:  # admission answers first; this covers a race
         raise V2Error("models are not ready yet", 503)
     name = request.path_params["model"]
-    if name not in registry.backends:
+    if name not in BACKENDS:
+        raise V2Error(f"unknown model {name[:64]!r}; models here: {sorted(registry.backends)}", 404)
+    if name not in registry.backends:  # one of ours this server does not serve: say why, as the native routes do
         raise V2Error(registry.why_not_loaded(name), 404)
     backend = registry.backends[name]
     version = request.path_params.get("version")
