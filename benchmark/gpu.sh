@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark (docs/gpu.md): python -m benchmark.gpu, after putting the carried wheels in place.
 #
-# On a device machine (the last call of docs/gpu.md):  bash benchmark/gpu.sh --out $OUT
+# On a GPU server (the last step of docs/gpu.md):  bash benchmark/gpu.sh --out DIR
 #   stashes every .gpu-carry/call* folder present, joins the pieces under /tmp/fashion-gpu, installs
 #   the wheels there with pip --no-deps --target, then benchmarks with the carried models, test
 #   images and wrk. Stages already in /tmp/fashion-gpu/state-cuda.json (an earlier call) are kept.

@@ -1,4 +1,4 @@
-"""The GPU benchmark: ``python -m benchmark.gpu`` (``benchmark/gpu.sh`` on a device machine).
+"""The GPU benchmark: ``python -m benchmark.gpu`` (``benchmark/gpu.sh`` on a GPU server).
 
 Modules: ``carry`` (wheels and inputs to a machine with no package index), ``ceilings``
 (the card's matmul and host-to-device copy rates), ``variants`` (every GPU backend in-process),

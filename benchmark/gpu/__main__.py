@@ -1,4 +1,4 @@
-"""The GPU benchmark: ``python -m benchmark.gpu`` (on a device machine: ``benchmark/gpu.sh``, see docs/gpu.md).
+"""The GPU benchmark: ``python -m benchmark.gpu`` (on a GPU server: ``benchmark/gpu.sh``, see docs/gpu.md).
 
 Stages, each a key of the results (a stage that fails is recorded with its error, the rest run on):
 
@@ -119,7 +119,7 @@ def run_stage(name: str, device: str, plan: Plan, inputs: dict[str, Any], state:
         if name == "service":
             return serving.run_service(inputs["models"], images, device, plan.service)
         return serving.run_cli(dirs, inputs["data_dir"], device, plan.cli_backends)
-    except Exception as exc:  # one broken stage (say, BentoML missing) must not cost the others' device time
+    except Exception as exc:  # one broken stage (say, BentoML missing) must not cost the others their run
         traceback.print_exc()
         return {"error": f"{type(exc).__name__}: {exc}"}
 

@@ -1,6 +1,6 @@
-"""Carry what a device machine lacks, in pieces over consecutive ``run`` calls, and put it back together there.
+"""Carry what a GPU server without a package index lacks, in bounded pieces, and put it back together there.
 
-A device machine reaches no package index, and one call carries at most 64 MiB of working tree.
+Such a server reaches no package index, and may accept files only in pieces of bounded size.
 ``onnxruntime-gpu``'s cp312 wheel alone is 256 MB, so every wheel the GPU benchmark needs and the machine's
 image does not hold (that one, BentoML and the packages it pulls in) goes into one tar that is cut
 into pieces, one folder per call: ``.gpu-carry/call1``, ``call2``... (git-ignored). The last call
@@ -274,28 +274,16 @@ def install(bundle: Path, site: Path, python: str = sys.executable) -> list[str]
     return [w.name for w in wheels]
 
 
-# The device-time plan (estimates until a device run replaces them): a machine's start, one call that
-# only carries a piece (transfer plus the wait before the next call), and the benchmark call itself
-# (benchmark/gpu/__main__.py's GPU plan: ~2 min in-process, ~2.5 min service, the rest under 1.5 min).
-EXPECTED_SECONDS = {"start": 90, "carry_call": 40, "benchmark_call": 420}
-
-
 def call_lines(plan: dict) -> list[str]:
-    """The carry list and command of every call, ready to paste into ``run``, with the device-time plan."""
+    """The steps on the GPU server, one folder each, in order: stash every piece, then run the benchmark."""
     count = plan["calls"]
-    expected = EXPECTED_SECONDS
-    total = expected["start"] + (count - 1) * expected["carry_call"] + expected["benchmark_call"]
     lines = [f"bundle {plan['bundle_bytes'] / 2**20:.1f} MiB in {len(plan['pieces'])} pieces of <= "
-             f"{plan['piece_budget'] / 2**20:.1f} MiB, inputs {plan['inputs_bytes'] / 2**20:.1f} MiB; {count} calls, "
-             "back to back (the machine stays warm 30 s after each):"]
-    for call in range(1, count + 1):
-        last = call == count
-        command = ("bash benchmark/gpu.sh --out $OUT" if last else
-                   f"python3 -m benchmark.gpu.carry stash .gpu-carry/call{call} && nvidia-smi -L")
-        seconds = expected["benchmark_call"] if last else expected["carry_call"]
-        lines.append(f"  call {call}: carry [\".gpu-carry/call{call}\"]  timeout_s {600 if last else 120}  "
-                     f"command: {command}  (expected ~{seconds} s{' plus the start' if call == 1 else ''})")
-    lines.append(f"expected device time: ~{total / 60:.1f} min of the 15 (start ~{expected['start']} s; estimates)")
+             f"{plan['piece_budget'] / 2**20:.1f} MiB, inputs {plan['inputs_bytes'] / 2**20:.1f} MiB; {count} steps, "
+             "each with its folder copied beside the checkout on the server (/tmp/fashion-gpu keeps the pieces):"]
+    for step in range(1, count + 1):
+        command = ("bash benchmark/gpu.sh --out DIR" if step == count else
+                   f"python3 -m benchmark.gpu.carry stash .gpu-carry/call{step}")
+        lines.append(f"  step {step}: folder .gpu-carry/call{step}  command: {command}")
     return lines
 
 
@@ -311,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="a BentoML store's models folder (default ~/bentoml/models)")
     make.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                       help="folder holding the two t10k .gz files (default: Debian's)")
-    make.add_argument("--summary", type=Path, default=None, help="also write the call list to this file")
+    make.add_argument("--summary", type=Path, default=None, help="also write the steps to this file")
     make.add_argument("--budget-mib", type=float, default=None,
                       help="bytes per piece, MiB (default: 64 MiB less the working tree and 2 MiB)")
     keep = commands.add_parser("stash", help=f"on the device: keep one call's pieces under {DEVICE_DIR}")

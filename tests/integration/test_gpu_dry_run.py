@@ -1,6 +1,6 @@
 """The GPU benchmark end to end with CPU stand-ins (``--device cpu``), on the quick models.
 
-What a device session will run, minus the device: every in-process variant checked on all
+What a GPU server will run, minus the GPU: every in-process variant checked on all
 10,000 test images, the end-to-end pipeline, the batch CLI, and a report marked as a dry run.
 The service stage needs two ``bentoml serve`` processes and wrk; docs/gpu.md records its dry run.
 """

@@ -1,4 +1,4 @@
-"""Carrying wheels to a device machine in pieces: split here, stash per call there, join, check."""
+"""Carrying wheels to a GPU server in pieces: split here, stash per call there, join, check."""
 
 from __future__ import annotations
 
