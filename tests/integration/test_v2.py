@@ -1,33 +1,31 @@
-"""The Open Inference Protocol (KServe v2) endpoints, driven by Triton's own v2 client and by raw HTTP."""
+"""The Open Inference Protocol (KServe v2) endpoints in-process (tests.asgi), with Triton's own v2 client
+codec (``tritonclient.http``: request bodies, answers and errors as its client builds and reads them) and raw HTTP.
+
+The not-ready server (a tampered model) is a process of its own: tests/e2e/test_service.py.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
 import gzip
 import json
-from pathlib import Path
+import zlib
 
-import httpx
 import numpy as np
 import pytest
 
 from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, softmax, temperature_of
 from fashion.manifest import read_manifest
-from tests.helpers import (
-    batch_histogram,
-    held_batcher,
-    queued_jobs,
-    start_server,
-    store_with,
-    wait_until,
-)
+from tests.asgi import in_process
+from tests.helpers import held_batcher, queued_jobs, wait_until
 
 triton = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra) is not installed")
-from tritonclient.utils import InferenceServerException  # noqa: E402 (after the skip above)
+from tritonclient.http._utils import _raise_if_error  # noqa: E402 (after the skip above)
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 HEADER_LENGTH = "Inference-Header-Content-Length"
+COMPRESS = {"gzip": gzip.compress, "deflate": zlib.compress}  # as tritonclient's request_compression_algorithm
 
 
 def version_of(exported, backend: str) -> str:
@@ -35,11 +33,64 @@ def version_of(exported, backend: str) -> str:
     return read_manifest(exported["torch" if BACKENDS[backend].model.endswith("torch") else "tf"])["version"]
 
 
-@pytest.fixture
-def client(server):
-    client = triton.InferenceServerClient(server.removeprefix("http://"), network_timeout=60)
-    yield client
-    client.close()
+@pytest.fixture(scope="module")
+def batch_gate(tmp_path_factory):
+    """This module's batcher gate (FASHION_BATCH_HOLD_FILE): see tests.helpers.held_batcher."""
+    return tmp_path_factory.mktemp("batch-gate") / "hold"
+
+
+@pytest.fixture(scope="module")
+def http(service_app, tmp_path_factory, batch_gate):
+    """A TestClient on the in-process service over the session's quick models."""
+    with in_process(service_app, tmp_path_factory.mktemp("metrics"),
+                    {"FASHION_BATCH_HOLD_FILE": str(batch_gate)}) as client:
+        yield client
+
+
+def model_path(model: str, version: str = "") -> str:
+    """The model's path as tritonclient builds it (a version only when one is given)."""
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+
+
+def triton_infer(http, model: str, inputs, outputs=None, request_id: str = "", model_version: str = "",
+                 request_compression_algorithm: str | None = None):
+    """``InferenceServerClient.infer`` over the TestClient: tritonclient's request body, its error and its reader.
+
+    Returns:
+        the ``tritonclient.http.InferResult``.
+
+    Raises:
+        InferenceServerException: with the server's status and message, as tritonclient raises it.
+    """
+    body, json_size = triton.InferenceServerClient.generate_request_body(inputs, outputs=outputs,
+                                                                           request_id=request_id)
+    headers = {} if json_size is None else {HEADER_LENGTH: str(json_size)}
+    if request_compression_algorithm:
+        body = COMPRESS[request_compression_algorithm](body)
+        headers["Content-Encoding"] = request_compression_algorithm
+    reply = http.post(model_path(model, model_version) + "/infer", content=body, headers=headers)
+    _raise_if_error(reply)
+    return triton.InferResult.from_response_body(reply.content, header_length=reply.headers.get(HEADER_LENGTH),
+                                                 content_encoding=reply.headers.get("Content-Encoding"))
+
+
+def triton_get(http, path: str) -> dict:
+    """A metadata GET as tritonclient makes it: the JSON answer, or its InferenceServerException."""
+    reply = http.get(path)
+    _raise_if_error(reply)
+    return reply.json()
+
+
+def is_ready(http, path: str) -> bool:
+    """tritonclient's ``is_*_ready``/``is_server_live``: the status alone says."""
+    return http.get(path).status_code == 200
+
+
+def batch_histogram(http) -> tuple[float, float]:
+    """(model calls, images) so far, from the service's ``fashion_batch_size`` histogram on /metrics."""
+    series = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in http.get("/metrics").text.splitlines()
+              if line.startswith("fashion_batch_size_")}
+    return series["fashion_batch_size_count"], series["fashion_batch_size_sum"]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +98,8 @@ def pixels(dataset):
     return dataset.test_images[200:264]
 
 
-def native_labels(server, backend: str, pixels: np.ndarray) -> list[int]:
-    reply = httpx.post(f"{server}/classify_array", json={"pixels": pixels.tolist(), "backend": backend}, timeout=300)
+def native_labels(http, backend: str, pixels: np.ndarray) -> list[int]:
+    reply = http.post("/classify_array", json={"pixels": pixels.tolist(), "backend": backend})
     assert reply.status_code == 200, reply.text
     return [answer["class_id"] for answer in reply.json()]
 
@@ -59,25 +110,25 @@ def images_input(pixels: np.ndarray, binary: bool):
     return tensor
 
 
-def test_health_and_server_metadata(server, client):
-    assert client.is_server_live() and client.is_server_ready()
-    metadata = client.get_server_metadata()
+def test_health_and_server_metadata(http):
+    assert is_ready(http, "/v2/health/live") and is_ready(http, "/v2/health/ready")
+    metadata = triton_get(http, "/v2")
     assert metadata["name"] == "fashion-serve" and metadata["version"]
     assert {"binary_tensor_data", "classification", "model_configuration"} <= set(metadata["extensions"])
     for path in ("/v2/health/live", "/v2/health/ready"):
-        reply = httpx.get(server + path)
+        reply = http.get(path)
         assert reply.status_code == 200 and reply.content == b""  # the specification: status only
     # BentoML's own pages still answer beside the mounted app.
-    assert "/classify" in httpx.get(f"{server}/docs.json").text
-    assert httpx.get(f"{server}/").status_code == 200
+    assert "/classify" in http.get("/docs.json").text
+    assert http.get("/").status_code == 200
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_model_metadata_and_readiness(server, client, exported, backend):
+def test_model_metadata_and_readiness(http, exported, backend):
     version = version_of(exported, backend)
-    assert client.is_model_ready(backend) and client.is_model_ready(backend, version)
-    assert not client.is_model_ready(backend, "0" * 16)
-    for metadata in (client.get_model_metadata(backend), client.get_model_metadata(backend, version)):
+    assert is_ready(http, model_path(backend) + "/ready") and is_ready(http, model_path(backend, version) + "/ready")
+    assert not is_ready(http, model_path(backend, "0" * 16) + "/ready")
+    for metadata in (triton_get(http, model_path(backend)), triton_get(http, model_path(backend, version))):
         assert metadata["name"] == backend and metadata["versions"] == [version]
         assert metadata["platform"] == {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel",
                                         "torch": "pytorch_statedict"}[BACKENDS[backend].runtime]
@@ -87,21 +138,21 @@ def test_model_metadata_and_readiness(server, client, exported, backend):
                                        {"name": "ood_score", "datatype": "FP32", "shape": [-1, 1]},
                                        {"name": "in_distribution", "datatype": "BOOL", "shape": [-1, 1]}]
     # What perf_analyzer reads: the batch limit, and dims without the batch dimension.
-    config = client.get_model_config(backend, version)
+    config = triton_get(http, model_path(backend, version) + "/config")
     assert config["max_batch_size"] == 1024 and config["input"][0]["dims"] == [28, 28]
     assert [(o["name"], o["dims"]) for o in config["output"]] == [("logits", [10]), ("probabilities", [10]),
                                                                   ("ood_score", [1]), ("in_distribution", [1])]
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_infer_gives_the_native_labels_as_json_and_binary(server, client, exported, pixels, backend):
-    expected = native_labels(server, backend, pixels)
+def test_infer_gives_the_native_labels_as_json_and_binary(http, exported, pixels, backend):
+    expected = native_labels(http, backend, pixels)
     version = version_of(exported, backend)
     results = {}
     for binary in (False, True):
         outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("logits", "probabilities")]
-        result = client.infer(backend, [images_input(pixels, binary)], outputs=outputs, request_id=f"req-{binary}",
-                              model_version=version if binary else "")
+        result = triton_infer(http, backend, [images_input(pixels, binary)], outputs=outputs,
+                              request_id=f"req-{binary}", model_version=version if binary else "")
         answer = result.get_response()
         assert answer["id"] == f"req-{binary}" and answer["model_name"] == backend
         assert answer["model_version"] == version
@@ -117,21 +168,21 @@ def test_infer_gives_the_native_labels_as_json_and_binary(server, client, export
     np.testing.assert_array_equal(results[False], results[True])
 
 
-def test_outputs_as_requested(server, client, pixels):
-    expected = native_labels(server, "onnx-torch", pixels)
-    only = client.infer("onnx-torch", [images_input(pixels, True)],
+def test_outputs_as_requested(http, pixels):
+    expected = native_labels(http, "onnx-torch", pixels)
+    only = triton_infer(http, "onnx-torch", [images_input(pixels, True)],
                         outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)])
     assert [o["name"] for o in only.get_response()["outputs"]] == ["probabilities"]
     assert only.as_numpy("logits") is None and only.as_numpy("probabilities").argmax(1).tolist() == expected
     # tritonclient asks for every output in binary when it names none (parameters.binary_data_output).
-    every = client.infer("onnx-torch", [images_input(pixels, True)])
+    every = triton_infer(http, "onnx-torch", [images_input(pixels, True)])
     sizes = {o["name"]: o["parameters"]["binary_data_size"] for o in every.get_response()["outputs"]}
     assert sizes == {"logits": len(pixels) * 40, "probabilities": len(pixels) * 40,
                      "ood_score": len(pixels) * 4, "in_distribution": len(pixels)}
     np.testing.assert_array_equal(every.as_numpy("probabilities"), only.as_numpy("probabilities"))
     # Triton's classification extension: "value:index:label", best first.
     for binary in (False, True):
-        ranked = client.infer("onnx-torch", [images_input(pixels, binary)], outputs=[
+        ranked = triton_infer(http, "onnx-torch", [images_input(pixels, binary)], outputs=[
             triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)]).as_numpy("probabilities")
         assert ranked.shape == (len(pixels), 3)
         top = [entry.decode() if isinstance(entry, bytes) else entry for entry in ranked[:, 0]]
@@ -139,16 +190,17 @@ def test_outputs_as_requested(server, client, pixels):
         assert [t.split(":", 2)[2] for t in top] == [CLASS_NAMES[c] for c in expected]
     # A compressed request body (tritonclient's request_compression_algorithm) is inflated.
     for algorithm in ("gzip", "deflate"):
-        packed = client.infer("onnx-torch", [images_input(pixels, True)], request_compression_algorithm=algorithm)
+        packed = triton_infer(http, "onnx-torch", [images_input(pixels, True)],
+                              request_compression_algorithm=algorithm)
         np.testing.assert_array_equal(packed.as_numpy("logits"), every.as_numpy("logits"))
 
 
 @pytest.mark.parametrize("nested", [False, True])
-def test_raw_json_request_flat_or_nested_gets_every_output_as_json(server, pixels, nested):
+def test_raw_json_request_flat_or_nested_gets_every_output_as_json(http, pixels, nested):
     data = pixels.tolist() if nested else pixels.ravel().tolist()
     request = {"id": "42", "inputs": [{"name": "images", "shape": list(pixels.shape), "datatype": "UINT8",
                                        "data": data}]}
-    reply = httpx.post(f"{server}/v2/models/onnx-tf/infer", json=request, timeout=60)
+    reply = http.post("/v2/models/onnx-tf/infer", json=request)
     assert reply.status_code == 200 and reply.headers["content-type"] == "application/json", reply.text
     answer = reply.json()
     assert answer["id"] == "42" and answer["model_name"] == "onnx-tf"
@@ -161,7 +213,7 @@ def test_raw_json_request_flat_or_nested_gets_every_output_as_json(server, pixel
         assert output["datatype"] == datatype and output["shape"] == [len(pixels), width]
         assert len(output["data"]) == len(pixels) * width  # flat, row-major, as Triton answers
     labels = np.reshape(outputs["logits"]["data"], (-1, 10)).argmax(1).tolist()
-    assert labels == native_labels(server, "onnx-tf", pixels)
+    assert labels == native_labels(http, "onnx-tf", pixels)
 
 
 def binary_request(pixels: np.ndarray, declared: int | None = None, extra: dict | None = None) -> dict:
@@ -217,79 +269,60 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
-def test_bad_request_gets_the_specification_error(server, case):
+def test_bad_request_gets_the_specification_error(http, case):
     route, kwargs, status, words = BAD_REQUESTS[case]
-    reply = httpx.post(server + route, timeout=60, **kwargs)
+    reply = http.post(route, **kwargs)
     assert reply.status_code == status, reply.text
     message = reply.json()["error"]
     assert isinstance(message, str) and words in message
-    assert httpx.get(f"{server}/v2/health/ready").status_code == 200
+    assert http.get("/v2/health/ready").status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/v2/models/resnet50", "/v2/models/resnet50/ready",
                                   "/v2/models/onnx-torch/versions/0", "/v2/models/onnx-torch/versions/0/ready"])
-def test_unknown_model_or_version_is_404(server, path):
-    reply = httpx.get(server + path)
+def test_unknown_model_or_version_is_404(http, path):
+    reply = http.get(path)
     assert reply.status_code == 404 and reply.json()["error"]
 
 
-def test_tritonclient_raises_with_the_server_message(client):
+def test_tritonclient_raises_with_the_server_message(http):
     floats = triton.InferInput("images", [1, 28, 28], "FP32")
     floats.set_data_from_numpy(ONE.astype(np.float32))
     with pytest.raises(InferenceServerException) as caught:
-        client.infer("onnx-torch", [floats])
+        triton_infer(http, "onnx-torch", [floats])
     assert caught.value.status() == "400" and "datatype UINT8" in caught.value.message()
     with pytest.raises(InferenceServerException) as caught:
-        client.get_model_metadata("onnx-torch", "0")
+        triton_get(http, model_path("onnx-torch", "0"))
     assert caught.value.status() == "404" and "no version '0'" in caught.value.message()
 
 
-def test_v2_and_native_requests_share_the_batcher(server, client, pixels, batch_hold):
-    calls_before, images_before = batch_histogram(server)
-    client.infer("onnx-torch", [images_input(pixels, True)])
-    calls, images = batch_histogram(server)
+def test_v2_and_native_requests_share_the_batcher(http, pixels, batch_gate):
+    calls_before, images_before = batch_histogram(http)
+    triton_infer(http, "onnx-torch", [images_input(pixels, True)])
+    calls, images = batch_histogram(http)
     assert (calls - calls_before, images - images_before) == (1, len(pixels))  # a v2 request is a batcher job
 
-    def v2(i: int) -> int:  # raw HTTP: tritonclient's gevent connection pool is not for threads
-        reply = httpx.post(server + INFER, timeout=300, **binary_request(pixels[i:i + 1], extra={
+    def v2(i: int) -> int:  # raw HTTP, from a thread each: the TestClient runs them all on the app's loop
+        reply = http.post(INFER, **binary_request(pixels[i:i + 1], extra={
             "outputs": [{"name": "logits", "parameters": {"binary_data": False}}]}))
         assert reply.status_code == 200, reply.text
         return int(np.argmax(reply.json()["outputs"][0]["data"]))
 
     def native(i: int) -> int:
-        return native_labels(server, "onnx-torch", pixels[i:i + 1])[0]
+        return native_labels(http, "onnx-torch", pixels[i:i + 1])[0]
 
-    expected = native_labels(server, "onnx-torch", pixels)
-    calls, images = batch_histogram(server)
+    expected = native_labels(http, "onnx-torch", pixels)
+    calls, images = batch_histogram(http)
     pool = concurrent.futures.ThreadPoolExecutor(2 * len(pixels))
     try:
         # The batcher is held until all 128 one-image requests are queued: they then share one model call.
-        with held_batcher(batch_hold):
+        with held_batcher(batch_gate):
             futures = [pool.submit(send, i) for i in range(len(pixels)) for send in (v2, native)]
-            wait_until(lambda: queued_jobs(batch_hold) == len(futures), f"{len(futures)} requests queued", 120)
+            wait_until(lambda: queued_jobs(batch_gate) == len(futures), f"{len(futures)} requests queued", 120)
         labels = [f.result(timeout=300) for f in futures]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     assert labels == [label for label in expected for _ in range(2)]
-    calls_after, images_after = batch_histogram(server)
+    calls_after, images_after = batch_histogram(http)
     assert (calls_after - calls, images_after - images) == (1, 2 * len(pixels))  # 128 images: one call of 256
 
-
-def test_not_ready_server_is_live_and_says_not_ready(exported, tmp_path):
-    home = store_with(exported, tmp_path, tamper="torch/model.onnx")
-    instance = start_server(home, tmp_path)
-    url = instance.url
-    try:
-        instance.wait_ready(path="/v2/health/live")
-        client = triton.InferenceServerClient(url.removeprefix("http://"))
-        try:
-            assert client.is_server_live() and not client.is_server_ready()
-            assert not client.is_model_ready("onnx-torch")
-            assert client.get_server_metadata()["name"] == "fashion-serve"
-        finally:
-            client.close()
-        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
-        reply = httpx.post(f"{url}{INFER}", **binary_request(ONE))
-        assert reply.status_code == 503 and reply.headers["retry-after"] and "not ready" in reply.json()["error"]
-    finally:
-        instance.stop()
