@@ -82,13 +82,12 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
         return httpx.Response(response.status_code, headers=response.headers, content=response.read())
 
 
-def get_as_sent(client, app, target: str) -> tuple[int, dict[str, str], bytes]:
-    """GET ``target`` with the request target handed to ``app`` byte for byte, as uvicorn hands it on (httpx, and
+def get_as_sent(client, target: str) -> tuple[int, dict[str, str], bytes]:
+    """GET ``target`` with the request target handed to the app byte for byte, as uvicorn hands it on (httpx, and
     so the TestClient, would normalise ``..`` first): the path percent-decoded, ``raw_path`` as sent.
 
     Args:
-        client: a started TestClient on ``app`` (its event loop runs the call).
-        app: the ASGI app.
+        client: a started TestClient (its event loop runs the call).
         target: the request target, e.g. ``/ui/..%2fpyproject.toml``.
 
     Returns:
@@ -109,22 +108,76 @@ def get_as_sent(client, app, target: str) -> tuple[int, dict[str, str], bytes]:
     async def send(message: dict) -> None:
         messages.append(message)
 
-    client.portal.call(app, scope, receive, send)
+    client.portal.call(client.app, scope, receive, send)
     start = next(m for m in messages if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
     return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, body
 
 
-def point_cli_at(monkeypatch, client) -> str:
+def point_cli_at(monkeypatch, client, transport: httpx.BaseTransport | None = None) -> str:
     """Send the command-line client's requests (``clients.__main__``) into the in-process app: every
-    ``FashionClient`` it makes gets the TestClient's transport.
+    ``FashionClient`` it makes gets the TestClient's transport, or ``transport`` (one wrapping it).
 
     Returns:
         the URL to pass as ``--url``.
     """
     import clients.__main__ as cli
 
-    made = cli.FashionClient
-    monkeypatch.setattr(cli, "FashionClient", lambda *args, **kwargs: made(*args, transport=transport_of(client),
-                                                                            **kwargs))
+    made, transport = cli.FashionClient, transport or transport_of(client)
+    monkeypatch.setattr(cli, "FashionClient", lambda *args, **kwargs: made(*args, transport=transport, **kwargs))
     return BASE_URL
+
+
+def send_until_answered(client, request: httpx.Request, timeout: float = 120.0) -> httpx.Response:
+    """Send ``request`` into the TestClient's app and return the answer once the app has sent it, as a server does.
+
+    Starlette's TestClient returns only when the app's call has ended, background work included; a dataset task
+    runs as the background of its submit request (service.task_routes), so its submit would answer only once the
+    task had ended. Here the task goes on, on the TestClient's event loop, after its answer is back.
+
+    Args:
+        client: a started TestClient.
+        request: an ``httpx.Request`` whose URL is relative to :data:`BASE_URL`.
+        timeout: seconds to wait for the answer (a hang guard).
+
+    Returns:
+        the app's answer.
+    """
+    import threading
+
+    import anyio
+
+    body = request.read()
+    raw_path, _, _ = request.url.raw_path.partition(b"?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
+             "scheme": "http", "path": request.url.path, "raw_path": raw_path, "query_string": request.url.query,
+             "root_path": "", "headers": [(name.lower(), value) for name, value in request.headers.raw],
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    messages: list[dict] = []
+    answered = threading.Event()
+    state: dict = {}
+
+    async def receive() -> dict:
+        if not state.get("read"):
+            state["read"] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not answered.is_set():  # the client stays connected until it has its answer
+            state["closed"] = state.get("closed") or anyio.Event()
+            await state["closed"].wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+            if state.get("closed"):
+                state["closed"].set()
+
+    call = client.portal.start_task_soon(client.app, scope, receive, send)
+    call.add_done_callback(lambda _: answered.set())
+    assert answered.wait(timeout), f"no answer to {request.method} {request.url.path} within {timeout} s"
+    if call.done() and call.exception() is not None:
+        raise call.exception()
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return httpx.Response(start["status"], headers=start["headers"], content=content, request=request)

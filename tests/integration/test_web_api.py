@@ -1,27 +1,21 @@
-"""The web page at /ui/: a real headless Chromium against a real ``bentoml serve``, plus the API options the
-page uses and the static route's safety.
-
-The browser tests need Playwright for Python (the ``dev`` extra) and a Chromium binary (Debian's ``chromium``;
-.ci/run installs it); without them they are skipped with the reason. Everything else runs with the server alone.
+"""What the web page at /ui/ relies on, in-process (tests.asgi): the API options the page uses, the static
+route's safety and headers, the benchmark listing. The page itself in a real browser: tests/e2e/test_web.py.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 import pytest
 
-from benchmark.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 from fashion.backends import BACKENDS, load_artifact
-from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
+from fashion.contract import preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
+from tests.asgi import get_as_sent, in_process
 
 REPO = Path(__file__).resolve().parents[2]
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]
@@ -39,13 +33,20 @@ def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
     return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
 
 
+@pytest.fixture(scope="module")
+def http(service_app, tmp_path_factory):
+    """A TestClient on the in-process service over the session's quick models."""
+    with in_process(service_app, tmp_path_factory.mktemp("metrics")) as client:
+        yield client
+
+
 # ---------- the API options the page relies on ----------
 
 
-def test_top_k_10_gives_every_probability_and_return_input_the_models_pixels(server, exported):
+def test_top_k_10_gives_every_probability_and_return_input_the_models_pixels(http, exported):
     data = ANKLE_BOOT.read_bytes()
-    reply = httpx.post(f"{server}/classify", params={"top_k": 10, "return_input": 1},
-                       files={"images": (ANKLE_BOOT.name, data, "image/png")}, timeout=30)
+    reply = http.post("/classify", params={"top_k": 10, "return_input": 1},
+                      files={"images": (ANKLE_BOOT.name, data, "image/png")})
     assert reply.status_code == 200, reply.text
     [answer] = reply.json()
     assert sorted(t["class_id"] for t in answer["top_k"]) == list(range(10))
@@ -56,42 +57,29 @@ def test_top_k_10_gives_every_probability_and_return_input_the_models_pixels(ser
     assert np.array_equal(np.array(answer["pixels"], dtype=np.uint8), decode_image(data))
     # The same options as form fields, on /classify_batch, keep the input order.
     files = [("images", (p.name, p.read_bytes(), "image/png")) for p in (TROUSER, ANKLE_BOOT)]
-    reply = httpx.post(f"{server}/classify_batch", files=files, data={"top_k": "1", "return_input": "true"})
+    reply = http.post("/classify_batch", files=files, data={"top_k": "1", "return_input": "true"})
     assert reply.status_code == 200, reply.text
     for answer, path in zip(reply.json(), (TROUSER, ANKLE_BOOT), strict=True):
         assert len(answer["top_k"]) == 1
         assert np.array_equal(np.array(answer["pixels"], dtype=np.uint8), decode_image(path.read_bytes()))
 
 
-def test_answers_without_the_options_are_unchanged(server):
-    reply = httpx.post(f"{server}/classify", files={"images": (TROUSER.name, TROUSER.read_bytes(), "image/png")})
+def test_answers_without_the_options_are_unchanged(http):
+    reply = http.post("/classify", files={"images": (TROUSER.name, TROUSER.read_bytes(), "image/png")})
     [answer] = reply.json()
     assert len(answer["top_k"]) == 3 and "pixels" not in answer
 
 
 @pytest.mark.parametrize(("option", "value"), [("top_k", "0"), ("top_k", "11"), ("top_k", "-1"), ("top_k", "3.5"),
                                                ("top_k", "all"), ("return_input", "yes"), ("return_input", "2")])
-def test_bad_option_values_are_refused_with_a_message(server, option, value):
-    reply = httpx.post(f"{server}/classify", params={option: value},
-                       files={"images": (TROUSER.name, TROUSER.read_bytes(), "image/png")})
+def test_bad_option_values_are_refused_with_a_message(http, option, value):
+    reply = http.post("/classify", params={option: value},
+                      files={"images": (TROUSER.name, TROUSER.read_bytes(), "image/png")})
     assert reply.status_code == 400, reply.text
     assert option in reply.json()[0]["error"]
 
 
 # ---------- the static route ----------
-
-
-def raw_get(url: str, target: str) -> tuple[int, dict[str, str], bytes]:
-    """GET with the request target sent byte for byte (httpx would normalise ``..`` and ``%2f``)."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        connection.putrequest("GET", target, skip_accept_encoding=True)
-        connection.endheaders()
-        reply = connection.getresponse()
-        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
-    finally:
-        connection.close()
 
 
 @pytest.mark.parametrize("target", [
@@ -100,8 +88,8 @@ def raw_get(url: str, target: str) -> tuple[int, dict[str, str], bytes]:
     "/ui/samples/", "/ui/samples", "/ui/web/app.js", "/ui/app.js%00.png", "/ui/..%5cservice%5cweb.py",
     "/ui/.git/config", "/ui/%252e%252e%252fpyproject.toml",
 ])
-def test_the_static_route_serves_only_its_own_files(server, target):
-    status, headers, body = raw_get(server, target)
+def test_the_static_route_serves_only_its_own_files(http, target):
+    status, headers, body = get_as_sent(http, target)
     assert status == 404, body[:200]
     assert json.loads(body) == {"error": "not found"}
     assert headers["x-content-type-options"] == "nosniff"
@@ -112,8 +100,8 @@ def test_the_static_route_serves_only_its_own_files(server, target):
     ("/ui/style.css", "text/css"), ("/ui/icon.svg", "image/svg+xml"), (f"/ui/samples/{TROUSER.name}", "image/png"),
     ("/ui/samples.json", "application/json"), ("/ui/benchmarks.json", "application/json"),
 ])
-def test_page_files_carry_a_strict_policy(server, path, content_type):
-    status, headers, body = raw_get(server, path)
+def test_page_files_carry_a_strict_policy(http, path, content_type):
+    status, headers, body = get_as_sent(http, path)
     assert status == 200 and headers["content-type"].startswith(content_type)
     policy = dict(d.strip().split(" ", 1) for d in headers["content-security-policy"].split(";"))
     assert policy["default-src"] == policy["script-src"] == policy["style-src"] == "'self'"
@@ -123,8 +111,8 @@ def test_page_files_carry_a_strict_policy(server, path, content_type):
         assert body == TROUSER.read_bytes()
 
 
-def test_benchmark_listing_is_every_results_file(server):
-    listing = httpx.get(f"{server}/ui/benchmarks.json").json()
+def test_benchmark_listing_is_every_results_file(http):
+    listing = http.get("/ui/benchmarks.json").json()
     on_disk = {p.name: json.loads(p.read_text()) for p in (REPO / "results").glob("benchmark-*.json")}
     assert sorted(run["file"] for run in listing) == sorted(on_disk)
     for run in listing:
@@ -143,181 +131,8 @@ def test_a_broken_results_file_is_left_out(tmp_path):
                                          {"file": "benchmark-2026-01-01.json", "date": "2026-01-01"}]
 
 
-def test_api_docs_page_still_works_and_links_the_page(server):
-    assert httpx.get(f"{server}/").status_code == 200
-    spec = httpx.get(f"{server}/docs.json").json()
+def test_api_docs_page_still_works_and_links_the_page(http):
+    assert http.get("/").status_code == 200
+    spec = http.get("/docs.json").json()
     assert "/ui/" in spec["paths"]["/classify"]["post"]["description"]
-    assert httpx.get(f"{server}/ui", follow_redirects=True).url.path == "/ui/"
-
-
-# ---------- the page in a real browser ----------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install "
-                                   "-e '.[dev]')")
-    executable = find_chromium()
-    if executable is None:
-        pytest.skip("no Chromium binary (apt-get install chromium); Playwright's own download is not used")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, headless=True)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser, server):
-    """The loaded page at desktop width; afterwards, no script error or policy violation happened and every
-    request went to the service itself."""
-    opened, requested, errors = browser.new_page(viewport=DESKTOP), [], []
-    opened.on("request", lambda request: requested.append(request.url))
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    # Refused uploads log "Failed to load resource" on purpose; a policy violation must not happen at all.
-    opened.on("console", lambda message: errors.extend([message.text] * ("Content Security Policy" in message.text)))
-    yield load(opened, server)
-    opened.close()
-    assert not errors
-    assert requested and all(url.startswith(f"{server}/") for url in requested), requested
-
-
-def shown_probabilities(page) -> np.ndarray:
-    bars = page.locator("#probs g.bar")
-    assert bars.count() == 10
-    return np.array([float(bars.nth(i).get_attribute("data-value")) for i in range(10)])
-
-
-@pytest.mark.parametrize("path", [TROUSER, ANKLE_BOOT], ids=["trouser", "ankle-boot"])
-def test_uploaded_test_image_shows_the_offline_models_answer(page, exported, path, tmp_path):
-    expected = offline_probabilities(exported, "onnx-torch", path)
-    page.set_input_files("#file", str(path))
-    page.wait_for_selector("#result:not([hidden])")
-    assert page.inner_text("#label") == CLASS_NAMES[expected.argmax()]
-    assert page.inner_text("#shown-backend") == "onnx-torch"
-    assert page.inner_text("#version") == read_manifest(model_dir(exported, "onnx-torch"))["version"]
-    assert page.inner_text("#latency").endswith("ms (round trip measured in this browser)")
-    np.testing.assert_allclose(shown_probabilities(page), expected, atol=1e-5)
-    assert page.locator("#probs g.bar.strong").get_attribute("data-key") == str(expected.argmax())
-    drawn = page.evaluate("() => Array.from(document.getElementById('input28').getContext('2d')"
-                          ".getImageData(0, 0, 28, 28).data)")
-    rgba = np.array(drawn, dtype=np.uint8).reshape(28, 28, 4)
-    assert np.array_equal(rgba[..., 0], decode_image(path.read_bytes()))
-    page.screenshot(path=str(tmp_path / f"{path.stem}.png"), full_page=True)
-    assert (tmp_path / f"{path.stem}.png").stat().st_size > 10_000
-
-
-def test_a_phone_photo_shows_the_28_by_28_view_the_model_saw(page):
-    """The chooser takes any image (so a phone offers its camera), and a photo stored sideways with an EXIF
-    orientation tag is shown as the model saw it: turned upright, trimmed and negated."""
-    import io
-
-    from PIL import Image
-
-    assert page.get_attribute("#file", "accept") == "image/*"
-    photo = np.full((160, 120, 3), 255, dtype=np.uint8)
-    photo[20:140, 30:55], photo[115:140, 55:95] = 0, 60  # an asymmetric L: a wrong turn would show
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored turned a quarter clockwise: the viewer turns it back
-    buffer = io.BytesIO()
-    Image.fromarray(photo).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
-    page.set_input_files("#file", files=[{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": buffer.getvalue()}])
-    page.wait_for_selector("#result:not([hidden])")
-    drawn = page.evaluate("() => Array.from(document.getElementById('input28').getContext('2d')"
-                          ".getImageData(0, 0, 28, 28).data)")
-    shown = np.array(drawn, dtype=np.uint8).reshape(28, 28, 4)[..., 0]
-    assert np.array_equal(shown, decode_image(buffer.getvalue()))
-    upright = decode_image(encode_upright(photo)).astype(int)
-    assert np.abs(shown.astype(int) - upright).mean() < 4
-
-
-def encode_upright(rgb: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def test_a_blank_image_is_shown_as_not_clothing(page):
-    """The model's "not clothing" answer reaches the page, and a garment clears it again."""
-    from fashion.imaging import encode_png
-
-    page.set_input_files("#file", files=[{"name": "blank.png", "mimeType": "image/png",
-                                          "buffer": encode_png(np.zeros((28, 28), np.uint8))}])
-    page.wait_for_selector("#not-clothing:not([hidden])")
-    assert page.inner_text("#not-clothing").startswith("This does not look like clothing")
-    page.set_input_files("#file", str(TROUSER))
-    page.wait_for_selector("#not-clothing", state="hidden")
-
-
-def test_switching_backend_reclassifies_and_shows_it(page, exported):
-    page.set_input_files("#file", str(TROUSER))
-    page.wait_for_selector("#result:not([hidden])")
-    assert page.inner_text("#shown-backend") == "onnx-torch"
-    for backend in ("savedmodel", "onnx-int8", "torch"):
-        page.select_option("#backend", backend)
-        page.locator("#shown-backend", has_text=backend).wait_for()
-        expected = offline_probabilities(exported, backend, TROUSER)
-        assert page.inner_text("#version") == read_manifest(model_dir(exported, backend))["version"]
-        assert page.inner_text("#label") == CLASS_NAMES[expected.argmax()]
-        # int8 is a different model; the float32 artifacts reproduce their source exactly.
-        np.testing.assert_allclose(shown_probabilities(page), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize(("name", "payload", "message"), [
-    ("notes.txt", b"these are notes, not an image", "415 Unsupported Media Type: not an image"),
-    ("cut.png", TROUSER.read_bytes()[:60], "422 Unprocessable Entity: the image could not be decoded"),
-    ("huge.png", b"\x89PNG\r\n\x1a\n" + bytes(9 * 1024 * 1024), "413 Request Entity Too Large: request body of"),
-], ids=["not-an-image", "truncated", "over-the-body-limit"])
-def test_refused_files_show_the_services_message(page, name, payload, message):
-    page.set_input_files("#file", str(ANKLE_BOOT))
-    page.wait_for_selector("#result:not([hidden])")
-    page.set_input_files("#file", files=[{"name": name, "mimeType": "application/octet-stream", "buffer": payload}])
-    page.wait_for_selector("#error:not([hidden])")
-    assert page.inner_text("#error").startswith(f"{name}: The service answered {message}")
-    assert page.is_hidden("#result")
-    page.click("button.sample[data-class-id='1']")
-    page.wait_for_selector("#result:not([hidden])")
-    assert page.is_hidden("#error")
-
-
-def test_compare_sends_the_image_to_every_loaded_backend(page, server, exported):
-    loaded = [n for n, f in httpx.post(f"{server}/model_info").json()["backends"].items() if f["loaded"]]
-    assert len(loaded) == len(BACKENDS)
-    show_example(page, class_id=9)
-    cards = page.locator("#compare-grid .card")
-    assert [cards.nth(i).get_attribute("data-backend") for i in range(cards.count())] == loaded
-    labels = {}
-    for i, backend in enumerate(loaded):
-        labels[backend] = cards.nth(i).locator(".card-label").inner_text()
-        assert labels[backend] == CLASS_NAMES[offline_probabilities(exported, backend, ANKLE_BOOT).argmax()]
-    summary = page.inner_text("#compare-summary")
-    assert summary.startswith(f"All {len(loaded)} backends predict" if len(set(labels.values())) == 1
-                              else "The backends disagree")
-
-
-def test_benchmark_charts_are_drawn_from_the_results(page):
-    runs = {p.name: json.loads(p.read_text()) for p in (REPO / "results").glob("benchmark-*.json")}
-    options = page.locator("#machine option").all_inner_texts()
-    assert sorted(o.split(" ")[0] for o in options) == sorted(r["machine"] for r in runs.values())
-    for option in options:
-        page.select_option("#machine", label=option)
-        run = next(r for r in runs.values() if r["machine"] == option.split(" ")[0])
-        plot = page.locator("#bench-charts svg[aria-label='in-process throughput']")
-        assert plot.locator("circle").count() == len(run["inprocess"]["sweep"])
-        latency_plots = page.locator("#bench-charts svg[aria-label^='99th percentile']").count()
-        assert latency_plots == (1 if run.get("http") else 0)
-        assert page.inner_text("#bench-env").startswith(run["gpu"] or run["environment"]["cpu"])
-
-
-def test_phone_width_needs_no_sideways_scrolling(browser, server, tmp_path):
-    phone = open_page(browser, server, PHONE)
-    try:
-        show_example(phone, class_id=1)
-        width = phone.evaluate("() => document.documentElement.scrollWidth")
-        assert width <= PHONE["width"]
-        phone.screenshot(path=str(tmp_path / "phone.png"))
-    finally:
-        phone.close()
+    assert http.get("/ui", follow_redirects=True).url.path == "/ui/"
