@@ -1,12 +1,20 @@
-"""The /parity endpoint of a real server: the comparison of tests/integration/test_parity.py over HTTP."""
+"""The /parity endpoint in-process (tests.asgi): the comparison of tests/integration/test_parity.py over HTTP."""
 
 from __future__ import annotations
 
 import io
 
-import httpx
 import numpy as np
 import pytest
+
+from tests.asgi import in_process
+
+
+@pytest.fixture(scope="module")
+def http(service_app, tmp_path_factory):
+    """A TestClient on the in-process service over the session's quick models."""
+    with in_process(service_app, tmp_path_factory.mktemp("metrics")) as client:
+        yield client
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -15,17 +23,16 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_parity_endpoint(server, dataset):
-    reply = httpx.post(f"{server}/parity", timeout=30)
+def test_parity_endpoint(http, dataset):
+    reply = http.post("/parity")
     assert reply.status_code == 200, reply.text
     report = reply.json()
     assert report["source"] == "samples" and report["images"] == 10 and report["consistent"] is True
-    loaded = [name for name, facts in httpx.post(f"{server}/model_info").json()["backends"].items() if facts["loaded"]]
+    loaded = [name for name, facts in http.post("/model_info").json()["backends"].items() if facts["loaded"]]
     assert len(report["pairs"]) == len(loaded) * (len(loaded) - 1) // 2
 
     pixels = dataset.test_images[:1024]
-    reply = httpx.post(f"{server}/parity", content=npy(pixels), headers={"Content-Type": "application/x-npy"},
-                       timeout=30)
+    reply = http.post("/parity", content=npy(pixels), headers={"Content-Type": "application/x-npy"})
     assert reply.status_code == 200, reply.text
     report = reply.json()
     assert report["source"] == "request" and report["images"] == 1024 and report["consistent"] is True
@@ -38,7 +45,7 @@ def test_parity_endpoint(server, dataset):
     ({"json": {"pixels": np.zeros((1, 28, 28), int).tolist(), "backend": "torch"}}, 400),
     ({"content": b"{", "headers": {"Content-Type": "application/json"}}, 400),
 ])
-def test_parity_endpoint_refuses_what_classify_array_refuses(server, request_args, status):
-    reply = httpx.post(f"{server}/parity", timeout=30, **request_args)
+def test_parity_endpoint_refuses_what_classify_array_refuses(http, request_args, status):
+    reply = http.post("/parity", **request_args)
     assert reply.status_code == status, reply.text
     assert "error" in reply.json()[0]
