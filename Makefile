@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
-	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood ood-cost \
+	reliability-tests event-loops soak fuzz clean test-fast test-lab test-timing inputs robustness decode-cost calibration ood ood-cost \
 	scale-out workers
 
 help: ## Show the targets
@@ -48,6 +48,9 @@ lint: setup ## ruff
 test: data ## Set up, lint, run the test suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+test-lab: data ## The lab's tests (quick benchmark and peers runs; pytest -m lab), left out of make test
+	$(PY) -m pytest -m lab
 
 test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
 	$(PY) -m pytest -m unit tests/unit

@@ -13,10 +13,11 @@ TIERS = ("unit", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test with its tier, named by its folder: ``pytest -m unit`` runs tests/unit only."""
+    """Mark every test with its tier, named by its folder: ``pytest -m unit`` runs tests/unit only. A test of the
+    lab's tools (marked ``lab``) is in no tier: ``make test`` leaves it out, ``pytest -m lab`` runs it."""
     for item in items:
         tier = Path(item.path).parent.name
-        if tier in TIERS:
+        if tier in TIERS and item.get_closest_marker("lab") is None:
             item.add_marker(getattr(pytest.mark, tier))
 
 

@@ -1,4 +1,5 @@
-"""The side-by-side benchmark's quick mode, end to end (real service, real wrk)."""
+"""The side-by-side benchmark's quick mode, end to end (real service, real wrk): a benchmark run, so a ``lab``
+test, not in ``make test`` (``make test-lab`` runs it). Its timing helpers: tests/unit/test_bench_timing.py."""
 
 from __future__ import annotations
 
@@ -11,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.timing import QUICK, percentile, time_calls
 from fashion.backends import BACKENDS
 from fashion.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_timing_helpers():
-    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0 and percentile([5.0], 99) == 5.0
-    stats = time_calls(lambda: sum(range(100)), QUICK)
-    assert stats["calls"] >= QUICK.min_calls and 0 < stats["median_s"] <= stats["p99_s"]
+pytestmark = pytest.mark.lab
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")
