@@ -8,11 +8,9 @@ on the way out. The project's clients are pointed at the same app through :func:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 
@@ -23,13 +21,11 @@ READY_TIMEOUT_S = 300  # a hang guard: every backend loads and warms up in well 
 
 
 @contextlib.contextmanager
-def in_process(app, metrics_dir: Path, env: dict[str, str] | None = None) -> Iterator:
+def in_process(app, env: dict[str, str] | None = None) -> Iterator:
     """A started, ready TestClient on ``app``, its service built with ``env`` added to the environment.
 
     Args:
-        app: the session's ``service_app``.
-        metrics_dir: an empty folder for the Prometheus series, as ``bentoml serve`` makes one for its workers
-            (``/metrics`` reads it).
+        app: the session's ``service_app`` (which also sets the session's metrics folder, read by /metrics).
         env: settings for this service instance (``FASHION_*``), set while the block runs.
 
     Yields:
@@ -37,7 +33,7 @@ def in_process(app, metrics_dir: Path, env: dict[str, str] | None = None) -> Ite
     """
     from starlette.testclient import TestClient
 
-    settings = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **(env or {})}
+    settings = env or {}
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     init_task_store()
@@ -54,6 +50,13 @@ def in_process(app, metrics_dir: Path, env: dict[str, str] | None = None) -> Ite
                 os.environ[name] = value
 
 
+def batch_histogram(http) -> tuple[float, float]:
+    """(model calls, images) so far, from the service's ``fashion_batch_size`` histogram on /metrics."""
+    series = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in http.get("/metrics").text.splitlines()
+              if line.startswith("fashion_batch_size_")}
+    return series["fashion_batch_size_count"], series["fashion_batch_size_sum"]
+
+
 def init_task_store() -> None:
     """Create BentoML's task store, as ``bentoml serve`` does before it starts a worker."""
     from _bentoml_impl.tasks.result import Sqlite3Store
@@ -66,20 +69,6 @@ def transport_of(client) -> httpx.BaseTransport:
     """The TestClient's own transport: an ``httpx.Client`` built on it (``FashionClient(transport=...)``) sends
     its requests into the in-process app, on the app's event loop, from any thread."""
     return client._transport  # httpx.Client keeps its transport here; the TestClient passes its ASGI one in
-
-
-class ThreadedTransport(httpx.AsyncBaseTransport):
-    """An async transport over :func:`transport_of`: the app runs on the TestClient's event loop, so an async
-    client on another loop hands each request to a thread that waits for the app's answer."""
-
-    def __init__(self, client) -> None:
-        self.sync = transport_of(client)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        copy = httpx.Request(request.method, request.url, headers=request.headers, content=body)
-        response = await asyncio.to_thread(self.sync.handle_request, copy)
-        return httpx.Response(response.status_code, headers=response.headers, content=response.read())
 
 
 def get_as_sent(client, target: str) -> tuple[int, dict[str, str], bytes]:

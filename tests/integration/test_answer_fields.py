@@ -10,14 +10,6 @@ import pytest
 
 from fashion.contract import softmax
 from fashion.imaging import encode_png
-from tests.asgi import in_process
-
-
-@pytest.fixture(scope="module")
-def http(service_app, tmp_path_factory):
-    """A TestClient on the in-process service over the session's quick models."""
-    with in_process(service_app, tmp_path_factory.mktemp("metrics")) as client:
-        yield client
 
 
 def uploads() -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -13,7 +13,7 @@ from fashion.backends import load_artifact
 from fashion.contract import ANSWER_DTYPE, preprocess, softmax, temperature_of
 from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
-from tests.asgi import BASE_URL, in_process, transport_of
+from tests.asgi import BASE_URL, transport_of
 from tests.helpers import wait_until
 
 NPY = "application/x-npy"
@@ -31,13 +31,6 @@ def rows(reply: httpx.Response) -> np.ndarray:
     records = np.load(io.BytesIO(reply.content), allow_pickle=False)
     assert records.dtype == ANSWER_DTYPE
     return records
-
-
-@pytest.fixture(scope="module")
-def http(service_app, tmp_path_factory):
-    """A TestClient on the in-process service over the session's quick models."""
-    with in_process(service_app, tmp_path_factory.mktemp("metrics")) as client:
-        yield client
 
 
 def test_classify_array_answers_rows_equal_to_its_json_answers(http, exported, dataset):

@@ -7,15 +7,6 @@ import io
 import numpy as np
 import pytest
 
-from tests.asgi import in_process
-
-
-@pytest.fixture(scope="module")
-def http(service_app, tmp_path_factory):
-    """A TestClient on the in-process service over the session's quick models."""
-    with in_process(service_app, tmp_path_factory.mktemp("metrics")) as client:
-        yield client
-
 
 def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()

@@ -17,7 +17,7 @@ import pytest
 from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, softmax, temperature_of
 from fashion.manifest import read_manifest
-from tests.asgi import in_process
+from tests.asgi import batch_histogram, in_process
 from tests.helpers import held_batcher, queued_jobs, wait_until
 
 triton = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra) is not installed")
@@ -40,10 +40,9 @@ def batch_gate(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def http(service_app, tmp_path_factory, batch_gate):
+def http(service_app, batch_gate):
     """A TestClient on the in-process service over the session's quick models."""
-    with in_process(service_app, tmp_path_factory.mktemp("metrics"),
-                    {"FASHION_BATCH_HOLD_FILE": str(batch_gate)}) as client:
+    with in_process(service_app, {"FASHION_BATCH_HOLD_FILE": str(batch_gate)}) as client:
         yield client
 
 
@@ -84,13 +83,6 @@ def triton_get(http, path: str) -> dict:
 def is_ready(http, path: str) -> bool:
     """tritonclient's ``is_*_ready``/``is_server_live``: the status alone says."""
     return http.get(path).status_code == 200
-
-
-def batch_histogram(http) -> tuple[float, float]:
-    """(model calls, images) so far, from the service's ``fashion_batch_size`` histogram on /metrics."""
-    series = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in http.get("/metrics").text.splitlines()
-              if line.startswith("fashion_batch_size_")}
-    return series["fashion_batch_size_count"], series["fashion_batch_size_sum"]
 
 
 @pytest.fixture(scope="module")

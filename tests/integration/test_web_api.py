@@ -15,7 +15,7 @@ from fashion.contract import preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
-from tests.asgi import get_as_sent, in_process
+from tests.asgi import get_as_sent
 
 REPO = Path(__file__).resolve().parents[2]
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]
@@ -31,13 +31,6 @@ def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
     predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
     temperature = temperature_of(read_manifest(model_dir(exported, backend)))  # served probabilities are calibrated
     return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
-
-
-@pytest.fixture(scope="module")
-def http(service_app, tmp_path_factory):
-    """A TestClient on the in-process service over the session's quick models."""
-    with in_process(service_app, tmp_path_factory.mktemp("metrics")) as client:
-        yield client
 
 
 # ---------- the API options the page relies on ----------
