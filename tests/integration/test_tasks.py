@@ -1,6 +1,7 @@
-"""Dataset tasks (service.task_routes, task_runner): submit, progress, results, cancel, failures, limits; real server.
+"""Dataset tasks (service.task_routes, task_runner): submit, progress, results, cancel, failures, limits; in-process
+(tests.asgi).
 
-The server here is started with small task limits and chunks of at most 128 images, so that the
+The service here is started with small task limits and chunks of at most 128 images, so that the
 10,000 test images take at least 79 batcher calls (progress can be seen between them) and oversize
 uploads stay small; everything else is the service as deployed.
 """
@@ -9,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -21,9 +20,8 @@ from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.manifest import read_manifest
 from fashion.metrics import confusion_matrix
 from fashion.samples import sample_paths
-from tests.helpers import npy, npz, start_server
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.asgi import in_process, point_cli_at, send_until_answered
+from tests.helpers import npy, npz, wait_until
 
 CHUNK = 128
 MAX_IMAGES = 12_000
@@ -32,7 +30,7 @@ MAX_BYTES = 12 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def hold_file(tmp_path_factory) -> Path:
-    """The server's test gate (FASHION_TASK_HOLD_FILE): while it exists, tasks wait after their first chunk."""
+    """The service's test gate (FASHION_TASK_HOLD_FILE): while it exists, tasks wait after their first chunk."""
     return tmp_path_factory.mktemp("task-gate") / "hold"
 
 
@@ -47,24 +45,13 @@ def held(hold: Path):
 
 
 @pytest.fixture(scope="module")
-def task_server(exported, bentoml_home, tmp_path_factory, hold_file):
-    """``bentoml serve`` with the two ONNX backends, small task limits and its own task store."""
-    from export.store import register_model
-
-    for model_dir in exported.values():
-        register_model(model_dir)
-    folder = tmp_path_factory.mktemp("task-server")
+def http(service_app, hold_file):
+    """A TestClient on the in-process service with the two ONNX backends and small task limits."""
     env = {"FASHION_TASK_HOLD_FILE": str(hold_file),
            "FASHION_BACKENDS": "onnx-torch,onnx-tf", "FASHION_TASK_CHUNK_IMAGES": str(CHUNK),
-           "FASHION_MAX_TASK_IMAGES": str(MAX_IMAGES), "FASHION_MAX_TASK_BYTES": str(MAX_BYTES),
-           "BENTOML_RESULT_STORE": str(folder / "tasks.db")}
-    instance = start_server(bentoml_home, folder, env)
-    url = instance.url
-    try:
-        instance.wait_ready()
-        yield url
-    finally:
-        instance.stop()
+           "FASHION_MAX_TASK_IMAGES": str(MAX_IMAGES), "FASHION_MAX_TASK_BYTES": str(MAX_BYTES)}
+    with in_process(service_app, env) as client:
+        yield client
 
 
 def idx_images(pixels: np.ndarray) -> bytes:
@@ -86,29 +73,35 @@ def offline_labels(exported, backend: str, pixels: np.ndarray) -> tuple[np.ndarr
     return probs.argmax(1), probs.max(1)
 
 
-def submit(url: str, **request) -> str:
-    reply = httpx.post(f"{url}/classify_dataset/submit", timeout=60, **request)
+def post_submit(http, **request):
+    """``/classify_dataset/submit``, answered as a server answers it: before the task it starts has run."""
+    return send_until_answered(http, http.build_request("POST", "/classify_dataset/submit", **request))
+
+
+def submit(http, **request) -> str:
+    reply = post_submit(http, **request)
     assert reply.status_code == 200, reply.text
     assert reply.json()["status"] == "in_progress"
     return reply.json()["task_id"]
 
 
-def follow(url: str, task_id: str, until=lambda view: view["status"] != "in_progress") -> list[dict]:
-    """Progress answers, polled as fast as the server answers, until ``until`` holds (at most 120 s)."""
+def follow(http, task_id: str, until=lambda view: view["status"] != "in_progress") -> list[dict]:
+    """Progress answers, polled until ``until`` holds (at most 120 s)."""
     seen: list[dict] = []
-    deadline = time.monotonic() + 120
-    with httpx.Client(base_url=url, timeout=30) as client:
-        while time.monotonic() < deadline:
-            reply = client.get("/classify_dataset/progress", params={"task_id": task_id})
-            assert reply.status_code == 200, reply.text
-            seen.append(reply.json())
-            if until(seen[-1]):
-                return seen
-    raise AssertionError(f"task {task_id} still running after 120 s: {seen[-1]}")
+
+    def ended() -> bool:
+        reply = http.get("/classify_dataset/progress", params={"task_id": task_id})
+        assert reply.status_code == 200, reply.text
+        seen.append(reply.json())
+        return until(seen[-1])
+
+    # A short pause between polls: the service runs in this process and needs the interpreter meanwhile.
+    wait_until(ended, f"task {task_id} to reach the awaited state", 120, interval=0.01)
+    return seen
 
 
-def bentoml_status(url: str, task_id: str) -> str:
-    return httpx.get(f"{url}/classify_dataset/status", params={"task_id": task_id}).json()["status"]
+def bentoml_status(http, task_id: str) -> str:
+    return http.get("/classify_dataset/status", params={"task_id": task_id}).json()["status"]
 
 
 UPLOADS = {
@@ -125,20 +118,20 @@ UPLOADS = {
 
 
 @pytest.mark.parametrize("upload", list(UPLOADS))
-def test_a_task_over_the_test_set_reports_progress_and_matches_the_offline_model(task_server, exported, dataset,
+def test_a_task_over_the_test_set_reports_progress_and_matches_the_offline_model(http, exported, dataset,
                                                                                   data_dir, upload, hold_file):
     total = len(dataset.test_images)
     with held(hold_file):  # the task stops after its first chunk, so its progress is seen part-way, every time
-        task_id = submit(task_server, **UPLOADS[upload](dataset, data_dir))
-        part_way = follow(task_server, task_id, until=lambda view: view["done"] > 0 or view["status"] != "in_progress")
+        task_id = submit(http, **UPLOADS[upload](dataset, data_dir))
+        part_way = follow(http, task_id, until=lambda view: view["done"] > 0 or view["status"] != "in_progress")
     assert part_way[-1]["status"] == "in_progress" and part_way[-1]["done"] == CHUNK < total == part_way[-1]["total"]
-    seen = part_way + follow(task_server, task_id)
+    seen = part_way + follow(http, task_id)
     assert seen[-1]["status"] == "completed" and seen[-1]["done"] == seen[-1]["total"] == total
     done = [view["done"] for view in seen]
     assert done == sorted(done)
-    assert bentoml_status(task_server, task_id) == "completed"
+    assert bentoml_status(http, task_id) == "completed"
 
-    reply = httpx.get(f"{task_server}/classify_dataset/get", params={"task_id": task_id}, timeout=30)
+    reply = http.get("/classify_dataset/get", params={"task_id": task_id})
     assert reply.status_code == 200, reply.text
     result = reply.json()
     backend = "onnx-tf" if "onnx-tf" in upload else "onnx-torch"
@@ -155,56 +148,51 @@ def test_a_task_over_the_test_set_reports_progress_and_matches_the_offline_model
         assert result["confusion_matrix"] == confusion_matrix(dataset.test_labels, expected).tolist()
 
 
-def test_a_task_gives_the_batch_clis_predictions_and_accuracy(task_server, data_dir, tmp_path):
-    """The same IDX files through the batch CLI and as a task, on the same server: the same answers."""
+def test_a_task_gives_the_batch_clis_predictions_and_accuracy(http, data_dir, tmp_path, monkeypatch, capsys):
+    """The same IDX files through the batch CLI and as a task, on the same service: the same answers."""
     import csv
-    import subprocess
-    import sys
+
+    from clients.__main__ import main as cli
 
     images = real_file(data_dir, "t10k-images-idx3-ubyte")
     out = tmp_path / "cli.csv"
-    cli = subprocess.run([sys.executable, "-m", "clients", "--url", task_server, "batch", str(images), "--out",
-                          str(out), "--quiet"], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert cli.returncode == 0, cli.stdout + cli.stderr
+    url = point_cli_at(monkeypatch, http)
+    assert cli(["--url", url, "batch", str(images), "--out", str(out), "--quiet"]) == 0
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
-    cli_accuracy = float(cli.stdout.split("accuracy ")[1].split()[0])
+    cli_accuracy = float(capsys.readouterr().out.split("accuracy ")[1].split()[0])
 
     labels = real_file(data_dir, "t10k-labels-idx1-ubyte")
-    task_id = submit(task_server, files={"images": (images.name, images.read_bytes()),
+    task_id = submit(http, files={"images": (images.name, images.read_bytes()),
                                          "labels": (labels.name, labels.read_bytes())})
-    assert follow(task_server, task_id)[-1]["status"] == "completed"
-    result = httpx.get(f"{task_server}/classify_dataset/get", params={"task_id": task_id}, timeout=30).json()
+    assert follow(http, task_id)[-1]["status"] == "completed"
+    result = http.get("/classify_dataset/get", params={"task_id": task_id}).json()
     assert result["class_ids"] == [int(row["class_id"]) for row in rows]
     assert round(result["accuracy"], 4) == cli_accuracy
 
 
-def wait_for_bentoml_status(url: str, task_id: str, timeout: float = 120.0) -> str:
+def wait_for_bentoml_status(http, task_id: str, timeout: float = 120.0) -> str:
     """BentoML's own status of the task once it is no longer in progress (it records the task's end)."""
-    deadline = time.monotonic() + timeout
-    while (status := bentoml_status(url, task_id)) == "in_progress":
-        if time.monotonic() > deadline:
-            raise AssertionError(f"BentoML still reports task {task_id} in progress after {timeout} s")
-        time.sleep(0.05)
-    return status
+    return wait_until(lambda: (status := bentoml_status(http, task_id)) != "in_progress" and status,
+                      f"BentoML to record the end of task {task_id}", timeout)
 
 
-def test_a_canceled_task_stops_within_a_chunk_and_ends_canceled(task_server, dataset, hold_file):
+def test_a_canceled_task_stops_within_a_chunk_and_ends_canceled(http, dataset, hold_file):
     with held(hold_file):  # the task is held after its first chunk: the cancel lands part-way, every time
-        task_id = submit(task_server, content=npy(dataset.test_images), headers={"Content-Type": "application/x-npy"})
-        started = follow(task_server, task_id, until=lambda view: view["done"] > 0 or view["status"] != "in_progress")
+        task_id = submit(http, content=npy(dataset.test_images), headers={"Content-Type": "application/x-npy"})
+        started = follow(http, task_id, until=lambda view: view["done"] > 0 or view["status"] != "in_progress")
         assert started[-1]["status"] == "in_progress" and started[-1]["done"] == CHUNK
 
-        reply = httpx.put(f"{task_server}/classify_dataset/cancel", params={"task_id": task_id})
+        reply = http.put("/classify_dataset/cancel", params={"task_id": task_id})
     assert reply.status_code == 200, reply.text
     at_cancel = reply.json()
     assert at_cancel["status"] == "canceled" and at_cancel["done"] == CHUNK
     # BentoML records the end once the task function has stopped: no chunk can start after that.
-    assert wait_for_bentoml_status(task_server, task_id) == "canceled"
-    [final] = follow(task_server, task_id)
+    assert wait_for_bentoml_status(http, task_id) == "canceled"
+    [final] = follow(http, task_id)
     assert final["status"] == "canceled" and final["done"] == CHUNK < len(dataset.test_images)
-    assert httpx.get(f"{task_server}/classify_dataset/get", params={"task_id": task_id}).status_code == 400
-    again = httpx.put(f"{task_server}/classify_dataset/cancel", params={"task_id": task_id})
+    assert http.get("/classify_dataset/get", params={"task_id": task_id}).status_code == 400
+    again = http.put("/classify_dataset/cancel", params={"task_id": task_id})
     assert again.status_code == 409 and again.json()["status"] == "canceled"
 
 
@@ -234,13 +222,13 @@ FAILING = {
 
 
 @pytest.mark.parametrize("case", list(FAILING))
-def test_a_bad_upload_ends_failed_with_the_reason(task_server, dataset, data_dir, case):
+def test_a_bad_upload_ends_failed_with_the_reason(http, dataset, data_dir, case):
     make, status, reason = FAILING[case]
-    task_id = submit(task_server, **make(dataset, data_dir))
-    [*_, final] = follow(task_server, task_id)
+    task_id = submit(http, **make(dataset, data_dir))
+    [*_, final] = follow(http, task_id)
     assert final["status"] == "failed" and reason in final["error"], final
-    assert bentoml_status(task_server, task_id) == "failed"
-    reply = httpx.get(f"{task_server}/classify_dataset/get", params={"task_id": task_id})
+    assert bentoml_status(http, task_id) == "failed"
+    reply = http.get("/classify_dataset/get", params={"task_id": task_id})
     assert reply.status_code == status and reason in reply.json()["error"], reply.text
 
 
@@ -259,23 +247,23 @@ OVERSIZE = {
 
 
 @pytest.mark.parametrize("case", list(OVERSIZE))
-def test_an_oversize_submit_is_refused_before_it_is_stored(task_server, dataset, case):
+def test_an_oversize_submit_is_refused_before_it_is_stored(http, dataset, case):
     make, reason = OVERSIZE[case]
-    reply = httpx.post(f"{task_server}/classify_dataset/submit", timeout=60, **make(dataset, None))
+    reply = http.post("/classify_dataset/submit", **make(dataset, None))
     assert reply.status_code == 413 and reason in reply.json()["error"], reply.text
     assert "task_id" not in reply.json()
 
 
-def test_a_task_is_not_retried_from_a_stored_upload(task_server, dataset):
-    task_id = submit(task_server, content=npy(dataset.test_images[:10]))
-    assert follow(task_server, task_id)[-1]["status"] == "completed"
-    reply = httpx.post(f"{task_server}/classify_dataset/retry", params={"task_id": task_id})
+def test_a_task_is_not_retried_from_a_stored_upload(http, dataset):
+    task_id = submit(http, content=npy(dataset.test_images[:10]))
+    assert follow(http, task_id)[-1]["status"] == "completed"
+    reply = http.post("/classify_dataset/retry", params={"task_id": task_id})
     assert reply.status_code == 409 and "submit the file again" in reply.json()["error"]
 
 
 @pytest.mark.parametrize(("route", "method"), [("progress", "GET"), ("cancel", "PUT")])
-def test_unknown_task_ids_are_not_found(task_server, route, method):
-    reply = httpx.request(method, f"{task_server}/classify_dataset/{route}", params={"task_id": "nope"})
+def test_unknown_task_ids_are_not_found(http, route, method):
+    reply = http.request(method, f"/classify_dataset/{route}", params={"task_id": "nope"})
     assert reply.status_code == 404 and reply.json() == {"error": "task_id not found"}
-    reply = httpx.request(method, f"{task_server}/classify_dataset/{route}")
+    reply = http.request(method, f"/classify_dataset/{route}")
     assert reply.status_code == 400 and reply.json() == {"error": "task_id is required"}
