@@ -6,10 +6,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
+DEVICE ?= auto
+# make wheelhouse: the serve extra's wheels for a GPU server without a package index (docs/gpu.md)
+PYTHON_VERSION ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+WHEELHOUSE ?= wheelhouse
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
-	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood ood-cost \
-	scale-out workers
+.PHONY: help setup data train export serve test lint bench bench-load bench-batch peers reliability bento-check bento-profiles \
+	reliability-tests soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood \
+	scale-out wheelhouse
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,22 +64,19 @@ bento-profiles: export ## The profiles side by side: environment size, worker me
 	$(PY) -m benchmark.profiles
 
 inputs: export ## Accuracy on transformed test photos via HTTP, both framings -> results/inputs.md (~15 min)
-	$(PY) -m benchmark.inputs --limit 1000
+	$(PY) -m benchmark.quality.inputs --limit 1000
 
 calibration: export ## ECE before/after temperature scaling per exported model -> results/calibration.md
-	$(PY) -m benchmark.calibration
+	$(PY) -m benchmark.quality.calibration
 
 robustness: export ## MNIST-C corruptions, delivery and capture variants via HTTP, both frameworks -> results/robustness.md
-	$(PY) -m benchmark.robustness --limit 1000
+	$(PY) -m benchmark.quality.robustness --limit 1000
 
 decode-cost: ## Decode + framing time per image, this checkout against the framing before issue 29 (31ca1b2) -> results/decode-cost.md
-	$(PY) -m benchmark.robustness --cost 31ca1b2 --limit 100
+	$(PY) -m benchmark.quality.robustness --cost 31ca1b2 --limit 100
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
-	$(PY) -m benchmark.ood
-
-ood-cost: export ## The "not clothing" score's cost per image in a batch, beside the model's -> results/ood-cost-<machine>.md
-	$(PY) -m benchmark.ood_cost
+	$(PY) -m benchmark.quality.ood
 
 test-timing: data ## Time each test tier once -> results/test-suite.md
 	$(PY) -m tests.timing
@@ -82,39 +84,36 @@ test-timing: data ## Time each test tier once -> results/test-suite.md
 bench-load: data ## Time loading + verifying all 70,000 images -> results/data-load.txt
 	$(PY) -m fashion bench-load
 
-bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<machine>.md (needs wrk)
-	$(PY) -m benchmark
-
-bench-http: export ## Service vs bare Starlette over HTTP -> results/service-bench-cpu.{json,txt} (needs wrk)
-	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
+bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<machine>.md (needs wrk; DEVICE=cuda on a GPU)
+	$(PY) -m benchmark --device $(DEVICE)
 
 peers: export ## Side by side with BentoML, LitServe, Ray Serve, MLServer, KServe, bare app; perf_analyzer -> results/peers-<machine>.md (needs wrk; venvs cached)
 	$(PY) -m benchmark.peers
 
-workers: export ## 1 or 2 BentoML workers x 1 or 2 runtime threads, single-image and batch traffic -> results/workers-<machine>.md (needs wrk; ~10 min)
-	$(PY) -m benchmark.workers
-
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
 	$(PY) -m benchmark.batch
 
-scale-out: export ## PostgreSQL tuning + haproxy replica tests, then 1 vs 2 replicas' images/s -> results/scale-out-<machine>.md
+scale-out: export ## PostgreSQL tuning + haproxy replica tests (the engines a cluster runs, started here)
 	$(PY) -m pytest tests/integration/test_tune_postgres.py tests/e2e/test_scale_out.py
-	$(PY) -m benchmark.scale_out
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
-	$(PY) -m reliability
-
-event-loops: export ## uvloop vs asyncio: wrk at 1/16/64 clients and the 30 s flood -> results/event-loop-<machine>.md
-	$(PY) -m reliability.loops
+	$(PY) -m benchmark.reliability
 
 reliability-tests: export ## The same scenarios at full length as tests (pytest -m long)
 	$(PY) -m pytest -m long tests/e2e/test_reliability.py
 
 soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md (not in CI)
-	$(PY) -m reliability soak
+	$(PY) -m benchmark.reliability soak
 
 fuzz: setup ## Coverage-guided fuzzing of the image decoder for 5 minutes (atheris)
 	$(PY) -m tests.fuzz_imaging -max_total_time=300
+
+wheelhouse: setup ## The serve extra's wheels for PYTHON_VERSION/PLATFORM (default: the GPU server's cp312, manylinux x86_64) -> $(WHEELHOUSE)/
+	$(PY) -m pip wheel --no-deps -q -w $(WHEELHOUSE) .
+	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --python-version $(PYTHON_VERSION) \
+	  --platform $(PLATFORM) --platform manylinux2014_x86_64 --platform linux_x86_64 --implementation cp \
+	  "$$(ls $(WHEELHOUSE)/fashion_serve-*.whl)[serve]"
+	@echo "On the server: pip install --no-index --find-links $(WHEELHOUSE) 'fashion-serve[serve]'"
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

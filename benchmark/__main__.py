@@ -19,14 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmark.harness import FULL, QUICK, RESULTS, machine_name
 from benchmark.inprocess import model_dirs_from, run_inprocess
-from benchmark.report import machine_name, write_report
-from benchmark.timing import FULL, QUICK
+from benchmark.report import write_report
 from fashion.backends import BACKENDS
 from fashion.data import load_fashion_mnist
 from fashion.env import environment_stamp
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def gpu_name() -> str | None:

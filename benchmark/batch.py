@@ -47,11 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.report import machine_name
+from benchmark.harness import REPO, RESULTS, machine_name, write_results
 from fashion.env import environment_stamp
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "results"
 TARGETS = {"local": 0.90, "service": 0.60, "tasks": 0.50}
 # The paths measured; "local-one-call" is --local with --concurrency 1 (one model call over every core, the
 # default before clients.local.plan_local), kept beside the default to show what the plan gains. No target.
@@ -332,12 +330,10 @@ def run_tasks(source: Path, url: str, images: int, config: BenchConfig, server: 
 
 
 def start_service(work: Path):
-    """The service (service.launch: loopback, a BentoML home of its own), ready."""
-    from service import launch
+    """The service (benchmark.harness: loopback, a BentoML home of its own), ready."""
+    from benchmark.harness import launch
 
-    server = launch.start(work)
-    server.wait_ready()
-    return server
+    return launch(work)
 
 
 def cpu_used(server: int | None) -> tuple[float, float, float]:
@@ -426,8 +422,6 @@ def shared(results: dict[str, Any]) -> bool:
 
 def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Path:
     """``<stem>.md`` (the table) and ``<stem>.json`` (every run) under ``config.out``."""
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     summary, env = results["summary"], results["environment"]
     lines = [f"# Batch throughput: {config.images:,} images, median of {config.repeats} repeats", "",
              f"{env['cpu']}, {env['cores']} cores; {results['date']}; `python -m benchmark.batch "
@@ -466,9 +460,7 @@ def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Pat
               "slices when the cores are oversubscribed; the jobs' own sessions do not spin. Then the CPU-based "
               "fraction is the figure to read."]
     lines += resume_lines(results.get("resume_checks") or [])
-    path = config.out / f"{stem}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_results(stem, "\n".join(lines), results, config.out)
 
 
 def resume_lines(checks: list[dict[str, Any]]) -> list[str]:

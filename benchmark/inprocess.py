@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.timing import Budget, time_calls
+from benchmark.harness import Budget, time_calls
 from fashion.backends import BACKENDS, MODEL_NAMES, Predictor, load_artifact
 from fashion.contract import preprocess
 from fashion.manifest import read_manifest

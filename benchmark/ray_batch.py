@@ -18,7 +18,6 @@ Writes ``results/ray-batch-<machine>.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from benchmark.batch import make_input, onnx_model_dir, run_cli
-from benchmark.report import machine_name
+from benchmark.harness import RESULTS, machine_name, write_results
 from fashion.env import environment_stamp
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODES = ("local", "ray")
 
 
@@ -100,8 +98,6 @@ def summarize(repeats: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_report(config: RayBenchConfig, results: dict[str, Any], stem: str) -> Path:
     """``<stem>.md`` (the table) and ``<stem>.json`` (every run) under ``config.out``."""
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     summary, env = results["summary"], results["environment"]
     lines = [f"# Batch on Ray Data against `--local`: {config.images:,} images, median of {config.repeats} repeats",
              "", f"{env['cpu']}, {env['cores']} cores; {results['date']}; `nice -n 10 python -m benchmark.ray_batch "
@@ -125,9 +121,7 @@ def write_report(config: RayBenchConfig, results: dict[str, Any], stem: str) -> 
               "the driver's and, for Ray, the workers' while they ran shards; Ray's own daemons are not counted. "
               "Peak RSS: the driver process only (`VmHWM`). Ray runs one actor a core, each with a one-thread "
               "model; `--local` runs one model call at a time on a model using every core."]
-    path = config.out / f"{stem}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_results(stem, "\n".join(lines), results, config.out)
 
 
 def parse_args(argv: list[str] | None) -> RayBenchConfig:

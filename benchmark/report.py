@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
-
-def machine_name(env: dict[str, Any], gpu: str | None) -> str:
-    """A short file-name-safe name of the machine, e.g. ``amd-epyc-2c`` or ``nvidia-h100-80gb-hbm3``."""
-    base = gpu if gpu else f"{env['cpu']}-{env['cores']}c"
-    return re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
+from benchmark.harness import write_results
 
 
 def _plot(results: dict[str, Any], folder: Path, stem: str) -> list[str]:
@@ -136,6 +130,11 @@ def _http_tables(http: dict[str, Any], cores: int) -> list[str]:
                      f"| {r['wrk_cpu_cores']:.2f} |")
     busiest = max(r["wrk_cpu_cores"] for r in rows)
     lines += ["", generator_sentence(busiest, cores)]
+    task = http.get("task")
+    if task:
+        lines += ["", f"A dataset task ({task['target']}, {task['images']:,} images as .npy, submit to "
+                      f"`{task['status']}`): {task['images_per_s']:,.0f} images/s; one client sending one image at a "
+                      f"time beside it: p50 {task['online_p50_ms']:.2f} ms, p99 {task['online_p99_ms']:.2f} ms."]
     loop = http["open_loop"]
     lines += ["", f"Open loop ({loop['backend']}, {loop['rate']:,.0f} requests/s for {loop['seconds']:.0f} s, "
                   f"latency from each request's scheduled time): p50 {loop['p50_s'] * 1e3:.2f} ms, p90 "
@@ -148,7 +147,6 @@ def write_report(results: dict[str, Any], folder: Path, conclusions: list[str]) 
     """``benchmark-<machine>.md``, ``.json`` and plots in ``folder``; returns the Markdown path."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"benchmark-{results['machine']}"
-    (folder / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     plots = _plot(results, folder, stem)
     env = results["environment"]
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items())
@@ -165,6 +163,4 @@ def write_report(results: dict[str, Any], folder: Path, conclusions: list[str]) 
     if results.get("http"):
         lines += _http_tables(results["http"], int(results["environment"]["cores"]))
     lines += ["", *[f"![{p}]({p})" for p in plots]]
-    path = folder / f"{stem}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_results(stem, "\n".join(lines), results, folder)

@@ -1,10 +1,7 @@
 """Replicas behind a real load balancer: haproxy in front of ``bentoml serve`` replicas (docs/scale-out.md).
 
-``python -m benchmark.scale_out`` (``make scale-out``) starts two replicas of the service (service.launch)
-and Debian's haproxy in front of them, then runs the batch CLI's job over the 10,000 test images
-through the balancer with one replica in service and with two, alternating, and writes the images/s
-of each and their ratio to ``results/scale-out-<machine>.md`` and ``.json``.
-tests/e2e/test_scale_out.py uses the same pieces to drain and restart a replica under load.
+tests/e2e/test_scale_out.py uses these pieces to drain and restart a replica under load. The one-off
+measurement of one replica against two (results/scale-out-amd-epyc-2c.md) was retired at 38b5e5f.
 
 The balancer mirrors deploy/kubernetes/fashion-serve.yaml: health checks on each replica's probe port
 (``/readyz``, service.health), and client-address affinity (``balance source``, the Service's
@@ -14,25 +11,18 @@ submit. Stateless requests are spread round-robin.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import shutil
 import socket
-import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from service.launch import Server, free_port, start
+from benchmark.harness import Server, free_port, start
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 # Statuses a client may see through the balancer: answers, and the two its retry policy resends.
 RETRIED = (429, 503)
 
@@ -199,118 +189,3 @@ def run_batch(url: str, images: Path, out: Path, batch_size: int, backend: str |
     classify, retried = remote_classifier(args)
     config = JobConfig(batch_size=args.batch_size, concurrency=args.concurrency or 4, progress=False)
     return run_job(open_source(args.input[0], args.labels), out, wrap(classify) if wrap else classify, config, retried)
-
-
-def tiled_test_set(data_dir: str | None, count: int, folder: Path) -> Path:
-    """The test images repeated up to ``count`` images, as a ``.npy`` the batch CLI reads: a run long enough
-    (seconds) to time, where the 10,000 alone take a fraction of a second."""
-    import numpy as np
-
-    from fashion.data import load_fashion_mnist
-
-    images = load_fashion_mnist(data_dir).test_images
-    path = folder / f"test-images-x{count}.npy"
-    np.save(path, np.resize(images, (count, *images.shape[1:])))
-    return path
-
-
-def measure(balancer: Balancer, replicas: Sequence[Replica], images: Path, work: Path, batch_size: int,
-            repeats: int) -> dict[str, list]:
-    """Images/s through the balancer with 1 and with 2 replicas in service, alternated ``repeats`` times,
-    and each replica's share of the requests in the two-replica runs."""
-    runs: dict[str, list] = {"1": [], "2": [], "shares": []}
-    run_batch(balancer.url, images, work / "warm-up.csv", batch_size)  # both replicas' first requests
-    for rep in range(repeats):
-        for in_service in (1, 2):
-            balancer.set_enabled(replicas[1].name, in_service == 2)
-            offset = balancer.log.stat().st_size
-            summary = run_batch(balancer.url, images, work / f"run-{rep}-{in_service}.csv", batch_size)
-            if summary.exit_code != 0 or summary.ok != summary.total:
-                raise RuntimeError(f"the batch job through the balancer failed: {summary.line()}")
-            runs[str(in_service)].append(summary.images_per_second)
-            if in_service == 2:
-                served = [server for backend, server, *_ in balancer.requests(offset) if backend == "replicas"]
-                runs["shares"].append({r.name: served.count(r.name) / len(served) for r in replicas})
-            print(f"  repeat {rep + 1}, {in_service} replica(s): {summary.images_per_second:,.0f} images/s",
-                  flush=True)
-    return runs
-
-
-def write_results(results: dict, out: Path) -> Path:
-    """``scale-out-<machine>.json`` and ``.md`` in ``out``; returns the Markdown path."""
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"scale-out-{results['machine']}"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    env, s = results["environment"], results["summary"]
-    lines = [
-        f"# Replicas behind haproxy: {results['machine']}", "",
-        f"{results['date']}, `{results['command']}`. CPU {env['cpu']}, {env['cores']} cores; "
-        f"haproxy: {results['haproxy']}. The batch CLI's job over {results['images']:,} images (the 10,000 test "
-        f"images repeated; batch size {results['batch_size']}, 4 requests in flight) through haproxy, with one "
-        f"replica in service (the other in maintenance) and with two, alternated {results['repeats']} times; medians.",
-        "",
-        "| replicas in service | images/s (median) | runs |", "| --- | --- | --- |",
-        *[f"| {n} | {s[str(n)]['median']:,.0f} | {', '.join(f'{r:,.0f}' for r in s[str(n)]['runs'])} |"
-          for n in (1, 2)],
-        "", f"Two replicas / one: **{s['ratio']:.2f}x**. Requests each replica served in the two-replica runs: "
-        + "; ".join(", ".join(f"{name} {share:.0%}" for name, share in run.items()) for run in s["shares"]) + ".",
-        "",
-        "What this measures: that the balancer spreads the job over both replicas and loses nothing, not "
-        f"how serving scales. Both replicas, haproxy and the client share the same {env['cores']} cores, and "
-        "one replica already uses all of them (ONNX Runtime's threads), so a second one on the same cores "
-        "cannot add compute: the ratio can be at most about 1, and is lower where the two replicas' threads "
-        "and the balancer compete for the same cores. Scaling needs replicas on "
-        "machines (or pods with CPU limits) of their own (docs/scale-out.md).",
-        "", f"Measured on a machine shared with other jobs: {results['note']}", "",
-    ]
-    path = out / f"{stem}.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    from benchmark.report import machine_name
-    from fashion.env import environment_stamp
-
-    parser = argparse.ArgumentParser(prog="python -m benchmark.scale_out", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=256, help="images per request (default 256)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per replica count (default 5)")
-    parser.add_argument("--images", type=int, default=100_000,
-                        help="images per run: the test set repeated (default 100,000)")
-    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: found)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default results/)")
-    args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="scale-out-"))
-    images = tiled_test_set(args.data_dir, args.images, work)
-    replicas = [Replica.on_free_ports(f"r{i}") for i in range(2)]
-    servers = [start_replica(work, r) for r in replicas]
-    balancer = None
-    try:
-        for server in servers:
-            server.wait_ready(300)
-        balancer = Balancer.start(work / "haproxy", replicas)
-        balancer.wait_for(lambda st: all(st.get(r.name) == "UP" for r in replicas), "both replicas UP", 60)
-        runs = measure(balancer, replicas, images, work, args.batch_size, args.repeats)
-    finally:
-        if balancer is not None:
-            balancer.stop()
-        for server in servers:
-            server.stop()
-    env = environment_stamp()
-    summary: dict = {n: {"median": statistics.median(runs[n]), "runs": runs[n]} for n in ("1", "2")}
-    summary["shares"] = runs["shares"]
-    summary["ratio"] = summary["2"]["median"] / summary["1"]["median"]
-    version = subprocess.run([haproxy_binary(), "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-    results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_name(env, None),
-               "command": " ".join(["python -m benchmark.scale_out", *(sys.argv[1:] if argv is None else argv)]),
-               "environment": env, "haproxy": version.removeprefix("HAProxy version ").split(" ")[0],
-               "images": args.images, "batch_size": args.batch_size, "repeats": args.repeats, "summary": summary,
-               "note": "other processes ran meanwhile, so compare the two rows of one run, not across runs."}
-    print(write_results(results, args.out).read_text())
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,7 +39,7 @@ from service.admission import AdmissionMiddleware
 from service.answers import NPY, negotiate, records_response
 from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
-from service.config import ServiceConfig
+from service.config import STOPPED_LINE, ServiceConfig
 from service.datasets import Upload
 from service.gcstats import GCRecorder, census, settle_heap
 from service.health import Heartbeat, start_health_server
@@ -51,7 +51,6 @@ from service.inputs import (
     PixelArray,
     RequestError,
 )
-from service.launch import STOPPED_LINE
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 from service.serving import InFlight, Serving

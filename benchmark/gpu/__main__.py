@@ -35,7 +35,7 @@ import numpy as np
 from benchmark.gpu.endtoend import EndToEndPlan
 from benchmark.gpu.serving import ServicePlan
 from benchmark.gpu.variants import InprocessPlan
-from benchmark.timing import Budget
+from benchmark.harness import Budget
 
 STAGES = ("ceilings", "inprocess", "endtoend", "diagnose", "service", "cli")
 DEVICE_DIR = Path("/tmp/fashion-gpu")

@@ -61,7 +61,7 @@ def service_env(device: str, plan: ServicePlan, home: Path) -> dict[str, str]:
 
 def start_service(device: str, plan: ServicePlan, models: Path, work: Path) -> tuple[subprocess.Popen, str]:
     """``bentoml serve`` on a free loopback port, ready (``/readyz``); returns (process, base URL)."""
-    from service import launch
+    from benchmark import harness as launch
 
     env = {k: v for k, v in service_env(device, plan, work).items() if k != "BENTOML_HOME"}  # launch makes one
     server = launch.start(work, env=env, models=models)
@@ -118,7 +118,7 @@ def parity(device_answers: dict[str, np.ndarray], cpu_answers: dict[str, np.ndar
 
 def drive(url: str, backend: str, bodies: dict[str, Path], plan: ServicePlan) -> list[dict[str, Any]]:
     """wrk: one PNG per request at each concurrency, then the 4,096-image .npy requests."""
-    from benchmark.bench_http import run_wrk
+    from benchmark.harness import run_wrk
 
     rows = []
     runs = [("single", c, f"{url}/classify?backend={backend}", 1, plan.seconds) for c in plan.concurrency]
@@ -140,7 +140,7 @@ def drive(url: str, backend: str, bodies: dict[str, Path], plan: ServicePlan) ->
 
 def request_bodies(images: np.ndarray, plan: ServicePlan, work: Path) -> dict[str, tuple[Path, str]]:
     """The two wrk bodies: one PNG upload, and ``batch_images`` test images as .npy."""
-    from benchmark.bench_http import multipart_body
+    from benchmark.harness import multipart_body
 
     boundary = uuid.uuid4().hex
     single, batch = work / "single.bin", work / "batch.npy"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.gpu.ceilings import matmul_precision, synchronize, torch_dtype
-from benchmark.timing import Budget, time_calls
+from benchmark.harness import Budget, time_calls
 from fashion.backends import BACKENDS, load_artifact
 from fashion.contract import INPUT_NAME, OUTPUT_NAME, preprocess, softmax
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.timing import QUICK, percentile, time_calls
+from benchmark.harness import QUICK, percentile, time_calls
 from fashion.backends import BACKENDS
 from fashion.manifest import read_manifest
 

@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmark.harness import Server
 from benchmark.scale_out import RETRIED, Balancer, Replica, run_batch, start_replica
-from service.launch import Server
 from tests.helpers import npy, wait_until
 
 BACKEND = "onnx-torch"

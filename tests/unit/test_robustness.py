@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import corruptions
-from benchmark.corruptions import FAMILIES, severities
-from benchmark.robustness import cases, markdown, summary
+from benchmark.quality import corruptions
+from benchmark.quality.corruptions import FAMILIES, severities
+from benchmark.quality.robustness import cases, markdown, summary
 from fashion.imaging import decode_image
 
 

@@ -1,26 +1,27 @@
 """How well the "not clothing" score separates Fashion-MNIST from images that are not clothing.
 
-``python -m benchmark.ood`` builds out-of-distribution sets from images that ship inside packages (nothing made up
-here): scikit-learn's handwritten digits (``load_digits``, 8 x 8, upscaled to 28 x 28) and crops of scikit-image's
-bundled pictures (``skimage.data``, those that need no download), plus sanity cases (blank, constant, noise, text
-renderings). Every image is uploaded as a PNG to ``/classify`` of a running service (``--url``, or one started on
-the store's models), exactly as a user's file would be, and the answers' ``ood_score`` are compared with those of
-the real test images. It also compares candidate methods in process on the same decoded pixels (maximum softmax
-probability, energy, the served combination), which is how the method was chosen.
+``python -m benchmark.quality.ood`` builds out-of-distribution sets from images that ship inside packages (nothing
+made up here): scikit-learn's handwritten digits (``load_digits``, 8 x 8, upscaled to 28 x 28) and crops of
+scikit-image's bundled pictures (``skimage.data``, those that need no download), plus sanity cases (blank,
+constant, noise, text renderings). Every image is uploaded as a PNG to ``/classify`` of a running service
+(``--url``, or one started on the store's models), exactly as a user's file would be, and the answers'
+``ood_score`` are compared with those of the real test images. It also compares candidate methods in process on the
+same decoded pixels (maximum softmax probability, energy, the served combination), which is how the method was
+chosen.
 Writes ``results/ood.json`` and ``results/ood.md``: AUROC and FPR at the served threshold (95% TPR on validation).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmark.inputs import RESULTS, classify_answers, command_line, encode, model_tags, store_models
+from benchmark import harness
+from benchmark.harness import RESULTS, write_results
+from benchmark.quality.inputs import classify_answers, command_line, encode, model_tags, store_models
 
 SKIMAGE_PICTURES = ("astronaut", "brick", "camera", "cat", "checkerboard", "clock", "coffee", "coins", "colorwheel",
                     "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms",
@@ -133,8 +134,6 @@ def evaluate(url: str, sets: dict[str, list[bytes]], test_files: list[bytes]) ->
 
 def write_report(meta: dict, served: list[dict], tpr: float, methods: list[dict], out: Path) -> None:
     """``ood.json`` and ``ood.md``."""
-    (out / "ood.json").write_text(json.dumps({**meta, "test_tpr": tpr, "served": served, "methods": methods},
-                                             indent=2) + "\n")
     lines = ["# \"Not clothing\": out-of-distribution detection, through the HTTP service", "",
              f"Written by `{meta['command']}`. In-distribution: the first {meta['n_test']} test images as PNG "
              f"uploads; TPR at the served threshold: **{tpr:.4f}**. FPR: share of the set the service calls "
@@ -146,11 +145,11 @@ def write_report(meta: dict, served: list[dict], tpr: float, methods: list[dict]
     lines += ["", "## How the method was chosen (in process, same pixels, AUROC)", "",
               "| model | set | " + " | ".join(names) + " |", "| --- | --- |" + " ---: |" * len(names)]
     lines += [f"| {r['model']} | {r['set']} | " + " | ".join(f"{r[n]:.4f}" for n in names) + " |" for r in methods]
-    (out / "ood.md").write_text("\n".join(lines) + "\n")
+    write_results("ood", "\n".join(lines), {**meta, "test_tpr": tpr, "served": served, "methods": methods}, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.ood", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.quality.ood", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--limit", type=int, default=10000, help="in-distribution test images")
     parser.add_argument("--seed", type=int, default=0)
@@ -169,19 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             "all sanity cases": [f for files in sanity_sets.values() for f in files]}
     model_dirs = args.model_dir or store_models()
     methods = [row for model_dir in model_dirs for row in compare_methods(model_dir, sets, test_files)]
-    meta = {"command": command_line("benchmark.ood", argv), "n_test": len(test_files), "seed": args.seed,
+    meta = {"command": command_line("benchmark.quality.ood", argv), "n_test": len(test_files), "seed": args.seed,
             "models": None if args.url else model_tags(store_models())}
     if args.url:
         served, tpr = evaluate(args.url, sets, test_files)
     else:
-        from reliability.harness import launch
-
-        with tempfile.TemporaryDirectory(prefix="ood-") as work:
-            server = launch(Path(work))
-            try:
-                served, tpr = evaluate(server.url, sets, test_files)
-            finally:
-                server.stop()
+        with harness.served() as server:
+            served, tpr = evaluate(server.url, sets, test_files)
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(meta, served, tpr, methods, args.out)
     print((args.out / "ood.md").read_text())

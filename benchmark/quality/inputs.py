@@ -1,6 +1,6 @@
 """Accuracy on real test images transformed the way product photos arrive, through the HTTP service.
 
-``python -m benchmark.inputs`` starts ``bentoml serve`` on the registered models (or uses ``--url``), uploads
+``python -m benchmark.quality.inputs`` starts ``bentoml serve`` on the registered models (or uses ``--url``), uploads
 every variant of the transformed suite to ``/classify`` with ``framing=dataset`` and ``framing=legacy``, and
 writes ``results/inputs.json`` and ``results/inputs.md``: accuracy per variant against the 28 x 28 baseline.
 
@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmark import harness
+from benchmark.harness import RESULTS, write_results
 from fashion.contract import CLASS_NAMES
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 WHITE, GREY, BEIGE, BLUE, DARK = (255, 255, 255), (128, 128, 128), (232, 214, 180), (70, 120, 200), (25, 25, 30)
 PHOTO_SIZE = 112  # the object's pixels before margins: a 4x upscale, so margins are added at photo resolution
 
@@ -181,7 +180,6 @@ def model_tags(model_dirs: list[Path]) -> list[str]:
 def write_report(rows: list[dict], meta: dict, out: Path) -> None:
     """``inputs.json`` and ``inputs.md``."""
     baseline = rows[0]["dataset"]
-    (out / "inputs.json").write_text(json.dumps({**meta, "baseline": baseline, "rows": rows}, indent=2) + "\n")
     lines = [
         "# Accuracy on transformed test images, through the HTTP service", "",
         f"Written by `{meta['command']}`. n = {meta['n']} test images per variant (the first {meta['n']} of the "
@@ -195,11 +193,11 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
         delta = 100 * (r["dataset"] - baseline)
         lines.append(f"| {r['variant']} | {r['description']} | {r['legacy']:.4f} | {r['dataset']:.4f} | "
                      f"{delta:+.1f} | {'yes' if abs(delta) <= 1.5 else 'NO'} |")
-    (out / "inputs.md").write_text("\n".join(lines) + "\n")
+    write_results("inputs", "\n".join(lines), {**meta, "baseline": baseline, "rows": rows}, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.inputs", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.quality.inputs", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--limit", type=int, default=1000, help="test images per variant")
     parser.add_argument("--seed", type=int, default=0, help="placement of the off-centre variant")
@@ -211,19 +209,13 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_fashion_mnist(args.data_dir)
     images, labels = data.test_images[:args.limit], data.test_labels[:args.limit]
-    meta = {"command": command_line("benchmark.inputs", argv), "n": len(labels), "backend": "default backend",
+    meta = {"command": command_line("benchmark.quality.inputs", argv), "n": len(labels), "backend": "default backend",
             "classes": list(CLASS_NAMES), "models": None if args.url else model_tags(store_models())}
     if args.url:
         rows = run_suite(args.url, images, labels, args.seed)
     else:
-        from reliability.harness import launch
-
-        with tempfile.TemporaryDirectory(prefix="inputs-") as work:
-            server = launch(Path(work))
-            try:
-                rows = run_suite(server.url, images, labels, args.seed)
-            finally:
-                server.stop()
+        with harness.served() as server:
+            rows = run_suite(server.url, images, labels, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(rows, meta, args.out)
     print((args.out / "inputs.md").read_text())

@@ -1,6 +1,6 @@
 """Calibration of every exported model: ECE (15 bins) and reliability diagrams, before and after temperature scaling.
 
-``python -m benchmark.calibration`` runs each exported model's ONNX artifact (the store's latest, or
+``python -m benchmark.quality.calibration`` runs each exported model's ONNX artifact (the store's latest, or
 ``--model-dir``) on the 10,000 test images, applies the temperature its manifest recorded (fitted on the validation
 split at export, see fashion.calibration), then measures the same through the HTTP service: the 10,000 images
 uploaded as PNG to ``/classify`` of every backend (a service it starts on the store's models, or ``--url``), ECE from
@@ -10,14 +10,14 @@ the answers' ``confidence``. Writes ``results/calibration.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmark.inputs import RESULTS, command_line, store_models
+from benchmark import harness
+from benchmark.harness import RESULTS, write_results
+from benchmark.quality.inputs import command_line, store_models
 
 
 def measure(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -44,7 +44,7 @@ def measure_served(url: str, images: np.ndarray, labels: np.ndarray, backends: l
     """Per backend, accuracy and ECE of the service's answers to the test images uploaded as PNG files."""
     import httpx
 
-    from benchmark.inputs import classify_answers, encode
+    from benchmark.quality.inputs import classify_answers, encode
     from fashion.calibration import ECE_BINS, confidence_bins, ece_of_bins
 
     files = [encode(i) for i in images]
@@ -83,8 +83,6 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def write_report(rows: list[dict], served: list[dict], command: str, out: Path) -> None:
     """``calibration.json``, ``calibration.md`` and ``calibration.png``."""
-    (out / "calibration.json").write_text(json.dumps({"command": command, "rows": rows, "served": served},
-                                                     indent=2) + "\n")
     plot(rows, out / "calibration.png")
     lines = ["# Calibration: temperature scaling fitted on the validation split", "",
              f"Written by `{command}`. 10,000 test images, each model's ONNX artifact; ECE with "
@@ -98,11 +96,12 @@ def write_report(rows: list[dict], served: list[dict], command: str, out: Path) 
               "`confidence` (15 bins).", "",
               "| backend | model version | accuracy | ECE |", "| --- | --- | ---: | ---: |"]
     lines += [f"| {r['backend']} | {r['model_version']} | {r['accuracy']:.4f} | {r['ece']:.4f} |" for r in served]
-    (out / "calibration.md").write_text("\n".join(lines) + "\n\n![reliability diagrams](calibration.png)\n")
+    write_results("calibration", "\n".join(lines) + "\n\n![reliability diagrams](calibration.png)",
+                  {"command": command, "rows": rows, "served": served}, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.calibration", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.quality.calibration", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", type=Path, action="append", default=None,
                         help="exported model folder (default: the store's latest fashion-mlp-torch and -tf)")
@@ -119,16 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         served = measure_served(args.url, data.test_images, data.test_labels, backends)
     else:
-        from reliability.harness import launch
-
-        with tempfile.TemporaryDirectory(prefix="calibration-") as work:
-            server = launch(Path(work))
-            try:
-                served = measure_served(server.url, data.test_images, data.test_labels, backends)
-            finally:
-                server.stop()
+        with harness.served() as server:
+            served = measure_served(server.url, data.test_images, data.test_labels, backends)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(rows, served, command_line("benchmark.calibration", argv), args.out)
+    write_report(rows, served, command_line("benchmark.quality.calibration", argv), args.out)
     print((args.out / "calibration.md").read_text())
     return 0
 

@@ -1,4 +1,4 @@
-"""What every reliability scenario needs: a real server to hurt, probes, and its process's vital signs."""
+"""What the reliability scenarios measure a server with (benchmark.harness starts it): probes, latency, recovery."""
 
 from __future__ import annotations
 
@@ -10,37 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from benchmark.bench_http import multipart_body
-from benchmark.timing import percentile
+from benchmark.harness import multipart_body, percentile
 from fashion.samples import sample_paths
-from service import launch as launcher
 
-REPO = Path(__file__).resolve().parents[1]
 BOUNDARY = "fashionserveboundary"
-
-
-class Server(launcher.Server):
-    """A ``bentoml serve`` of the service (service.launch), with a look at its worker process."""
-
-    def worker(self):
-        """The worker process (``psutil.Process``) serving requests; BentoML's arbiter is ``proc``."""
-        import psutil
-
-        for child in psutil.Process(self.proc.pid).children(recursive=True):
-            try:
-                command = " ".join(child.cmdline())
-            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a killed worker the arbiter has not reaped yet
-                continue
-            if "_bentoml_impl.worker.service" in command:
-                return child
-        raise RuntimeError("no BentoML worker process found")
-
-    def vitals(self) -> dict[str, float]:
-        """The worker's resident memory (MiB), open file descriptors, TCP connections and CPU seconds so far."""
-        worker = self.worker()
-        cpu = worker.cpu_times()
-        return {"rss_mib": worker.memory_info().rss / 2**20, "open_fds": worker.num_fds(),
-                "connections": len(worker.net_connections(kind="tcp")), "cpu_s": cpu.user + cpu.system}
 
 
 def host_steal_seconds() -> float:
@@ -48,21 +21,6 @@ def host_steal_seconds() -> float:
     import psutil
 
     return getattr(psutil.cpu_times(), "steal", 0.0)
-
-
-def launch(workdir: Path, env: dict[str, str] | None = None, wait: bool = True) -> Server:
-    """Start the service (models from ``BENTOML_HOME`` or ``~/bentoml``) and wait until it is ready.
-
-    Its probes are also served on a port of their own (service.health), as a deployment should.
-    """
-    server = launcher.start(workdir, env=env, health_port=True, kind=Server)
-    if wait:
-        try:
-            server.wait_ready()
-        except BaseException:
-            server.stop()
-            raise
-    return server
 
 
 def upload_body(workdir: Path) -> tuple[Path, bytes]:

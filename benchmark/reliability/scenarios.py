@@ -1,9 +1,9 @@
 """Reliability scenarios against a real server: overload, shutdown, crash, misbehaving clients, soak.
 
-Each function hurts a running :class:`~reliability.harness.Server` in one way and
+Each function hurts a running :class:`~benchmark.harness.Server` in one way and
 returns the figures it measured as a plain dict (requests sent, answers by
 status, items lost, duplicates, time to recover). Tests assert on them with short
-durations; ``python -m reliability`` runs the full lengths and writes results/.
+durations; ``python -m benchmark.reliability`` runs the full lengths and writes results/.
 """
 
 from __future__ import annotations
@@ -24,22 +24,18 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmark.bench_http import run_wrk
+from benchmark.harness import REPO, Server, percentile, run_wrk
 from benchmark.openloop import open_loop
-from benchmark.timing import percentile
-from clients.client import npy_bytes
-from reliability.harness import (
+from benchmark.reliability.probes import (
     BOUNDARY,
-    REPO,
     Prober,
-    Server,
     baseline_latency,
     content_type,
     host_steal_seconds,
-    launch,
     recovery_seconds,
     upload_body,
 )
+from clients.client import npy_bytes
 
 ALLOWED_UNDER_LOAD = frozenset({"200", "429", "503", "504"})
 
@@ -132,7 +128,7 @@ async def post_npy(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[in
 def worker_totals(server: Server) -> dict[str, int]:
     """The worker's request counts now, from its probe port's ``/requestz`` (service.serving.InFlight.totals)."""
     if not server.health_url:
-        raise ValueError(f"{server.url} has no probe port; start it with reliability.harness.launch")
+        raise ValueError(f"{server.url} has no probe port; start it with benchmark.harness.launch")
     reply = httpx.get(f"{server.health_url}/requestz", timeout=30)
     reply.raise_for_status()
     return reply.json()
@@ -402,4 +398,4 @@ def soak(server: Server, workdir: Path, minutes: float = 30.0, load: float = 0.7
     }
 
 
-__all__ = ["crash", "launch", "misbehaving_clients", "overload", "shutdown", "soak", "sustainable_rate"]
+__all__ = ["crash", "misbehaving_clients", "overload", "shutdown", "soak", "sustainable_rate"]

@@ -1,7 +1,7 @@
 """Robustness to corrupted, oddly delivered and casually captured images, through the HTTP service.
 
-``python -m benchmark.robustness`` starts ``bentoml serve`` on the registered models (or uses ``--url``), uploads
-the first ``--limit`` test images in every case below to ``/classify`` of each backend in ``--backends`` (by
+``python -m benchmark.quality.robustness`` starts ``bentoml serve`` on the registered models (or uses ``--url``),
+uploads the first ``--limit`` test images in every case below to ``/classify`` of each backend in ``--backends`` (by
 default both frameworks' exported ``best`` models, served through ONNX Runtime), and records accuracy and the
 share flagged "not clothing" (``in_distribution`` false) per case:
 
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.corruptions import FAMILIES, severities
-from benchmark.inputs import (
-    RESULTS,
+from benchmark import harness
+from benchmark.harness import RESULTS
+from benchmark.quality.corruptions import FAMILIES, severities
+from benchmark.quality.inputs import (
     WHITE,
     classify_answers,
     command_line,
@@ -242,9 +243,10 @@ def markdown(results: dict) -> str:
     """The report: the acceptance summary, then every case, for every stored run."""
     runs = results["runs"]
     lines = ["# Robustness: corrupted, oddly delivered and casually captured images, through `/classify`", "",
-             "Written by `python -m benchmark.robustness` (`make robustness`; see benchmark/robustness.py for every "
-             "case). Each run names its command, code and models below. Points are accuracy differences against the "
-             "same run's 28 x 28 baseline; \"not clothing\" is the share of answers with `in_distribution` false.", ""]
+             "Written by `python -m benchmark.quality.robustness` (`make robustness`; see "
+             "benchmark/quality/robustness.py for every case). Each run names its command, code and models below. "
+             "Points are accuracy differences against the same run's 28 x 28 baseline; \"not clothing\" is the "
+             "share of answers with `in_distribution` false.", ""]
     for label, run in runs.items():
         lines += [f"- **{label}**: `{run['command']}`; code {run['code']}; n = {run['n']}; models: "
                   f"{', '.join(run['models'] or ['the service at --url'])}"]
@@ -319,20 +321,18 @@ def code_version() -> str:
 
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1], check=True).stdout.strip()
+                              cwd=harness.REPO, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def write_results(run: dict, label: str, out: Path) -> dict:
+def store_run(run: dict, label: str, out: Path) -> dict:
     """Store ``run`` under ``label`` in ``robustness.json`` (other labels kept), then rewrite the .md and .png."""
     path = out / "robustness.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     results["runs"][label] = run
     results["runs"] = dict(sorted(results["runs"].items(), key=lambda kv: not kv[0].startswith("before")))
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    (out / "robustness.md").write_text(markdown(results))
+    harness.write_results("robustness", markdown(results), results, out)
     plot(results, out / "robustness.png")
     return results
 
@@ -343,7 +343,7 @@ def imaging_at(ref: str):
     import subprocess
 
     source = subprocess.run(["git", "show", f"{ref}:fashion/imaging.py"], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout
+                            cwd=harness.REPO).stdout
     folder = Path(tempfile.mkdtemp(prefix="imaging-"))
     (folder / "imaging_at_ref.py").write_text(source)
     spec = importlib.util.spec_from_file_location(f"imaging_{ref}", folder / "imaging_at_ref.py")
@@ -386,7 +386,6 @@ def decode_cost(before_ref: str, images: np.ndarray, repeats: int) -> dict:
 
 def write_cost(cost: dict, meta: dict, out: Path) -> None:
     """``decode-cost.json`` and ``decode-cost.md``."""
-    (out / "decode-cost.json").write_text(json.dumps({**meta, "sizes": cost}, indent=2) + "\n")
     lines = ["# Decode and framing time per image, before and after", "",
              f"Written by `{meta['command']}`: `fashion.imaging.decode_image` of git `{meta['before']}` (before) "
              f"and of this checkout, {meta['code']} (after), on the same {meta['n']} files, {meta['repeats']} "
@@ -397,11 +396,11 @@ def write_cost(cost: dict, meta: dict, out: Path) -> None:
         lines.append(f"| {size} | {b['median_ms']:.2f} ({b['min_ms']:.2f}-{b['max_ms']:.2f}) | "
                      f"{a['median_ms']:.2f} ({a['min_ms']:.2f}-{a['max_ms']:.2f}) | "
                      f"{a['median_ms'] / b['median_ms']:.2f} |")
-    (out / "decode-cost.md").write_text("\n".join(lines) + "\n")
+    harness.write_results("decode-cost", "\n".join(lines), {**meta, "sizes": cost}, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.robustness", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmark.quality.robustness", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--limit", type=int, default=1000, help="test images per case")
     parser.add_argument("--seed", type=int, default=0, help="corruption noise, tilt sides, hidden colours")
@@ -421,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.report_only:
         results = json.loads((args.out / "robustness.json").read_text())
-        (args.out / "robustness.md").write_text(markdown(results))
+        harness.write_results("robustness", markdown(results), folder=args.out)
         plot(results, args.out / "robustness.png")
         return 0
     from fashion.data import load_fashion_mnist
@@ -429,9 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_fashion_mnist(args.data_dir)
     images, labels = data.test_images[:args.limit], data.test_labels[:args.limit]
     if args.cost:
-        meta = {"command": command_line("benchmark.robustness", argv), "before": args.cost, "code": code_version(),
-                "n": len(images), "repeats": args.repeats}
-        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {"command": command_line("benchmark.quality.robustness", argv), "before": args.cost,
+                "code": code_version(), "n": len(images), "repeats": args.repeats}
         write_cost(decode_cost(args.cost, images, args.repeats), meta, args.out)
         print((args.out / "decode-cost.md").read_text())
         return 0
@@ -440,18 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         models, rows = served_models(args.url, backends), run_cases(args.url, images, labels, backends, args.seed,
                                                                     args.only)
     else:
-        from reliability.harness import launch
-
-        with tempfile.TemporaryDirectory(prefix="robustness-") as work:
-            server = launch(Path(work))
-            try:
-                models = served_models(server.url, backends)
-                rows = run_cases(server.url, images, labels, backends, args.seed, args.only)
-            finally:
-                server.stop()
-    run = {"command": command_line("benchmark.robustness", argv), "code": args.code or code_version(),
+        with harness.served() as server:
+            models = served_models(server.url, backends)
+            rows = run_cases(server.url, images, labels, backends, args.seed, args.only)
+    run = {"command": command_line("benchmark.quality.robustness", argv), "code": args.code or code_version(),
            "n": len(labels), "seed": args.seed, "backends": list(backends), "models": models, "rows": rows}
-    results = write_results(run, args.label, args.out)
+    results = store_run(run, args.label, args.out)
     print(markdown({"runs": {args.label: results["runs"][args.label]}}).split("## Delivery")[0])
     return 0
 

@@ -1,4 +1,4 @@
-"""Run the reliability scenarios at full length: ``python -m reliability [SCENARIO ...]`` (``make reliability``).
+"""The reliability scenarios at full length: ``python -m benchmark.reliability [SCENARIO ...]`` (``make reliability``).
 
 Scenarios: overload (30 s flood), shutdown, crash, clients (misbehaving), soak (30 min;
 only when named, ``make soak``). Each runs against its own ``bentoml serve`` of the
@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmark.harness import RESULTS, served, write_results
+from benchmark.reliability import scenarios
 from fashion.env import environment_stamp
-from reliability import scenarios
-from reliability.harness import launch
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT = ("overload", "shutdown", "crash", "clients")
 
 
@@ -28,8 +27,7 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
     """Start a fresh server, hurt it one way, stop it; the scenario's figures."""
     from fashion.data import find_data_dir, load_fashion_mnist
 
-    server = launch(workdir)
-    try:
+    with served(workdir) as server:
         if name == "overload":
             images = next(find_data_dir(download=False).glob("t10k-images-idx3-ubyte*"))
             return scenarios.overload(server, workdir, seconds=args.seconds, connections=args.connections,
@@ -40,8 +38,6 @@ def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
             return scenarios.misbehaving_clients(server, workdir)
         pixels = load_fashion_mnist(download=False).test_images[:1024]
         return scenarios.shutdown(server, pixels) if name == "shutdown" else scenarios.crash(server, pixels)
-    finally:
-        server.stop()
 
 
 def summarize(name: str, f: dict[str, Any]) -> list[str]:
@@ -113,7 +109,7 @@ def summarize(name: str, f: dict[str, Any]) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     """Markdown: per scenario the key figures, then every figure as JSON."""
-    lines = ["# Reliability runs", "", "Written by `python -m reliability` (`make reliability`; the soak: "
+    lines = ["# Reliability runs", "", "Written by `python -m benchmark.reliability` (`make reliability`; the soak: "
              "`make soak`). Each scenario ran against its own `bentoml serve` of the exported models.", ""]
     for name, entry in results.items():
         lines += [f"## {name}", "", f"{entry['when']}, {entry['machine']}", "", *summarize(name, entry["figures"]),
@@ -130,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=1024, help="flood connections (default: 1024)")
     parser.add_argument("--minutes", type=float, default=30.0, help="soak length (default: 30)")
     parser.add_argument("--load", type=float, default=0.7, help="soak rate as a share of capacity (default: 0.7)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "reliability.json", help="JSON results file")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of reliability.json and .md")
     args = parser.parse_args(argv)
     args.scenarios = args.scenarios or list(DEFAULT)
     unknown = sorted(set(args.scenarios) - {*DEFAULT, "soak"})
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}")
 
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    path = args.out / "reliability.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
     stamp = environment_stamp()
     machine = f"{stamp.get('cpu', '?')}, {stamp.get('cores', '?')} cores"
     with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
@@ -147,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(figures, indent=1, default=str)[:2000], flush=True)
             results[name] = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
                              "figures": figures}
-            args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(render(results))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+            write_results("reliability", data=results, folder=args.out)
+    report = write_results("reliability", render(results), results, args.out)
+    print(f"wrote {report} and {path}")
     return 0
 
 
