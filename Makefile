@@ -9,11 +9,12 @@ PRESET ?= best
 DEVICE ?= auto
 # make wheelhouse: the serve extra's wheels for a GPU server without a package index (docs/gpu.md)
 PYTHON_VERSION ?= 3.12
+EXTRA ?= serve
 PLATFORM ?= manylinux_2_28_x86_64
 WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers reliability bento-check bento-profiles \
-	reliability-tests soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood \
+	reliability-tests soak fuzz clean test-fast test-lab test-timing inputs robustness calibration ood \
 	scale-out wheelhouse
 
 help: ## Show the targets
@@ -57,6 +58,9 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
 	$(PY) -m pytest -m unit tests/unit
 
+test-lab: data ## Only the tests of the lab (benchmark/) and of the docs (pytest -m lab)
+	$(PY) -m pytest -m lab
+
 bento-check: export ## Build each Bento profile (full, onnx), serve it from a fresh venv of only its requirements, check it (results/bento-check.txt)
 	$(PY) -m tests.bento_check
 
@@ -71,9 +75,6 @@ calibration: export ## ECE before/after temperature scaling per exported model -
 
 robustness: export ## MNIST-C corruptions, delivery and capture variants via HTTP, both frameworks -> results/robustness.md
 	$(PY) -m benchmark.quality.robustness --limit 1000
-
-decode-cost: ## Decode + framing time per image, this checkout against the framing before issue 29 (31ca1b2) -> results/decode-cost.md
-	$(PY) -m benchmark.quality.robustness --cost 31ca1b2 --limit 100
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
 	$(PY) -m benchmark.quality.ood
@@ -108,12 +109,13 @@ soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md
 fuzz: setup ## Coverage-guided fuzzing of the image decoder for 5 minutes (atheris)
 	$(PY) -m tests.fuzz_imaging -max_total_time=300
 
-wheelhouse: setup ## The serve extra's wheels for PYTHON_VERSION/PLATFORM (default: the GPU server's cp312, manylinux x86_64) -> $(WHEELHOUSE)/
-	$(PY) -m pip wheel --no-deps -q -w $(WHEELHOUSE) .
-	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --python-version $(PYTHON_VERSION) \
-	  --platform $(PLATFORM) --platform manylinux2014_x86_64 --platform linux_x86_64 --implementation cp \
-	  "$$(ls $(WHEELHOUSE)/fashion_serve-*.whl)[serve]"
-	@echo "On the server: pip install --no-index --find-links $(WHEELHOUSE) 'fashion-serve[serve]'"
+wheelhouse: setup ## Wheels of the project and its EXTRA (default serve) for PYTHON_VERSION/PLATFORM (default: cp312, manylinux x86-64) -> $(WHEELHOUSE)/
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELHOUSE) .
+	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --implementation cp \
+	  --python-version $(PYTHON_VERSION) --platform $(PLATFORM) --platform manylinux2014_x86_64 \
+	  --platform linux_x86_64 "$$(ls $(WHEELHOUSE)/fashion_serve-*.whl)[$(EXTRA)]"
+	@echo "Offline, on the target: pip install --no-index --find-links $(WHEELHOUSE) 'fashion-serve[$(EXTRA)]'"
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,68 +336,6 @@ def store_run(run: dict, label: str, out: Path) -> dict:
     return results
 
 
-def imaging_at(ref: str):
-    """``fashion.imaging`` as it is at git ``ref`` of this checkout, loaded as a module of its own."""
-    import importlib.util
-    import subprocess
-
-    source = subprocess.run(["git", "show", f"{ref}:fashion/imaging.py"], capture_output=True, text=True, check=True,
-                            cwd=harness.REPO).stdout
-    folder = Path(tempfile.mkdtemp(prefix="imaging-"))
-    (folder / "imaging_at_ref.py").write_text(source)
-    spec = importlib.util.spec_from_file_location(f"imaging_{ref}", folder / "imaging_at_ref.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def cost_files(images: np.ndarray) -> dict[str, list[bytes]]:
-    """Uploads for the cost comparison: the 28 x 28 images, and the photos scaled to 1,000 x 1,000 PNGs."""
-    from PIL import Image
-
-    return {"28x28": [encode(i) for i in images],
-            "1000x1000": [encode(np.asarray(Image.fromarray(photo(i)).resize((1000, 1000), Image.Resampling.LANCZOS)))
-                          for i in images]}
-
-
-def decode_cost(before_ref: str, images: np.ndarray, repeats: int) -> dict:
-    """Median seconds per image to decode and frame, this checkout against ``before_ref``, interleaved repeats."""
-    import time
-
-    from fashion import imaging
-
-    decoders = {"before": imaging_at(before_ref).decode_image, "after": imaging.decode_image}
-    out = {}
-    for size, files in cost_files(images).items():
-        times: dict[str, list[float]] = {name: [] for name in decoders}
-        for decode in decoders.values():  # warm-up: Pillow's lazy imports belong to neither
-            decode(files[0])
-        for _ in range(repeats):
-            for name, decode in decoders.items():
-                start = time.perf_counter()
-                for data in files:
-                    decode(data)
-                times[name].append((time.perf_counter() - start) / len(files))
-        out[size] = {name: {"median_ms": 1000 * float(np.median(t)), "min_ms": 1000 * float(np.min(t)),
-                            "max_ms": 1000 * float(np.max(t))} for name, t in times.items()}
-    return out
-
-
-def write_cost(cost: dict, meta: dict, out: Path) -> None:
-    """``decode-cost.json`` and ``decode-cost.md``."""
-    lines = ["# Decode and framing time per image, before and after", "",
-             f"Written by `{meta['command']}`: `fashion.imaging.decode_image` of git `{meta['before']}` (before) "
-             f"and of this checkout, {meta['code']} (after), on the same {meta['n']} files, {meta['repeats']} "
-             "interleaved repeats, in one process. Milliseconds per image: median (min-max) over the repeats.", "",
-             "| upload | before | after | after / before |", "| --- | ---: | ---: | ---: |"]
-    for size, arms in cost.items():
-        b, a = arms["before"], arms["after"]
-        lines.append(f"| {size} | {b['median_ms']:.2f} ({b['min_ms']:.2f}-{b['max_ms']:.2f}) | "
-                     f"{a['median_ms']:.2f} ({a['min_ms']:.2f}-{a['max_ms']:.2f}) | "
-                     f"{a['median_ms'] / b['median_ms']:.2f} |")
-    harness.write_results("decode-cost", "\n".join(lines), {**meta, "sizes": cost}, out)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.quality.robustness", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -409,9 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", default=None, help="the code the service runs (default: this checkout's commit)")
     parser.add_argument("--only", choices=("delivery", "capture", "corruption"), default=None,
                         help="one group of cases (with the baseline): a quick look")
-    parser.add_argument("--cost", metavar="REF", default=None,
-                        help="instead: time decode + framing of this checkout against git REF (results/decode-cost.md)")
-    parser.add_argument("--repeats", type=int, default=5, help="with --cost: interleaved repeats")
     parser.add_argument("--report-only", action="store_true",
                         help="instead: rewrite robustness.md and .png from the stored robustness.json")
     parser.add_argument("--url", default=None, help="a running service; default: start one on the store's models")
@@ -427,12 +361,6 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_fashion_mnist(args.data_dir)
     images, labels = data.test_images[:args.limit], data.test_labels[:args.limit]
-    if args.cost:
-        meta = {"command": command_line("benchmark.quality.robustness", argv), "before": args.cost,
-                "code": code_version(), "n": len(images), "repeats": args.repeats}
-        write_cost(decode_cost(args.cost, images, args.repeats), meta, args.out)
-        print((args.out / "decode-cost.md").read_text())
-        return 0
     backends = tuple(args.backends)
     if args.url:
         models, rows = served_models(args.url, backends), run_cases(args.url, images, labels, backends, args.seed,

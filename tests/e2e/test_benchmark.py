@@ -15,6 +15,8 @@ from benchmark.harness import QUICK, percentile, time_calls
 from fashion.backends import BACKENDS
 from fashion.manifest import read_manifest
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 REPO = Path(__file__).resolve().parents[2]
 
 

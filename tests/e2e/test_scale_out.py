@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from benchmark.harness import Server
-from benchmark.scale_out import RETRIED, Balancer, Replica, run_batch, start_replica
 from tests.helpers import npy, wait_until
+from tests.scale_out import RETRIED, Balancer, Replica, run_batch, start_replica
 
 BACKEND = "onnx-torch"
 ENV = {"FASHION_BACKENDS": "onnx-torch,onnx-tf"}  # the two quick-loading backends: replicas start sooner

@@ -16,12 +16,12 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmark.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 from fashion.backends import BACKENDS, load_artifact
 from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
+from tests.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 
 REPO = Path(__file__).resolve().parents[2]
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]

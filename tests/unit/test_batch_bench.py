@@ -10,6 +10,8 @@ import pytest
 
 from benchmark.batch import journal_done, others_share, poll_delay, resume_lines, shared_note, task_body
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 
 def test_a_task_upload_is_the_npy_of_its_rows(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.figures import REPO, citations, cited_files, documents, figures, sources, unsourced
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def test_every_figure_in_the_docs_is_in_a_results_file():

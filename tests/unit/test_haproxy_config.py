@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from benchmark.scale_out import Replica, haproxy_config
+from tests.scale_out import Replica, haproxy_config
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def test_haproxy_accepts_the_config_and_tasks_stick_to_one_replica(tmp_path):

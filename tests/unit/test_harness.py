@@ -12,6 +12,8 @@ import pytest
 from benchmark.harness import Server, free_port, percentile, private_home, write_results
 from service.config import STOPPED_LINE
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 
 def test_a_private_home_links_the_store_models(tmp_path):
     models = tmp_path / "store" / "models"

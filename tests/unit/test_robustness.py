@@ -10,6 +10,8 @@ from benchmark.quality.corruptions import FAMILIES, severities
 from benchmark.quality.robustness import cases, markdown, summary
 from fashion.imaging import decode_image
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 
 def garment() -> np.ndarray:
     pixels = np.zeros((28, 28), dtype=np.uint8)

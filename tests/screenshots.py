@@ -1,6 +1,6 @@
 """Screenshots of the web page (``/ui/``) in headless Chromium, for the README and for tests/test_web.py.
 
-    python -m benchmark.screenshots http://localhost:3000 --out docs/ --run amd-epyc-2c
+    python -m tests.screenshots http://localhost:3000 --out docs/ --run amd-epyc-2c
 
 Needs Playwright for Python (the ``dev`` extra) and a Chromium binary (Debian: ``apt-get install chromium``);
 Playwright's own browser download is not used.
