@@ -53,7 +53,8 @@ def test_quick_benchmark_writes_a_full_report(server, exported, bentoml_home, tm
     assert {r["target"] for r in rows if r["kind"] == "single"} == {"bare-starlette", "onnx-torch"}
     assert all(set(r["statuses"]) == {"200"} for r in rows)
     assert any(r.get("mean_batch_size") for r in rows)
-    assert {r["target"] for r in rows if r["kind"] == "format"} == {"png", "npy", "json"}
+    assert {r["target"] for r in rows if r["kind"] == "format"} == {"png", "npy", "json", "v2-binary", "v2-json"}
+    assert data["http"]["task"]["status"] == "completed" and data["http"]["task"]["online_requests"] > 0
     assert data["http"]["open_loop"]["sent"] > 0
     text = report.read_text()
     assert "## Conclusions" in text and "## Correctness" in text and "bare-starlette" in text
