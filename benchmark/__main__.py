@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.device import STAGES, run_device_stages
-from benchmark.harness import FULL, QUICK, RESULTS, machine_name
-from benchmark.inprocess import flops_per_image, model_dirs_from, run_inprocess
+from benchmark.harness import FULL, QUICK, RESULTS, machine_name, model_dirs
+from benchmark.inprocess import flops_per_image, run_inprocess
 from benchmark.report import write_report
 from fashion.backends import BACKENDS
 from fashion.data import load_fashion_mnist
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stages = args.stages or ["inprocess", *(STAGES if device == "cuda" else ()), "http"]
     data = load_fashion_mnist(args.data_dir)
-    dirs = model_dirs_from(args.models)
+    dirs = model_dirs(args.models)
     layer_sizes = read_manifest(dirs[BACKENDS["torch"].model])["architecture"]["layer_sizes"]
     budget = QUICK if args.quick else FULL
     environment = environment_stamp()

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.harness import Budget, multipart_body, run_wrk, served, time_calls
-from benchmark.http import npy_bytes
+from clients.client import npy_bytes
 from fashion.backends import BACKENDS, load_artifact
 from fashion.contract import INPUT_NAME, OUTPUT_NAME, preprocess, softmax
 

@@ -61,6 +61,29 @@ def private_home(workdir: Path, models: Path | None = None) -> Path:
     return home
 
 
+def model_dirs(root: Path | None = None) -> dict[str, Path]:
+    """Exported model folders by name: the newest version under ``root``/<model>/, or the BentoML store's latest
+    (``BENTOML_HOME`` respected: the ones a started server loads)."""
+    from fashion.backends import MODEL_NAMES
+
+    dirs: dict[str, Path] = {}
+    for name in MODEL_NAMES.values():
+        if root is not None:
+            versions = [m.parent for m in Path(root, name).glob("*/manifest.json") if not m.parent.name.startswith(".")]
+            if versions:
+                dirs[name] = max(versions, key=lambda p: p.stat().st_mtime)
+        else:
+            import bentoml
+
+            dirs[name] = Path(bentoml.models.get(f"{name}:latest").path)
+    return dirs
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command a results file names: ``python -m module`` and its arguments."""
+    return " ".join(["python -m", module, *(argv if argv is not None else sys.argv[1:])])
+
+
 @dataclass
 class Server:
     """A server process on a loopback port, its log, and its probe port if it has one."""

@@ -3,7 +3,6 @@ routes and the v2 protocol), a dataset task with online latency beside it, and a
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 
 from benchmark.harness import Server, free_port, multipart_body, percentile, run_wrk, served, start_process
 from benchmark.openloop import open_loop
+from clients.client import npy_bytes
 from fashion.imaging import encode_png
 
 BATCH_METRIC = re.compile(r"^fashion_batch_size_(sum|count)(?:\{[^}]*\})? (\S+)",
@@ -63,13 +63,6 @@ def batch_size_counters(url: str) -> tuple[float, float]:
     for kind, value in BATCH_METRIC.findall(httpx.get(f"{url}/metrics", timeout=10).text):
         found[kind] += float(value)
     return found["sum"], found["count"]
-
-
-def npy_bytes(images: np.ndarray) -> bytes:
-    """A ``.npy`` body."""
-    buffer = io.BytesIO()
-    np.save(buffer, images, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _bodies(images: np.ndarray, work: Path) -> dict[str, tuple[Path, str, str]]:

@@ -7,7 +7,7 @@ admission control can answer them: with uvloop the 1,024-connection flood kept a
 waiting for up to the whole run, far over the queue budget (FASHION_QUEUE_BUDGET_MS). asyncio's loop
 accepts up to the backlog per turn, so every connection is in the server within a turn and admission
 control (service.admission) answers it at once, with 429 and Retry-After when it is over the limit.
-Side by side on the same machine (``python -m reliability.loops``, results/event-loop-<machine>.md)
+Side by side on the same machine (results/event-loop-amd-epyc-2c.md; the study was retired at 38b5e5f)
 it bounded the flood's tail well under the budget at about the same throughput.
 
 Set with ``FASHION_EVENT_LOOP``: ``asyncio`` (the default), ``uvloop``, or ``auto`` (uvicorn's choice:

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import harness
-from benchmark.harness import RESULTS, write_results
-from benchmark.quality.inputs import command_line, store_models
+from benchmark.harness import RESULTS, command_line, model_dirs, write_results
 
 
 def measure(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashion.data import load_fashion_mnist
 
     data = load_fashion_mnist()
-    rows = [measure(d, data.test_images, data.test_labels) for d in args.model_dir or store_models()]
+    rows = [measure(d, data.test_images, data.test_labels) for d in args.model_dir or list(model_dirs().values())]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.url:
         served = measure_served(args.url, data.test_images, data.test_labels, backends)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import harness
-from benchmark.harness import RESULTS, write_results
+from benchmark.harness import RESULTS, command_line, model_dirs, write_results
 from fashion.contract import CLASS_NAMES
 
 WHITE, GREY, BEIGE, BLUE, DARK = (255, 255, 255), (128, 128, 128), (232, 214, 180), (70, 120, 200), (25, 25, 30)
@@ -157,19 +157,6 @@ def run_suite(url: str, images: np.ndarray, labels: np.ndarray, seed: int) -> li
     return rows
 
 
-def command_line(module: str, argv: list[str] | None) -> str:
-    """The command a results file names: ``python -m module`` and its arguments."""
-    return " ".join(["python -m", module, *(argv if argv is not None else sys.argv[1:])])
-
-
-def store_models() -> list[Path]:
-    """The BentoML store's latest exported models (``BENTOML_HOME`` respected), the ones a launched server loads."""
-    from export.store import model_path
-    from fashion.backends import MODEL_NAMES
-
-    return [model_path(name) for name in MODEL_NAMES.values()]
-
-
 def model_tags(model_dirs: list[Path]) -> list[str]:
     """``name:version`` of each exported model folder."""
     from fashion.manifest import read_manifest
@@ -210,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_fashion_mnist(args.data_dir)
     images, labels = data.test_images[:args.limit], data.test_labels[:args.limit]
     meta = {"command": command_line("benchmark.quality.inputs", argv), "n": len(labels), "backend": "default backend",
-            "classes": list(CLASS_NAMES), "models": None if args.url else model_tags(store_models())}
+            "classes": list(CLASS_NAMES), "models": None if args.url else model_tags(list(model_dirs().values()))}
     if args.url:
         rows = run_suite(args.url, images, labels, args.seed)
     else:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import harness
-from benchmark.harness import RESULTS, write_results
-from benchmark.quality.inputs import classify_answers, command_line, encode, model_tags, store_models
+from benchmark.harness import RESULTS, command_line, model_dirs, write_results
+from benchmark.quality.inputs import classify_answers, encode, model_tags
 
 SKIMAGE_PICTURES = ("astronaut", "brick", "camera", "cat", "checkerboard", "clock", "coffee", "coins", "colorwheel",
                     "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms",
@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     sanity_sets = sanity(rng)
     sets = {"digits (sklearn)": digits(), "skimage.data crops": skimage_crops(rng), **sanity_sets,
             "all sanity cases": [f for files in sanity_sets.values() for f in files]}
-    model_dirs = args.model_dir or store_models()
-    methods = [row for model_dir in model_dirs for row in compare_methods(model_dir, sets, test_files)]
+    chosen = args.model_dir or list(model_dirs().values())
+    methods = [row for model_dir in chosen for row in compare_methods(model_dir, sets, test_files)]
     meta = {"command": command_line("benchmark.quality.ood", argv), "n_test": len(test_files), "seed": args.seed,
-            "models": None if args.url else model_tags(store_models())}
+            "models": None if args.url else model_tags(list(model_dirs().values()))}
     if args.url:
         served, tpr = evaluate(args.url, sets, test_files)
     else:

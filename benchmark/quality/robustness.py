@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import harness
-from benchmark.harness import RESULTS
+from benchmark.harness import RESULTS, command_line
 from benchmark.quality.corruptions import FAMILIES, severities
 from benchmark.quality.inputs import (
     WHITE,
     classify_answers,
-    command_line,
     compose,
     encode,
     place,

@@ -1,4 +1,4 @@
-"""Two ``bentoml serve`` replicas behind a real haproxy (benchmark.scale_out, docs/scale-out.md).
+"""Two ``bentoml serve`` replicas behind a real haproxy (tests/scale_out.py, docs/scale-out.md).
 
 The batch CLI's job over the 10,000 test images goes through the balancer while one replica is
 drained (SIGTERM) and restarted; dataset tasks are submitted, polled and fetched through it. The

@@ -1,4 +1,4 @@
-"""The haproxy configuration benchmark.scale_out writes: valid for haproxy itself, and routed as documented."""
+"""The haproxy configuration tests/scale_out.py writes: valid for haproxy itself, and routed as documented."""
 
 from __future__ import annotations
 
