@@ -10,7 +10,8 @@ DEVICE ?= auto
 # make wheelhouse: the serve extra's wheels for a GPU server without a package index (docs/gpu.md)
 PYTHON_VERSION ?= 3.12
 EXTRA ?= serve
-PLATFORM ?= manylinux_2_28_x86_64
+# The wheel platform tags the target accepts, newest first (pip does not widen manylinux_2_28 to older glibcs).
+PLATFORM ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux2014_x86_64 linux_x86_64
 WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers reliability bento-check bento-profiles \
@@ -109,12 +110,13 @@ soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md
 fuzz: setup ## Coverage-guided fuzzing of the image decoder for 5 minutes (atheris)
 	$(PY) -m tests.fuzz_imaging -max_total_time=300
 
-wheelhouse: setup ## Wheels of the project and its EXTRA (default serve) for PYTHON_VERSION/PLATFORM (default: cp312, manylinux x86-64) -> $(WHEELHOUSE)/
+wheelhouse: ## Wheels of the project and its EXTRA (default serve) for PYTHON_VERSION/PLATFORM (default: cp312, manylinux x86-64) -> $(WHEELHOUSE)/
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
-	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELHOUSE) .
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
 	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --implementation cp \
-	  --python-version $(PYTHON_VERSION) --platform $(PLATFORM) --platform manylinux2014_x86_64 \
-	  --platform linux_x86_64 "$$(ls $(WHEELHOUSE)/fashion_serve-*.whl)[$(EXTRA)]"
+	  --python-version $(PYTHON_VERSION) $(foreach tag,$(PLATFORM),--platform $(tag)) \
+	  "$$(ls $(WHEELHOUSE)/fashion_serve-*.whl)[$(EXTRA)]"
 	@echo "Offline, on the target: pip install --no-index --find-links $(WHEELHOUSE) 'fashion-serve[$(EXTRA)]'"
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)

@@ -166,10 +166,10 @@ class Server:
 
 
 def start_process(command: list[str], url: str, log: Path, env: dict[str, str] | None = None,
-                  health_url: str | None = None) -> Server:
-    """Run ``command`` from the checkout in a session of its own, output to ``log``; does not wait."""
+                  health_url: str | None = None, cwd: Path = REPO) -> Server:
+    """Run ``command`` (from the checkout by default) in a session of its own, output to ``log``; does not wait."""
     with log.open("w") as sink:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=sink,
+        proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=sink,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return Server(proc, url, log, health_url)
 
