@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
 from service import deadline, eventloop
-from service.admission import AdmissionMiddleware
+from service.admission import AdmissionMiddleware, KeyGate
 from service.answers import NPY, negotiate, records_response
 from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
@@ -227,6 +227,26 @@ def current_serving() -> Serving | None:
         return None
 
 
+def put_first(middleware: type) -> None:
+    """Make ``middleware`` (added with ``add_asgi_middleware``) the outermost of BentoML's ASGI layers.
+
+    BentoML 1.4 builds its app's layers in ``ServiceAppFactory.middlewares``: its traffic metrics, tracing and
+    timeout first, then the service's own. A request that ``middleware`` refuses then costs those layers nothing.
+    """
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    built = ServiceAppFactory.middlewares.fget
+    if getattr(built, "first", None) is middleware:  # installed already (the module imported twice)
+        return
+
+    def middlewares(factory) -> list:
+        layers = built(factory)
+        return [m for m in layers if m.cls is middleware] + [m for m in layers if m.cls is not middleware]
+
+    middlewares.first = middleware
+    ServiceAppFactory.middlewares = property(middlewares)
+
+
 # BentoML's per-request timeout leaves every request's timer alive for traffic.timeout seconds
 # (service.deadline); ours cancels it when the request ends.
 deadline.install()
@@ -235,6 +255,9 @@ eventloop.install()
 # Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
 FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
 FashionClassifier.add_asgi_middleware(AdmissionMiddleware, current=current_serving)
+# API keys before anything else: a refused key costs the least an answer can (service.admission.KeyGate).
+FashionClassifier.add_asgi_middleware(KeyGate, current=current_serving)
+put_first(KeyGate)
 FashionClassifier.add_asgi_middleware(TaskMiddleware, current=current_serving)
 FashionClassifier.add_asgi_middleware(V2Shortcut, v2=v2_app)
 FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")
