@@ -16,9 +16,6 @@ from service.auth import KeyEntry, parse_keys
 DEFAULT_BACKEND = "onnx-torch"
 
 
-# The benchmark's output folder in a checkout (the web page shows it); a bento ships its own copy and says where
-# with FASHION_RESULTS_DIR.
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 DEVICES = ("auto", "cpu", "cuda")
 # Per-backend devices unless FASHION_DEVICES says otherwise. TensorFlow's GPU build needs CUDA 12 wheels
 # (tensorflow[and-cuda]) beside the CUDA 13 ones torch and ONNX Runtime use: gigabytes for a model that ONNX
@@ -78,7 +75,6 @@ class ServiceConfig:
     ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails),
     ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md),
     ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, service.parity),
-    ``FASHION_RESULTS_DIR`` (the benchmark files the web page shows; default the checkout's ``results/``),
     ``FASHION_API_KEYS_FILE`` or ``FASHION_API_KEYS`` (API key lines, service.auth; neither: no keys, every route
     open, as before keys existed), and the task limits of :class:`TaskLimits`.
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
@@ -109,7 +105,6 @@ class ServiceConfig:
     tasks: TaskLimits = field(default_factory=TaskLimits)
     # The export verified each float32 artifact within 1e-5 of its source model; two of them within 1e-4.
     parity_tolerance: float = 1e-4
-    results_dir: Path = DEFAULT_RESULTS_DIR
     # Backends this environment cannot run, each with the modules it lacks (found once by from_env): a Bento of
     # the onnx profile (bentofile-onnx.yaml) has neither torch nor TensorFlow. Default: none missing.
     not_installed: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -194,7 +189,6 @@ class ServiceConfig:
                 batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
                 tasks=TaskLimits.from_env(env),
                 parity_tolerance=float(env.get("FASHION_PARITY_TOLERANCE", cls.parity_tolerance)),
-                results_dir=Path(env.get("FASHION_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
                 not_installed=not_installed,
                 api_keys=read_api_keys(env),
             )
