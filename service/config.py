@@ -10,6 +10,7 @@ from pathlib import Path
 from fashion.backends import BACKENDS, RUNTIME_MODULES, unavailable_backends
 from fashion.env import available_cpus
 from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
+from fashion.metrics import PARITY_TOLERANCE
 from service.auth import KeyEntry, parse_keys
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
@@ -74,7 +75,7 @@ class ServiceConfig:
     service.gcstats; 0: leave the collector alone),
     ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails),
     ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md),
-    ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, service.parity),
+    ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, fashion.metrics),
     ``FASHION_API_KEYS_FILE`` or ``FASHION_API_KEYS`` (API key lines, service.auth; neither: no keys, every route
     open, as before keys existed), and the task limits of :class:`TaskLimits`.
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
@@ -103,8 +104,7 @@ class ServiceConfig:
     # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
     batch_hold_file: str | None = None
     tasks: TaskLimits = field(default_factory=TaskLimits)
-    # The export verified each float32 artifact within 1e-5 of its source model; two of them within 1e-4.
-    parity_tolerance: float = 1e-4
+    parity_tolerance: float = PARITY_TOLERANCE
     # Backends this environment cannot run, each with the modules it lacks (found once by from_env): a Bento of
     # the onnx profile (bentofile-onnx.yaml) has neither torch nor TensorFlow. Default: none missing.
     not_installed: tuple[tuple[str, tuple[str, ...]], ...] = ()

@@ -15,9 +15,9 @@ from fashion.backends import BACKENDS, Predictor, load_artifact
 from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax, temperature_of
 from fashion.env import has_nvidia_gpu
 from fashion.manifest import read_manifest, verify_artifact
+from fashion.metrics import Identity, parity_failures, parity_report
 from fashion.ood import OodDetector, load_detector
 from fashion.samples import sample_images
-from service import parity
 from service.batcher import Outputs
 from service.config import ServiceConfig
 
@@ -142,20 +142,21 @@ class ModelRegistry:
         return logits
 
     def check_parity(self, logits: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The loaded backends must agree with each other on the samples as /parity judges them (service.parity).
+        """The loaded backends must agree with each other on the samples as /parity judges them
+        (fashion.metrics.parity_report).
 
         The recorded labels say little about probabilities: an artifact whose weights drifted can keep
         every sample's label. Backends of one exported model must also agree within the tolerance.
         """
-        report = parity.compare(logits, self.identities(), self.config.parity_tolerance)
+        report = parity_report(logits, self.identities(), self.config.parity_tolerance)
         if not report["consistent"]:
             raise WarmupError("backends of one model disagree on the sample images: "
-                              + "; ".join(parity.failures(report)))
+                              + "; ".join(parity_failures(report)))
         return report
 
-    def identities(self) -> dict[str, parity.Identity]:
+    def identities(self) -> dict[str, Identity]:
         """Per loaded backend: the exported model and the precision it serves."""
-        return {name: parity.Identity.of(name, backend.manifest) for name, backend in self.backends.items()}
+        return {name: Identity.of(name, backend.manifest) for name, backend in self.backends.items()}
 
     def get(self, name: str | None) -> LoadedBackend:
         """A loaded backend by name (``None``: the default). Raises KeyError with :meth:`why_not_loaded`."""
