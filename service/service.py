@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,7 @@ from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
-from service import deadline, eventloop
-from service.admission import AdmissionMiddleware
+from service import seams
 from service.answers import NPY, negotiate, records_response
 from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
@@ -45,7 +45,6 @@ from service.gcstats import GCRecorder, census, settle_heap
 from service.health import Heartbeat, start_health_server
 from service.inputs import (
     ImageUpload,
-    JSONAnswer,
     NoInput,
     ParityInput,
     PixelArray,
@@ -54,11 +53,11 @@ from service.inputs import (
 from service.launch import STOPPED_LINE
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
+from service.seams import JSONAnswer
 from service.serving import InFlight, Serving
 from service.task_board import TaskBoard
-from service.task_routes import TASK_ROUTE, TaskMiddleware
+from service.task_routes import TASK_ROUTE
 from service.task_runner import DatasetUpload, run_dataset_task
-from service.v2 import V2Shortcut
 from service.v2 import app as v2_app
 from service.web import build_web_app
 
@@ -227,14 +226,6 @@ def current_serving() -> Serving | None:
         return None
 
 
-# BentoML's per-request timeout leaves every request's timer alive for traffic.timeout seconds
-# (service.deadline); ours cancels it when the request ends.
-deadline.install()
-# FASHION_EVENT_LOOP=asyncio: uvloop accepts one connection per turn of the loop (service.eventloop).
-eventloop.install()
-# Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
-FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
-FashionClassifier.add_asgi_middleware(AdmissionMiddleware, current=current_serving)
-FashionClassifier.add_asgi_middleware(TaskMiddleware, current=current_serving)
-FashionClassifier.add_asgi_middleware(V2Shortcut, v2=v2_app)
-FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")
+# Every seam in BentoML and uvicorn (the deadline, the event loop, admission, the task routes, v2, the web page),
+# installed once, here, where the service is built (service.seams).
+seams.install(FashionClassifier, current_serving, v2_app, build_web_app(), os.environ.get("FASHION_EVENT_LOOP"))
