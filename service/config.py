@@ -34,10 +34,10 @@ class TaskLimits:
     ``FASHION_TASK_CHUNK_IMAGES``, ``FASHION_MAX_ACTIVE_TASKS``."""
 
     max_images: int = 100_000
-    # 100,000 raw images (78.4 MB) with their labels and the form around them fit.
+    # 100,000 raw images (784 bytes each) with their labels and the form around them fit.
     max_bytes: int = 80 * 1024 * 1024
-    # Images per batcher call, as many as the service's own batches (service.service.MAX_BATCH_IMAGES). Measured
-    # here (docs/tasks.md): during an onnx-torch task, online p99 16 ms with 256, 92 ms with 1,024.
+    # Images per batcher call, as many as the service's own batches (service.service.MAX_BATCH_IMAGES): online
+    # requests during a task had a lower p99 with chunks of 256 than of 1,024 (docs/tasks.md).
     chunk_images: int = 256
     max_active: int = 4
     # For tests only (FASHION_TASK_HOLD_FILE): while this file exists, a task waits before each chunk after
@@ -92,7 +92,7 @@ class ServiceConfig:
     max_in_flight: int = 256
     max_queued_images: int = 16384
     # Far above a healthy wait (a full queue of 16,384 images is a few model calls) and below the 30 s request
-    # timeout: at 1,000 ms, big batch requests from 16 clients on a busy 2-core machine were already refused.
+    # timeout; a budget of one second already refused big batch requests on a busy machine (docs/serving.md).
     queue_budget_ms: int = 5000
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback

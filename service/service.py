@@ -63,8 +63,8 @@ from service.web import build_web_app
 
 log = logging.getLogger("bentoml.fashion_serve")
 
-# Images per model call: large enough that a batch's model time (about 2 ms for 256 here) stays
-# small beside the HTTP work of the requests it serves.
+# Images per model call: large enough that a batch's model time stays small beside the HTTP work of the requests
+# it serves (the in-process sweep of results/benchmark-amd-epyc-2c.md).
 MAX_BATCH_IMAGES = 256
 # A lone request of at most this many images runs on the event loop, not the model thread (service.batcher):
 # its model call is shorter than the hop to the thread and back.
@@ -85,8 +85,8 @@ def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, 
     threads=1,
     # The in-flight limit is AdmissionMiddleware's (it sends Retry-After; BentoML's does not).
     # concurrency: the in-flight requests per replica that BentoML's autoscaler (BentoCloud) aims for. One image per
-    # request, throughput stops growing at about 16 concurrent requests here while p99 keeps rising (ENVIRONMENT.md's
-    # HTTP baselines); the batcher merges whatever is waiting, so more per replica only queues.
+    # request, throughput stops growing at a few concurrent clients while p99 keeps rising (the HTTP rows of
+    # results/benchmark-amd-epyc-2c.md); the batcher merges whatever is waiting, so more per replica only queues.
     traffic={"timeout": 30, "concurrency": 16},
     # Measured on 2 cores (docs/serving.md): the access log and OpenTelemetry's per-request spans (no
     # exporter is configured, so they are built and dropped) each cost a large share of the
