@@ -43,7 +43,7 @@ def test_every_relative_link_resolves(page):
 
 
 def test_the_readme_is_a_front_door():
-    assert len((REPO / "README.md").read_text().splitlines()) <= 200
+    assert len((REPO / "README.md").read_text().splitlines()) <= 120
 
 
 # A source path named in prose or code spans: `tests/e2e/test_v2.py`, service/batcher.py, training/presets.json.
