@@ -58,10 +58,8 @@ class AdmissionMiddleware:
         serving = self.current() if scope["type"] == "http" else None
         if serving is not None:
             attach(scope, serving)
-            # getattr: admission's own tests stand in for a Serving with an object that has no keys.
-            keys = getattr(serving, "keys", None)
-            if keys is not None and scope["type"] == "http":
-                refused = keys.check(scope)
+            if serving.keys is not None and scope["type"] == "http":
+                refused = serving.keys.check(scope)
                 if refused is not None:
                     return await self.refuse(send, refused.status, refused.message, refused.headers)
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:

@@ -12,8 +12,9 @@ from service.serving import InFlight
 
 
 def serving(max_in_flight: int = 8) -> SimpleNamespace:
+    """A stand-in for service.serving.Serving with what admission reads: no API keys."""
     return SimpleNamespace(in_flight=InFlight(), config=SimpleNamespace(max_in_flight=max_in_flight),
-                           not_ready_reason=lambda: None)
+                           not_ready_reason=lambda: None, keys=None)
 
 
 async def answer_in_full(scope, receive, send):
