@@ -12,6 +12,7 @@ from service.serving import InFlight
 
 
 def serving(max_in_flight: int = 8) -> SimpleNamespace:
+    """A stand-in for service.serving.Serving with what admission reads: no API keys."""
     return SimpleNamespace(in_flight=InFlight(), config=SimpleNamespace(max_in_flight=max_in_flight),
                            not_ready_reason=lambda: None, keys=None)
 
