@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.harness import REPO, RESULTS, machine_name, write_results
+from benchmark.harness import REPO, RESULTS, launch, machine_name, write_results
 from fashion.env import environment_stamp
 
 TARGETS = {"local": 0.90, "service": 0.60, "tasks": 0.50}
@@ -349,13 +349,6 @@ def run_tasks(source: Path, url: str, images: int, config: BenchConfig, server: 
             "peak_rss_mib": None}
 
 
-def start_service(work: Path):
-    """The service (benchmark.harness: loopback, a BentoML home of its own), ready."""
-    from benchmark.harness import launch
-
-    return launch(work)
-
-
 def cpu_used(server: int | None) -> tuple[float, float, float]:
     """Wall time now; CPU seconds used so far by every process on the machine; by this benchmark (itself, the
     CLI processes it has waited for, and the server)."""
@@ -556,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     server, url = None, config.url
     needs_server = any(not mode.startswith("local") for mode in config.modes)
     if needs_server and url is None:
-        server = start_service(work)
+        server = launch(work)  # loopback, a BentoML home of its own, ready
         url = server.url
     try:
         pid = server.proc.pid if server is not None else None

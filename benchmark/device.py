@@ -1,21 +1,12 @@
 """The GPU rows of the benchmark (``python -m benchmark --device cuda``); with ``--device cpu`` a dry run.
 
-Stages, each a key of the results (a stage that fails is recorded with its error, the others run on):
-
-* ``ceilings``: the card's matmul rate per precision (fp32 with TF32 off, TF32, fp16, bf16; torch, i.e.
-  cuBLAS, on random data) and the host-to-device copy rate of uint8 images from pinned and pageable memory;
-* ``variants``: ONNX Runtime's CUDA provider on both exports as the service loads it (numpy in and out) and
-  with I/O binding (input and logits on the device), with TF32 off when the provider defaults to it; torch on
-  CUDA as the service runs it, eager per precision, CUDA graphs and ``torch.compile``. Each is checked on
-  every test image against ONNX Runtime's CPU provider in float32 on the same exported model;
-* ``endtoend``: uint8 in host memory to class ids and confidences in host memory (torch, a copy stream
-  double-buffered against the compute stream), the test set and a tiled synthetic set;
-* ``service``: ``bentoml serve`` on the CPU, then on the device (one at a time): ``/model_info``, wrk with
-  one PNG per request and with large ``.npy`` requests, and parity over every test image.
-
-A row asked for CUDA whose runtime reports the CPU (ONNX Runtime falls back quietly when the CUDA
-libraries do not load) is a failure, never a GPU row: benchmark.report decides that, once.
-On the CPU every stage runs with small sizes and CPU stand-ins, so CI checks the code a GPU runs.
+Stages (docs/gpu.md describes each): ``ceilings`` (matmul per precision, host-to-device copy), ``variants``
+(ONNX Runtime's CUDA provider with and without I/O binding, the torch variants, each checked on every test
+image against ONNX Runtime's CPU provider in float32), ``endtoend`` (uint8 in host memory to answers in host
+memory) and ``service`` (the service on the device against the service on the CPU, and parity). A stage that
+fails is recorded with its error; the others run on. A row asked for CUDA whose runtime reports the CPU is a
+failure, never a GPU row (benchmark.report.row_status). On the CPU every stage runs small, with CPU stand-ins,
+so that CI checks the code a GPU runs.
 """
 
 from __future__ import annotations
@@ -36,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.harness import Budget, multipart_body, run_wrk, served, time_calls
+from benchmark.report import runs_on_gpu
 from clients.client import npy_bytes
 from fashion.backends import BACKENDS, load_artifact
 from fashion.contract import INPUT_NAME, OUTPUT_NAME, preprocess, softmax
@@ -52,7 +44,7 @@ class DevicePlan:
 
     matmul_n: int
     copy_bytes: int
-    repeats: int
+    ceiling_budget: Budget
     batch_sizes: tuple[int, ...]
     budget: Budget
     precisions: tuple[str, ...]
@@ -67,12 +59,14 @@ class DevicePlan:
     batch_seconds: float = 4.0  # 4,096-image requests on a CPU take about a second each
 
 
-GPU_PLAN = DevicePlan(8192, 256 * 2**20, 10, (1, 8, 64, 512, 4096, 16384, 65536),
+GPU_PLAN = DevicePlan(8192, 256 * 2**20, Budget(warmup_seconds=0.2, min_calls=10, min_seconds=0.5, max_calls=100),
+                      (1, 8, 64, 512, 4096, 16384, 65536),
                       Budget(warmup_seconds=0.1, min_calls=20, min_seconds=0.2, max_calls=5000), PRECISIONS,
                       ("fp32", "fp16", "bf16"), "bf16", 65536, 1_000_000, ("fp32", "tf32", "bf16"), 4.0)
 # The dry run: the same stages, small. fp16 has no fast CPU kernels and compiling bf16 on two cores takes
 # minutes, so the stand-in compiles fp32; CUDA graphs need CUDA.
-CPU_PLAN = DevicePlan(512, 32 * 2**20, 3, (1, 64, 1024),
+CPU_PLAN = DevicePlan(512, 32 * 2**20, Budget(warmup_seconds=0.02, min_calls=3, min_seconds=0.05, max_calls=20),
+                      (1, 64, 1024),
                       Budget(warmup_seconds=0.02, min_calls=5, min_seconds=0.05, max_calls=200),
                       ("fp32", "tf32", "bf16"), (), "fp32", 4096, 50_000, ("fp32", "bf16"), 1.0, (1, 4))
 
@@ -107,31 +101,12 @@ def synchronize(device: str) -> None:
 
 def normalise(x, dtype):
     """uint8 device tensor -> model input: the contract's float32 scaling, then the row's dtype."""
-    import torch
-
-    return (x.to(torch.float32) * SCALE).to(dtype)
+    return (x.float() * SCALE).to(dtype)
 
 
-def median_seconds(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median seconds of ``fn`` after a warm-up: CUDA events around each call on a GPU, the wall clock on the CPU."""
-    import torch
-
-    fn()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        else:
-            began = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - began)
-    return statistics.median(samples)
+def synchronized(fn: Callable[[], object], device: str) -> Callable[[], None]:
+    """``fn`` followed by a wait for the device, so that the harness's clock times the device's work."""
+    return lambda: (fn(), synchronize(device))
 
 
 # --- ceilings ---------------------------------------------------------------------------------------------------
@@ -148,13 +123,15 @@ def measure_ceilings(device: str, plan: DevicePlan) -> dict[str, Any]:
     for precision in PRECISIONS:
         a, b = (torch.randn(n, n, device=device, generator=generator).to(torch_dtype(precision)) for _ in range(2))
         with matmul_precision(precision):
-            flops[precision] = 2 * n**3 / median_seconds(lambda a=a, b=b: a @ b, device, plan.repeats)
+            flops[precision] = 2 * n**3 / time_calls(synchronized(lambda a=a, b=b: a @ b, device),
+                                                     plan.ceiling_budget)["median_s"]
         print(f"  matmul {precision}: {flops[precision] / 1e12:8.2f} TFLOP/s", flush=True)
     source = torch.randint(0, 256, (plan.copy_bytes,), dtype=torch.uint8)
     target = torch.empty(plan.copy_bytes, dtype=torch.uint8, device=device)
     hosts = {"pageable": source, **({"pinned": source.pin_memory()} if device == "cuda" else {})}
-    rates = {kind: plan.copy_bytes / median_seconds(lambda h=host: target.copy_(h, non_blocking=True), device,
-                                                    plan.repeats) for kind, host in hosts.items()}
+    rates = {kind: plan.copy_bytes / time_calls(synchronized(lambda h=host: target.copy_(h, non_blocking=True),
+                                                             device), plan.ceiling_budget)["median_s"]
+             for kind, host in hosts.items()}
     print(f"  host-to-device copy: {', '.join(f'{k} {v / 1e9:.2f} GB/s' for k, v in rates.items())}", flush=True)
     return {"matmul_n": n, "matmul_flops": flops, "copy": {"bytes": plan.copy_bytes, "rates": rates,
                                                            "images_per_s": max(rates.values()) / IMAGE_BYTES}}
@@ -178,14 +155,6 @@ class Variant:
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """Float32 logits for uint8 pixels, on the host."""
         return self.to_numpy(self.call(self.prepare(pixels))).astype(np.float32)
-
-
-class CpuFallbackError(RuntimeError):
-    """A runtime asked for the GPU loaded on the CPU instead."""
-
-    def __init__(self, message: str, ran_on: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.ran_on = ran_on
 
 
 def session_variants(label: str, backend: str, session, run_host, device: str, facts: dict) -> list[Variant]:
@@ -220,8 +189,6 @@ def onnx_variants(backend: str, model_dir: Path, device: str) -> list[Variant]:
 
     predictor = load_artifact(model_dir, BACKENDS[backend].artifact, "onnx", device=device)
     facts = predictor.describe()
-    if device == "cuda" and facts["providers"][0] != "CUDAExecutionProvider":
-        raise CpuFallbackError(f"asked for CUDAExecutionProvider, got {facts['providers']}", facts)
     found = session_variants(f"{backend} ort", backend, predictor.session, predictor.predict, device, facts)
     if found[0].precision == "tf32":
         from fashion.backends.onnx_runtime import refuse_external_data
@@ -244,8 +211,6 @@ def torch_variants(model_dir: Path, device: str, plan: DevicePlan) -> list[Varia
 
     predictor = load_artifact(model_dir, "torch", "torch", device=device)
     facts = predictor.describe()
-    if device == "cuda" and not str(facts["device"]).startswith("cuda"):
-        raise CpuFallbackError(f"asked for cuda, got {facts['device']}", facts)
 
     def upload(pixels: np.ndarray):
         return torch.from_numpy(np.array(pixels)).to(device)  # a copy: IDX arrays are read-only
@@ -330,12 +295,13 @@ def run_variants(model_dirs: dict[str, Path], images: np.ndarray, labels: np.nda
     for name, build in builders.items():
         try:
             variants = build()
-        except CpuFallbackError as exc:
-            failures.append({"name": name, "requested": device, "ran_on": exc.ran_on, "error": str(exc)})
-            continue
         except Exception as exc:  # a broken install must not cost the other backends their rows
             failures.append({"name": name, "requested": device, "ran_on": None,
                              "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        if device == "cuda" and not runs_on_gpu(variants[0].ran_on):  # a quiet fallback is never timed
+            failures.append({"name": name, "requested": device, "ran_on": variants[0].ran_on,
+                             "error": "asked for CUDA, loaded on the CPU"})
             continue
         for v in variants:
             try:
@@ -464,11 +430,9 @@ def classify_all(url: str, backend: str, images: np.ndarray, chunk: int) -> dict
     answers = []
     with httpx.Client(timeout=120) as client:
         for start in range(0, len(images), chunk):
-            reply = client.post(f"{url}/classify_array", params={"backend": backend},
-                                content=npy_bytes(images[start:start + chunk]),
-                                headers={"content-type": "application/x-npy"})
-            reply.raise_for_status()
-            answers += reply.json()
+            answers += client.post(f"{url}/classify_array", params={"backend": backend},
+                                   content=npy_bytes(images[start:start + chunk]),
+                                   headers={"content-type": "application/x-npy"}).raise_for_status().json()
     return {"class_id": np.array([a["class_id"] for a in answers]),
             "top_ids": np.array([[t["class_id"] for t in a["top_k"]] for a in answers]),
             "top_p": np.array([[t["probability"] for t in a["top_k"]] for a in answers])}

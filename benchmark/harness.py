@@ -315,7 +315,7 @@ def machine_name(env: dict[str, Any], gpu: str | None = None) -> str:
 
 
 def write_results(name: str, text: str | None = None, data: Any = None, folder: Path | None = None) -> Path:
-    """Write ``<folder>/<name>.md`` (``text``) and/or ``<folder>/<name>.json`` (``data``); the first path written.
+    """Write ``<folder>/<name>.md`` (``text``) and/or ``.json`` (``data``); the text's path, else the JSON's.
 
     Args:
         name: the file stem, e.g. ``benchmark-amd-epyc-2c`` (a name with a suffix is written as is, as text).
@@ -326,13 +326,10 @@ def write_results(name: str, text: str | None = None, data: Any = None, folder: 
     folder = Path(folder or RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / name
-    written = []
     if data is not None:
-        path = stem.with_suffix(".json")
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        written.append(path)
-    if text is not None:
-        path = stem if stem.suffix else stem.with_suffix(".md")
-        path.write_text(text if text.endswith("\n") else text + "\n")
-        written.insert(0, path)
-    return written[0]
+        stem.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if text is None:
+        return stem.with_suffix(".json")
+    path = stem if stem.suffix else stem.with_suffix(".md")
+    path.write_text(text if text.endswith("\n") else text + "\n")
+    return path

@@ -22,8 +22,7 @@ from benchmark.openloop import open_loop
 from clients.client import npy_bytes
 from fashion.imaging import encode_png
 
-BATCH_METRIC = re.compile(r"^fashion_batch_size_(sum|count)(?:\{[^}]*\})? (\S+)",
-                          re.M)
+BATCH_METRIC = re.compile(r"^fashion_batch_size_(sum|count)(?:\{[^}]*\})? (\S+)", re.M)
 
 
 @dataclass(frozen=True)
@@ -120,9 +119,8 @@ def run_task(url: str, images: np.ndarray, backend: str) -> dict[str, Any]:
     began = time.perf_counter()
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
-            reply = client.post("/classify_dataset/submit", content=npy_bytes(images), params={"backend": backend})
-            reply.raise_for_status()
-            task_id = reply.json()["task_id"]
+            task_id = client.post("/classify_dataset/submit", content=npy_bytes(images),
+                                  params={"backend": backend}).raise_for_status().json()["task_id"]
             while (view := client.get("/classify_dataset/progress", params={"task_id": task_id}).json()
                    )["status"] == "in_progress":
                 done.wait(0.05)

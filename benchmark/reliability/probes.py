@@ -14,6 +14,7 @@ from benchmark.harness import multipart_body, percentile
 from fashion.samples import sample_paths
 
 BOUNDARY = "fashionserveboundary"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 def host_steal_seconds() -> float:
@@ -31,15 +32,11 @@ def upload_body(workdir: Path) -> tuple[Path, bytes]:
     return path, body
 
 
-def content_type() -> str:
-    return f"multipart/form-data; boundary={BOUNDARY}"
-
-
 def timed_request(client: httpx.Client, url: str, body: bytes) -> tuple[float, int | str]:
     """(seconds, status or exception name) of one upload."""
     start = time.perf_counter()
     try:
-        status: int | str = client.post(url, content=body, headers={"Content-Type": content_type()}).status_code
+        status: int | str = client.post(url, content=body, headers={"Content-Type": CONTENT_TYPE}).status_code
     except httpx.HTTPError as exc:
         status = type(exc).__name__
     return time.perf_counter() - start, status

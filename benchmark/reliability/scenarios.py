@@ -28,9 +28,9 @@ from benchmark.harness import REPO, Server, percentile, run_wrk
 from benchmark.openloop import open_loop
 from benchmark.reliability.probes import (
     BOUNDARY,
+    CONTENT_TYPE,
     Prober,
     baseline_latency,
-    content_type,
     host_steal_seconds,
     recovery_seconds,
     upload_body,
@@ -294,11 +294,11 @@ def misbehaving_clients(server: Server, workdir: Path, aborted: int = 200, slow:
     """
     _, body = upload_body(workdir)
     host, port = server.url.removeprefix("http://").split(":")
-    head = (f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type()}\r\n"
+    head = (f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: {CONTENT_TYPE}\r\n"
             f"Content-Length: {len(body) * 100}\r\n\r\n").encode()
     with httpx.Client(timeout=30) as client:
         for _ in range(50):
-            client.post(f"{server.url}/classify", content=body, headers={"Content-Type": content_type()})
+            client.post(f"{server.url}/classify", content=body, headers={"Content-Type": CONTENT_TYPE})
     before = server.vitals()
 
     for _ in range(aborted):  # half a body, then gone
@@ -320,7 +320,7 @@ def misbehaving_clients(server: Server, workdir: Path, aborted: int = 200, slow:
             start = time.perf_counter()
             try:
                 status: int | str = client.post(f"{server.url}/classify", content=body,
-                                                headers={"Content-Type": content_type()}).status_code
+                                                headers={"Content-Type": CONTENT_TYPE}).status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
             live.append((time.perf_counter() - start, status))
@@ -374,7 +374,7 @@ def soak(server: Server, workdir: Path, minutes: float = 30.0, load: float = 0.7
     rows = []
     cpu_before, steal_before = server.vitals()["cpu_s"], host_steal_seconds()
     for index in range(max(1, round(minutes * 60 / window_s))):
-        stats = open_loop(f"{server.url}/classify", body, content_type(), rate, window_s, connections=64)
+        stats = open_loop(f"{server.url}/classify", body, CONTENT_TYPE, rate, window_s, connections=64)
         vitals, steal = server.vitals(), host_steal_seconds()
         # Server CPU per request tells a slower server from a busier machine (steal: the host's other guests).
         rows.append({"window": index, "sent": stats["sent"], "statuses": stats["statuses"],
