@@ -98,6 +98,10 @@ bench-batch: export ## Batch throughput over 1M images vs bare session.run -> re
 scale-out: export ## PostgreSQL tuning + haproxy replica tests (the engines a cluster runs, started here)
 	$(PY) -m pytest tests/integration/test_tune_postgres.py tests/e2e/test_scale_out.py
 
+keys: export ## API keys: cost with and without keys against the last commit before them, and one key's flood beside another key -> results/keys-{cost,isolation}-<machine>.md (needs wrk)
+	$(PY) -m benchmark.keys cost
+	$(PY) -m benchmark.keys isolation
+
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m benchmark.reliability
 
