@@ -14,7 +14,7 @@ EXTRA ?= serve
 PLATFORM ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux2014_x86_64 linux_x86_64
 WHEELHOUSE ?= wheelhouse
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-batch peers reliability bento-check bento-profiles \
+.PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys reliability bento-check bento-profiles \
 	reliability-tests soak fuzz clean test-fast test-lab test-timing inputs robustness calibration ood \
 	scale-out wheelhouse
 
