@@ -13,11 +13,10 @@ TIERS = ("unit", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test with its tier, named by its folder: ``pytest -m unit`` runs tests/unit only. A test of the
-    lab's tools (marked ``lab``) is in no tier: ``make test`` leaves it out, ``pytest -m lab`` runs it."""
+    """Mark every test with its tier, named by its folder: ``pytest -m unit`` runs tests/unit only."""
     for item in items:
         tier = Path(item.path).parent.name
-        if tier in TIERS and item.get_closest_marker("lab") is None:
+        if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
 
 

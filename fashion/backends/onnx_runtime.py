@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,24 @@ class OnnxPredictor:
                 "device": "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"}
 
 
+@functools.cache
+def onnx_schema():
+    """ONNX's generated protobuf module (``ModelProto``, ``TensorProto``), without importing the ``onnx`` package.
+
+    The package's import loads ml_dtypes, which took longer than the rest of the ``onnx`` Bento's start put
+    together (results/bento-profiles-*.md); checking a model needs only the message schema. Protobuf keeps one
+    class per message type, so the ``onnx`` package, if imported later, shares these classes.
+    """
+    package = importlib.util.find_spec("onnx")
+    if package is None or not package.submodule_search_locations:
+        raise ModuleNotFoundError("the onnx package is not installed", name="onnx")
+    path = Path(package.submodule_search_locations[0]) / "onnx_ml_pb2.py"
+    spec = importlib.util.spec_from_file_location("fashion_onnx_ml_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def external_data_tensors(message) -> list[tuple[str, str]]:
     """``(tensor name, location)`` of every tensor anywhere in an ONNX message whose data lives in another file.
 
@@ -35,11 +55,10 @@ def external_data_tensors(message) -> list[tuple[str, str]]:
     sparse initializers, ``Constant`` attributes, subgraphs of ``If``/``Loop``, functions,
     training info), so a place added to ONNX later is still covered.
     """
-    import onnx
     from google.protobuf.message import Message
 
-    if isinstance(message, onnx.TensorProto):
-        if message.data_location != onnx.TensorProto.EXTERNAL:
+    if message.DESCRIPTOR.full_name == "onnx.TensorProto":
+        if message.data_location != message.EXTERNAL:
             return []
         location = next((e.value for e in message.external_data if e.key == "location"), "")
         return [(message.name, location)]
@@ -65,9 +84,7 @@ def refuse_external_data(path: Path, model_bytes: bytes) -> None:
     Raises:
         IntegrityError: naming the tensor and the location it points to.
     """
-    import onnx
-
-    external = external_data_tensors(onnx.ModelProto.FromString(model_bytes))
+    external = external_data_tensors(onnx_schema().ModelProto.FromString(model_bytes))
     if external:
         listed = ", ".join(f"{name!r} -> {location!r}" for name, location in external[:5])
         raise IntegrityError(f"{path}: {len(external)} tensor(s) keep their data in external files ({listed}); "

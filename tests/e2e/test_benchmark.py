@@ -1,5 +1,5 @@
-"""The side-by-side benchmark's quick mode, end to end (real service, real wrk): a benchmark run, so a ``lab``
-test, not in ``make test`` (``make test-lab`` runs it). Its timing helpers: tests/unit/test_bench_timing.py."""
+"""The side-by-side benchmark's quick mode, end to end (real service, real wrk): a benchmark run, so never in
+``make test`` (``make test-bench`` runs it). The harness's timing helpers: tests/unit/test_bench_timing.py."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ import pytest
 from fashion.backends import BACKENDS
 from fashion.manifest import read_manifest
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.lab
 
 
+@pytest.mark.benchmark
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")
 def test_quick_benchmark_writes_a_full_report(server, exported, bentoml_home, tmp_path):
     result = subprocess.run([sys.executable, "-m", "benchmark", "--quick", "--out", str(tmp_path)], cwd=REPO,
@@ -46,7 +48,8 @@ def test_quick_benchmark_writes_a_full_report(server, exported, bentoml_home, tm
     assert {r["target"] for r in rows if r["kind"] == "single"} == {"bare-starlette", "onnx-torch"}
     assert all(set(r["statuses"]) == {"200"} for r in rows)
     assert any(r.get("mean_batch_size") for r in rows)
-    assert {r["target"] for r in rows if r["kind"] == "format"} == {"png", "npy", "json"}
+    assert {r["target"] for r in rows if r["kind"] == "format"} == {"png", "npy", "json", "v2-binary", "v2-json"}
+    assert data["http"]["task"]["status"] == "completed" and data["http"]["task"]["online_requests"] > 0
     assert data["http"]["open_loop"]["sent"] > 0
     text = report.read_text()
     assert "## Conclusions" in text and "## Correctness" in text and "bare-starlette" in text

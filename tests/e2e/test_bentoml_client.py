@@ -137,7 +137,7 @@ def composer(server, tmp_path_factory):
     import subprocess
     import sys
 
-    from service.launch import Server, free_port
+    from benchmark.harness import Server, free_port
 
     port, repo = free_port(), Path(__file__).resolve().parents[2]
     home = tmp_path_factory.mktemp("composer-home")

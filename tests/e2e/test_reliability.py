@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmark.harness import launch
+from benchmark.reliability import scenarios
 from fashion.samples import sample_paths
-from reliability import scenarios
-from reliability.harness import launch
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = sample_paths()[0].read_bytes()

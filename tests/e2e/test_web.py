@@ -7,19 +7,18 @@ The browser tests need Playwright for Python (the ``dev`` extra) and a Chromium 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from benchmark.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 from fashion.backends import BACKENDS, load_artifact
 from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
+from tests.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 
 REPO = Path(__file__).resolve().parents[2]
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]
@@ -183,20 +182,6 @@ def test_compare_sends_the_image_to_every_loaded_backend(page, server, exported)
     summary = page.inner_text("#compare-summary")
     assert summary.startswith(f"All {len(loaded)} backends predict" if len(set(labels.values())) == 1
                               else "The backends disagree")
-
-
-def test_benchmark_charts_are_drawn_from_the_results(page):
-    runs = {p.name: json.loads(p.read_text()) for p in (REPO / "results").glob("benchmark-*.json")}
-    options = page.locator("#machine option").all_inner_texts()
-    assert sorted(o.split(" ")[0] for o in options) == sorted(r["machine"] for r in runs.values())
-    for option in options:
-        page.select_option("#machine", label=option)
-        run = next(r for r in runs.values() if r["machine"] == option.split(" ")[0])
-        plot = page.locator("#bench-charts svg[aria-label='in-process throughput']")
-        assert plot.locator("circle").count() == len(run["inprocess"]["sweep"])
-        latency_plots = page.locator("#bench-charts svg[aria-label^='99th percentile']").count()
-        assert latency_plots == (1 if run.get("http") else 0)
-        assert page.inner_text("#bench-env").startswith(run["gpu"] or run["environment"]["cpu"])
 
 
 def test_phone_width_needs_no_sideways_scrolling(browser, server, tmp_path):

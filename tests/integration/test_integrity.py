@@ -272,6 +272,20 @@ def test_external_data_is_found_in_subgraphs_attributes_and_sparse_tensors():
     assert sorted(found) == [("in_branch", "branch.bin"), ("in_branch", "branch.bin"), ("sparse_values", "sparse.bin")]
 
 
+def test_the_external_data_check_loads_the_model_without_the_onnx_package(exported):
+    """The check reads the schema only: importing the ``onnx`` package (and ml_dtypes with it) would cost more
+    than the rest of the ``onnx`` Bento's start (fashion.backends.onnx_runtime.onnx_schema)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from fashion.backends.onnx_runtime import load; "
+            f"print(load(Path({str(exported['torch'] / 'model.onnx')!r}), device='cpu').predict.__name__); "
+            "print(sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120).stdout.split()
+    assert out == ["predict", "[]"]
+
+
 # 4. A SavedModel's graph is code too: ops that touch files are refused before TensorFlow runs them.
 
 def save_file_writing_savedmodel(path: Path, marker: Path) -> None:

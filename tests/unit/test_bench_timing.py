@@ -1,8 +1,12 @@
-"""benchmark.timing: the percentile and the timed calls the benchmark reports."""
+"""benchmark.harness: the percentile and the timed calls the benchmark reports."""
 
 from __future__ import annotations
 
-from benchmark.timing import QUICK, percentile, time_calls
+import pytest
+
+from benchmark.harness import QUICK, percentile, time_calls
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def test_timing_helpers():
