@@ -32,6 +32,7 @@ added here so that the order of everything in front of BentoML's router is writt
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,21 +88,28 @@ def install(service: Any, current: Callable[[], Serving | None], v2_app: ASGIApp
 def put_first(middleware: type) -> None:
     """Make ``middleware`` (added with ``add_asgi_middleware``) the outermost of the layers BentoML builds.
 
-    BentoML 1.4 lists its app's layers in ``ServiceAppFactory.middlewares``: its traffic metrics, tracing and
-    timeout, then the service's own. Installing twice changes nothing.
+    BentoML 1.4's ``Service.to_asgi`` lists the app's layers (Starlette's ``user_middleware``) as its traffic
+    metrics, tracing and timeout, then the service's own; Starlette turns the list into the stack on the first
+    request, so reordering the built app's list is enough. Wrapping ``to_asgi`` imports nothing: the module that
+    builds the app is heavy and only a worker needs it, not the ``bentoml serve`` process that starts one.
+    Installing twice changes nothing.
     """
-    from _bentoml_impl.server.app import ServiceAppFactory
+    from _bentoml_sdk.service.factory import Service
 
-    built = ServiceAppFactory.middlewares.fget
-    if getattr(built, "first", None) is middleware:
+    build = Service.to_asgi
+    if getattr(build, "first", None) is middleware:
         return
 
-    def middlewares(factory: Any) -> list:
-        layers = built(factory)
-        return [m for m in layers if m.cls is middleware] + [m for m in layers if m.cls is not middleware]
+    @functools.wraps(build)
+    def to_asgi(service: Any, *args: Any, **kwargs: Any) -> Any:
+        app = build(service, *args, **kwargs)
+        if app.middleware_stack is not None:
+            raise RuntimeError("BentoML built the app's middleware stack early: check service.seams.put_first")
+        app.user_middleware.sort(key=lambda layer: layer.cls is not middleware)  # stable: the rest keep their order
+        return app
 
-    middlewares.first = middleware
-    ServiceAppFactory.middlewares = property(middlewares)
+    to_asgi.first = middleware
+    Service.to_asgi = to_asgi
 
 
 class DeadlineMiddleware:

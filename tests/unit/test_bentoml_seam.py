@@ -51,12 +51,20 @@ def test_the_seams_are_checked_against_the_pinned_bentoml():
 def test_importing_the_seams_changes_nothing():
     """The seams are installed by service.service's one call, never as a side effect of an import."""
     code = ("import service.seams\nfrom bentoml._internal.server.http import traffic\nfrom uvicorn import config\n"
-            "from _bentoml_impl.server.app import ServiceAppFactory\n"
+            "from _bentoml_sdk.service.factory import Service\n"
             "print(traffic.TimeoutMiddleware.__name__, config.LOOP_FACTORIES['auto'], "
-            "ServiceAppFactory.middlewares.fget.__module__)")
+            "getattr(Service.to_asgi, 'first', None))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["TimeoutMiddleware", "uvicorn.loops.auto:auto_loop_factory",
-                                  "_bentoml_impl.server.app"], out.stderr
+    assert out.stdout.split() == ["TimeoutMiddleware", "uvicorn.loops.auto:auto_loop_factory", "None"], out.stderr
+
+
+def test_installing_the_seams_leaves_the_app_builder_unimported():
+    """``bentoml serve`` imports the service only to start a worker: the module that builds the app (heavy) is the
+    worker's to import, so the seams must not pull it in (seam 6 wraps ``Service.to_asgi`` for that reason)."""
+    code = ("import sys, service.service\nfrom _bentoml_sdk.service.factory import Service\n"
+            "print(Service.to_asgi.first.__name__, '_bentoml_impl.server.app' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split()[-2:] == ["KeyGate", "False"], out.stderr[-2000:]
 
 
 # 1. The deadline.
