@@ -9,7 +9,7 @@ PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
 	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood ood-cost \
-	scale-out workers
+	scale-out workers protos
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -118,3 +118,6 @@ fuzz: setup ## Coverage-guided fuzzing of the image decoder for 5 minutes (ather
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+protos: ## Regenerate the gRPC stubs (service/protocol/*_pb2*.py) from open_inference.proto with grpcio-tools
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. service/protocol/open_inference.proto
