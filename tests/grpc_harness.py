@@ -18,14 +18,16 @@ from service.serving import Serving
 from service.task_board import TaskBoard
 
 
-def build_serving(config: ServiceConfig, model_dirs: dict[str, Path] | None,
-                  keys: tuple[KeyEntry, ...] = ()) -> Serving:
-    """The service's parts as FashionClassifier builds them; the models loaded when ``model_dirs`` is given,
-    else left loading (never ready)."""
+def load_registry(config: ServiceConfig, model_dirs: dict[str, Path]) -> ModelRegistry:
+    """The configured backends, loaded and warm."""
     registry = ModelRegistry(config)
-    if model_dirs is not None:
-        registry.load_all(model_dirs)
-        assert registry.ready, registry.error
+    registry.load_all(model_dirs)
+    assert registry.ready, registry.error
+    return registry
+
+
+def build_serving(config: ServiceConfig, registry: ModelRegistry, keys: tuple[KeyEntry, ...] = ()) -> Serving:
+    """The service's parts as FashionClassifier builds them, over ``registry`` (loaded or not) and a new batcher."""
     batcher = MicroBatcher(registry.run_batch, 256, config.max_queued_images, config.batch_hold_file,
                            config.queue_budget_s)
     return Serving(config, registry, batcher, TaskBoard(config.tasks), keys=KeyRing(keys) if keys else None)
