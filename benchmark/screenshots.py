@@ -1,6 +1,6 @@
 """Screenshots of the web page (``/ui/``) in headless Chromium, for the README and for tests/test_web.py.
 
-    python -m benchmark.screenshots http://localhost:3000 --out docs/ --run amd-epyc-2c
+    python -m benchmark.screenshots http://localhost:3000 --out docs/
 
 Needs Playwright for Python (the ``dev`` extra) and a Chromium binary (Debian: ``apt-get install chromium``);
 Playwright's own browser download is not used.
@@ -35,8 +35,8 @@ def open_page(browser: Any, url: str, viewport: dict[str, int]) -> Any:
     return load(browser.new_page(viewport=viewport), url)
 
 
-def show_example(page: Any, class_id: int = 9, run: str | None = None) -> None:
-    """Classify a bundled test image, compare every backend on it, and show benchmark ``run`` (default: newest).
+def show_example(page: Any, class_id: int = 9) -> None:
+    """Classify a bundled test image and compare every backend on it.
 
     Waits use selectors only: the page's Content-Security-Policy forbids the ``eval`` that
     ``wait_for_function`` needs.
@@ -47,19 +47,14 @@ def show_example(page: Any, class_id: int = 9, run: str | None = None) -> None:
     backends = page.locator("#backend option:not([disabled])").count()
     page.locator("#compare-grid .card").nth(backends - 1).wait_for()
     page.wait_for_selector("#compare-run:not([disabled])")
-    if run:
-        label = next(t for t in page.locator("#machine option").all_inner_texts() if t.startswith(run))
-        page.select_option("#machine", label=label)
-    page.locator("#bench-charts figure").first.wait_for()
 
 
-def capture(browser: Any, url: str, out: Path, viewport: dict[str, int], max_height: int | None = None,
-            run: str | None = None) -> Path:
+def capture(browser: Any, url: str, out: Path, viewport: dict[str, int], max_height: int | None = None) -> Path:
     """Open the page at ``viewport``, run :func:`show_example`, save a PNG of the whole page (or of its top
     ``max_height`` pixels) to ``out``; returns ``out``."""
     page = open_page(browser, url, viewport)
     try:
-        show_example(page, run=run)
+        show_example(page)
         clip = {"x": 0, "y": 0, "width": viewport["width"], "height": max_height} if max_height else None
         page.screenshot(path=str(out), full_page=True, clip=clip)
     finally:
@@ -71,7 +66,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="the running service, e.g. http://localhost:3000")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs (default: docs)")
-    parser.add_argument("--run", help="benchmark machine to show (default: the newest run)")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -82,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)
         try:
-            print(capture(browser, args.url, args.out / "web-ui.png", DESKTOP, run=args.run))
-            print(capture(browser, args.url, args.out / "web-ui-phone.png", PHONE, max_height=1500, run=args.run))
+            print(capture(browser, args.url, args.out / "web-ui.png", DESKTOP))
+            print(capture(browser, args.url, args.out / "web-ui-phone.png", PHONE, max_height=1500))
         finally:
             browser.close()
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from fashion.backends import BACKENDS, Predictor, load_artifact
-from fashion.contract import answer_records, describe_predictions, preprocess, softmax, temperature_of
+from fashion.backends import BACKENDS, Predictor
+from fashion.contract import answer_records, describe_predictions, preprocess, softmax
 from fashion.env import available_cpus
-from fashion.manifest import read_manifest, verify_artifact
-from fashion.ood import OodDetector, load_detector
+from fashion.ood import OodDetector
+from fashion.servable import load_servable
 
 LOCAL_DEFAULT = "onnx-torch"
 
@@ -70,7 +70,8 @@ class LocalClassifier:
 
     @classmethod
     def open(cls, model: str | None, backend: str | None, threads: int = 0, spin: bool = False) -> LocalClassifier:
-        """Load ``backend``'s artifact from an exported folder, a BentoML tag, or the store's latest model.
+        """Load ``backend``'s artifact from an exported folder, a BentoML tag, or the store's latest model, as the
+        service loads it (fashion.servable.load_servable).
 
         Args:
             model: folder or tag (``None``: the store's latest model for the backend).
@@ -81,13 +82,9 @@ class LocalClassifier:
                 without spinning.
         """
         backend = backend or LOCAL_DEFAULT
-        spec = BACKENDS[backend]
-        model_dir = model_folder(model, backend)
-        options = {"threads": threads, "spin": spin} if spec.runtime == "onnx" else {}
-        predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device="auto", **options)
-        manifest = read_manifest(model_dir)
-        detector = load_detector(verify_artifact(model_dir, manifest["ood"])) if manifest.get("ood") else None
-        return cls(predictor, backend, manifest["version"], temperature_of(manifest), detector)
+        options = {"threads": threads, "spin": spin} if BACKENDS[backend].runtime == "onnx" else {}
+        loaded = load_servable(model_folder(model, backend), backend, device="auto", **options)
+        return cls(loaded.predictor, backend, loaded.version, loaded.temperature, loaded.detector)
 
     def classify(self, pixels: np.ndarray) -> list[dict[str, Any]]:
         """Full answers (label, confidence, top-k...), as the service gives them."""

@@ -222,7 +222,7 @@ def describe_predictions(probs: np.ndarray, backend: str, model_version: str, to
 
 
 # The compact answer for batch clients (``Accept: application/x-npy``, service.answers): one record per image,
-# 45 bytes, where the per-image JSON answer takes about 400.
+# 45 bytes, where a per-image JSON answer takes several hundred.
 ANSWER_DTYPE = np.dtype([("class_id", np.uint8), ("confidence", np.float32),
                          ("probabilities", np.float32, (NUM_CLASSES,))])
 

@@ -49,7 +49,8 @@ class IdxFile:
     is_images: bool
 
 
-# Checksums of the decompressed content; see shared/ENVIRONMENT.md.
+# Checksums of the decompressed content (Debian recompresses the .gz files), the official files' values;
+# docs/training.md says where the files are looked for.
 IDX_FILES: dict[str, IdxFile] = {
     "train_images": IdxFile(
         "train-images-idx3-ubyte", 47040016,

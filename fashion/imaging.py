@@ -45,15 +45,16 @@ import numpy as np
 from fashion.contract import IMAGE_SIZE
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-# Pillow's own bomb limit is ~89 MP; a 28 x 28 classifier never needs more than 4 MP.
+# Far below Pillow's own bomb limit: a 28 x 28 classifier never needs more than 4 MP.
 MAX_PIXELS = 4_000_000
-# libjpeg decodes every block of the frame once per scan, so scans multiply the work of a tiny file: 5,000 empty
-# 14-byte scans over a 2000 x 2000 frame took 1.1 s (an 8 MB upload would take minutes). Encoders write about
-# 10; libtiff refuses more than 100 in a JPEG-in-TIFF strip (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), so do we.
+# libjpeg decodes every block of the frame once per scan, so scans multiply the work of a tiny file: thousands of
+# empty scans over a large frame keep a decoder busy for seconds (tests/integration/test_imaging_bombs.py builds
+# one). Encoders write about 10; libtiff refuses more than 100 in a JPEG-in-TIFF strip
+# (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), so do we.
 MAX_JPEG_SCANS = 100
-# Pillow builds a Python object per TIFF strip or tile while *opening* the file (~300 bytes, ~1 us each): 1,000,000
-# two-byte strip offsets cost 1.3 s and 300 MB before any size check could run. 16,384 covers a 4 MP image in the
-# smallest tiles the TIFF spec allows (16 x 16 pixels: 15,625 tiles).
+# Pillow builds a Python object per TIFF strip or tile while *opening* the file: a million two-byte strip offsets
+# cost seconds and hundreds of megabytes before any size check could run (tests/integration/test_imaging_bombs.py).
+# 16,384 covers a 4 MP image in the smallest tiles the TIFF spec allows (16 x 16 pixels: 15,625 tiles).
 MAX_TIFF_CHUNKS = 16_384
 _TIFF_STRIP_OFFSETS, _TIFF_TILE_OFFSETS = 273, 324
 FRAMINGS = ("dataset", "legacy")

@@ -1,12 +1,30 @@
-"""Classification metrics on numpy arrays, shared by training, export and clients."""
+"""Classification metrics on numpy arrays, shared by training, export, the service and clients.
+
+Parity between backends (:func:`parity_report`) is judged by what the two backends of a pair are:
+
+* ``same-model``: two float32 artifacts of one exported model (same name and content version).
+  The export verified each against the source model (identical top-1 on every test image,
+  probabilities within 1e-5), so they must agree on every image's top-1 and within the tolerance
+  in every probability: the pair is ``consistent`` or not.
+* ``quantized``: the int8 artifact against a float32 artifact of its own model. Quantization
+  changes some answers: reported, not judged.
+* ``cross-model``: the PyTorch- and the TensorFlow-trained models are different models: reported,
+  not judged.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, NUM_CLASSES, softmax
+
+# The export verified each float32 artifact within 1e-5 of its source model; two of them within 1e-4.
+PARITY_TOLERANCE = 1e-4
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -74,3 +92,80 @@ def agreement(logits: np.ndarray, reference: np.ndarray) -> Agreement:
     disagree = np.flatnonzero(logits.argmax(1) != reference.argmax(1))
     max_diff = float(np.abs(softmax(logits) - softmax(reference)).max(initial=0.0))
     return Agreement(len(logits), 1.0 - len(disagree) / max(len(logits), 1), max_diff, disagree)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a backend serves: the exported model (``name:version``) and the artifact's precision."""
+
+    model: str
+    precision: str
+
+    @classmethod
+    def of(cls, backend: str, manifest: dict[str, Any]) -> Identity:
+        """From the backend's name and its model's manifest."""
+        entry = manifest["artifacts"][BACKENDS[backend].artifact]
+        precision = "int8" if "int8" in entry["format"] else "float32"
+        return cls(f"{manifest['name']}:{manifest['version']}", precision)
+
+
+def relation(a: Identity, b: Identity) -> str:
+    """``same-model``, ``quantized`` or ``cross-model`` (see the module docstring)."""
+    if a.model != b.model:
+        return "cross-model"
+    return "same-model" if a.precision == b.precision == "float32" else "quantized"
+
+
+def parity_report(logits: dict[str, np.ndarray], identities: dict[str, Identity],
+                  tol: float = PARITY_TOLERANCE) -> dict[str, Any]:
+    """Compare every pair of backends' answers on the same images (:func:`agreement`).
+
+    Args:
+        logits: ``float32[N, 10]`` per backend name, all for the same ``N`` images in the same order.
+        identities: per backend name, the model and precision it serves.
+        tol: the largest probability difference a ``same-model`` pair may show.
+
+    Returns:
+        ``images``, ``tolerance``, ``consistent`` (every same-model pair is), ``models`` (per model:
+        its backends and whether they are consistent) and ``pairs`` (per pair: backends, relation,
+        top-1 agreement, max absolute probability difference, the disagreeing image indices, and
+        ``consistent`` for same-model pairs).
+
+    Raises:
+        ValueError: the backends answered different numbers of images.
+    """
+    counts = {len(values) for values in logits.values()}
+    if len(counts) > 1:
+        raise ValueError(f"backends answered different numbers of images: {sorted(counts)}")
+    pairs = []
+    for a, b in itertools.combinations(logits, 2):
+        found = agreement(logits[a], logits[b])
+        pair: dict[str, Any] = {
+            "backends": [a, b], "relation": relation(identities[a], identities[b]),
+            "top1_agreement": found.top1_agreement, "max_abs_prob_diff": found.max_abs_prob_diff,
+            "disagreements": found.disagreements.tolist(),
+        }
+        if pair["relation"] == "same-model":
+            pair["consistent"] = found.within(tol)
+        pairs.append(pair)
+    models: dict[str, dict[str, Any]] = {}
+    for name, identity in identities.items():
+        if name in logits:
+            models.setdefault(identity.model, {"backends": [], "consistent": True})["backends"].append(name)
+    for pair in pairs:
+        if not pair.get("consistent", True):
+            models[identities[pair["backends"][0]].model]["consistent"] = False
+    return {"images": counts.pop() if counts else 0, "tolerance": tol,
+            "consistent": all(m["consistent"] for m in models.values()), "models": models, "pairs": pairs}
+
+
+def parity_failures(report: dict[str, Any]) -> list[str]:
+    """One line per same-model pair of :func:`parity_report` that is not consistent."""
+    lines = []
+    for pair in report["pairs"]:
+        if pair.get("consistent") is False:
+            a, b = pair["backends"]
+            lines.append(f"{a} vs {b}: top-1 agreement {pair['top1_agreement']:.4f} (disagreeing images "
+                         f"{pair['disagreements'][:10]}), max |dp| {pair['max_abs_prob_diff']:.2e} "
+                         f"(tolerance {report['tolerance']:g})")
+    return lines

@@ -10,9 +10,10 @@
 Health, readiness and metrics routes (the v2 protocol's too) are never refused, so probes answer
 during a flood; the OpenAPI page and v2 server metadata answer while the models load.
 
-With API keys configured (service.auth), every request is first checked for its key, its scope and its key's
-rate (401, 403, 429 with ``Retry-After``), before it counts as in progress; the probes stay open. Without keys
-that check is one attribute test.
+With API keys configured (service.auth), :class:`KeyGate` checks every request's key, scope and key's rate
+(401, 403, 429 with ``Retry-After``) before anything else runs, BentoML's own layers included (service.service
+puts it first): a refused key then costs the server as little as an answer can, so a flooding key takes little
+from the others. The probes stay open. Without keys the gate is one attribute test.
 """
 
 from __future__ import annotations
@@ -58,12 +59,6 @@ class AdmissionMiddleware:
         serving = self.current() if scope["type"] == "http" else None
         if serving is not None:
             attach(scope, serving)
-            # getattr: admission's own tests stand in for a Serving with an object that has no keys.
-            keys = getattr(serving, "keys", None)
-            if keys is not None and scope["type"] == "http":
-                refused = keys.check(scope)
-                if refused is not None:
-                    return await self.refuse(send, refused.status, refused.message, refused.headers)
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             return await self.app(scope, receive, send)
         # The service's count (the batcher reads it, service.serving.InFlight); before the service exists, when
@@ -95,14 +90,48 @@ class AdmissionMiddleware:
         finally:
             counter.leave(answered)
 
-    async def refuse(self, send: Callable[[Message], Awaitable[None]], status: int, message: str,
-                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        """Answer ``status`` with a JSON error and ``headers``, without reading the body; 429 and 503 get
-        ``Retry-After`` (``headers``' own, else the default)."""
-        body = json.dumps({"error": message}).encode()
-        extra = list(headers)
-        if status in RETRY_STATUSES and not any(name == b"retry-after" for name, _ in extra):
-            extra.append((b"retry-after", self.retry_after))
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
-        await send({"type": "http.response.body", "body": body})
+    async def refuse(self, send: Send, status: int, message: str) -> None:
+        """Answer ``status`` with a JSON error, without reading the body (with ``Retry-After`` for 429 and 503)."""
+        await refuse(send, status, message, retry_after=self.retry_after)
+
+
+class KeyGate:
+    """ASGI middleware: the API-key check (service.auth), first of all the layers (service.service).
+
+    BentoML adds it with ``add_asgi_middleware``; the service then moves it in front of BentoML's metrics, tracing
+    and error layers, which a refused key never reaches. The key id it lets in rides on the request's state, for
+    the task routes (service.auth.key_id_of).
+    """
+
+    def __init__(self, app: ASGIApp, current: Callable[[], Serving | None], retry_after_s: int = 1) -> None:
+        """
+        Args:
+            app: the wrapped application.
+            current: the running service's parts, ``None`` before it exists (service.service.current_serving); the
+                keys are its ``keys``, ``None`` when none are configured.
+            retry_after_s: the ``Retry-After`` seconds a 429 gets when its refusal names none.
+        """
+        self.app = app
+        self.current = current
+        self.retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        serving = self.current() if scope["type"] == "http" else None
+        if serving is not None and serving.keys is not None:
+            refused = serving.keys.check(scope)
+            if refused is not None:
+                return await refuse(send, refused.status, refused.message, refused.headers, self.retry_after)
+        await self.app(scope, receive, send)
+
+
+async def refuse(send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = (),
+                 retry_after: bytes = b"1") -> None:
+    """Answer ``status`` with a JSON error and ``headers``, without reading the body; 429 and 503 get
+    ``Retry-After`` (``headers``' own, else ``retry_after``)."""
+    body = json.dumps({"error": message}).encode()
+    extra = list(headers)
+    if status in RETRY_STATUSES and not any(name == b"retry-after" for name, _ in extra):
+        extra.append((b"retry-after", retry_after))
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})

@@ -10,15 +10,13 @@ from pathlib import Path
 from fashion.backends import BACKENDS, RUNTIME_MODULES, unavailable_backends
 from fashion.env import available_cpus
 from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
+from fashion.metrics import PARITY_TOLERANCE
 from service.auth import KeyEntry, parse_keys
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
 DEFAULT_BACKEND = "onnx-torch"
 
 
-# The benchmark's output folder in a checkout (the web page shows it); a bento ships its own copy and says where
-# with FASHION_RESULTS_DIR.
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 DEVICES = ("auto", "cpu", "cuda")
 # Per-backend devices unless FASHION_DEVICES says otherwise. TensorFlow's GPU build needs CUDA 12 wheels
 # (tensorflow[and-cuda]) beside the CUDA 13 ones torch and ONNX Runtime use: gigabytes for a model that ONNX
@@ -36,10 +34,10 @@ class TaskLimits:
     ``FASHION_TASK_CHUNK_IMAGES``, ``FASHION_MAX_ACTIVE_TASKS``."""
 
     max_images: int = 100_000
-    # 100,000 raw images (78.4 MB) with their labels and the form around them fit.
+    # 100,000 raw images (784 bytes each) with their labels and the form around them fit.
     max_bytes: int = 80 * 1024 * 1024
-    # Images per batcher call, as many as the service's own batches (service.service.MAX_BATCH_IMAGES). Measured
-    # here (docs/tasks.md): during an onnx-torch task, online p99 16 ms with 256, 92 ms with 1,024.
+    # Images per batcher call, as many as the service's own batches (service.service.MAX_BATCH_IMAGES): online
+    # requests during a task had a lower p99 with chunks of 256 than of 1,024 (docs/tasks.md).
     chunk_images: int = 256
     max_active: int = 4
     # For tests only (FASHION_TASK_HOLD_FILE): while this file exists, a task waits before each chunk after
@@ -79,8 +77,7 @@ class ServiceConfig:
     service.gcstats; 0: leave the collector alone),
     ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails),
     ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md),
-    ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, service.parity),
-    ``FASHION_RESULTS_DIR`` (the benchmark files the web page shows; default the checkout's ``results/``),
+    ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, fashion.metrics),
     ``FASHION_API_KEYS_FILE`` or ``FASHION_API_KEYS`` (API key lines, service.auth; neither: no keys, every route
     open, as before keys existed), and the task limits of :class:`TaskLimits`.
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
@@ -97,7 +94,7 @@ class ServiceConfig:
     max_in_flight: int = 256
     max_queued_images: int = 16384
     # Far above a healthy wait (a full queue of 16,384 images is a few model calls) and below the 30 s request
-    # timeout: at 1,000 ms, big batch requests from 16 clients on a busy 2-core machine were already refused.
+    # timeout; a budget of one second already refused big batch requests on a busy machine (docs/serving.md).
     queue_budget_ms: int = 5000
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
@@ -112,9 +109,7 @@ class ServiceConfig:
     # test can queue a burst and see it merged, whatever the machine's speed (service.batcher.wait_while_held).
     batch_hold_file: str | None = None
     tasks: TaskLimits = field(default_factory=TaskLimits)
-    # The export verified each float32 artifact within 1e-5 of its source model; two of them within 1e-4.
-    parity_tolerance: float = 1e-4
-    results_dir: Path = DEFAULT_RESULTS_DIR
+    parity_tolerance: float = PARITY_TOLERANCE
     # Backends this environment cannot run, each with the modules it lacks (found once by from_env): a Bento of
     # the onnx profile (bentofile-onnx.yaml) has neither torch nor TensorFlow. Default: none missing.
     not_installed: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -203,7 +198,6 @@ class ServiceConfig:
                 batch_hold_file=env.get("FASHION_BATCH_HOLD_FILE") or None,
                 tasks=TaskLimits.from_env(env),
                 parity_tolerance=float(env.get("FASHION_PARITY_TOLERANCE", cls.parity_tolerance)),
-                results_dir=Path(env.get("FASHION_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
                 not_installed=not_installed,
                 api_keys=read_api_keys(env),
             )

@@ -9,7 +9,7 @@ and checked by fashion.contract. Every refusal is a :class:`~service.inputs.Requ
 the status it deserves (413 too many images, 415 not a dataset file, 422 corrupt or the wrong
 shape, 400 a malformed form).
 
-These functions are synchronous and run in a worker thread: parsing 80 MB must not stall the
+These functions are synchronous and run in a worker thread: parsing an upload of the task limit must not stall the
 event loop that answers online requests.
 """
 

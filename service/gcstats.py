@@ -1,10 +1,10 @@
 """Garbage-collector pauses of the serving worker: a freeze once warm, and a record of every pass.
 
 Why: a worker holding TensorFlow, PyTorch and BentoML has millions of long-lived objects. Every
-full (generation-2) pass of CPython's cyclic collector walks all of them, 350-430 ms here, during
-which the event loop answers nobody (issue 16). ``freeze_heap`` moves everything alive once the
-models are loaded and warmed into the permanent generation, so later passes only walk what
-requests create -- the remedy SGLang adopted for the same stall
+full (generation-2) pass of CPython's cyclic collector walks all of them, for hundreds of
+milliseconds, during which the event loop answers nobody (docs/history.md). ``freeze_heap``
+moves everything alive once the models are loaded and warmed into the permanent generation, so
+later passes only walk what requests create -- the remedy SGLang adopted for the same stall
 (https://github.com/sgl-project/sglang/pull/9241).
 
 ``GCRecorder`` times each pass from ``gc.callbacks`` and keeps per-generation counts, a pause

@@ -18,10 +18,6 @@ from typing import Annotated, Any
 import anyio
 import bentoml
 import numpy as np
-
-# The one private BentoML module used (not re-exported; see JSONAnswer). bentofile.yaml pins BentoML exactly
-# and tests/unit/test_bentoml_seam.py checks this seam, so an upgrade that moves it fails a test, not a deploy.
-from _bentoml_sdk.io_models import IORootModel
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import DType, Shape
 from pydantic import Field, PlainSerializer, SerializationInfo
@@ -234,17 +230,6 @@ async def decode_files(files: list[bytes], framing: str = "dataset") -> np.ndarr
     if sum(len(f) for f in files) <= INLINE_DECODE_BYTES:
         return decode_all(files, framing)
     return await anyio.to_thread.run_sync(decode_all, files, framing)
-
-
-class JSONAnswer(IORootModel[Any]):
-    """A JSON answer.
-
-    BentoML derives a root model's media type by building its JSON schema on every
-    response (about 12% of the worker's CPU per request in a py-spy profile); the
-    answer is always JSON, so say so once.
-    """
-
-    media_type = "application/json"
 
 
 class ImageUpload(bentoml.IODescriptor):

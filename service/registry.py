@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fashion.backends import BACKENDS, Predictor, load_artifact
-from fashion.contract import CLASS_NAMES, describe_predictions, preprocess, softmax, temperature_of
+from fashion.backends import BACKENDS
+from fashion.contract import CLASS_NAMES, describe_predictions
 from fashion.env import has_nvidia_gpu
-from fashion.manifest import read_manifest, verify_artifact
-from fashion.ood import OodDetector, load_detector
+from fashion.manifest import read_manifest
+from fashion.metrics import Identity, parity_failures, parity_report
 from fashion.samples import sample_images
-from service import parity
+from fashion.servable import Servable, load_servable
 from service.batcher import Outputs
 from service.config import ServiceConfig
 
@@ -29,27 +28,22 @@ class WarmupError(RuntimeError):
 
 
 @dataclass
-class LoadedBackend:
-    """One backend, ready to predict."""
+class LoadedBackend(Servable):
+    """One backend, ready to predict: a :class:`fashion.servable.Servable` and the device the configuration asked
+    for (which it may not have got, see :func:`place_backends`)."""
 
-    name: str
-    predictor: Predictor
-    manifest: dict[str, Any]
-    load_seconds: float
     device_requested: str = "auto"
-    # None for a model exported before the "not clothing" detector existed: answers then carry no OOD fields.
-    detector: OodDetector | None = field(default=None, repr=False)
 
-    @property
-    def temperature(self) -> float:
-        """The calibration temperature the export fitted (1.0 when it fitted none)."""
-        return temperature_of(self.manifest)
+    @classmethod
+    def of(cls, servable: Servable, device_requested: str) -> LoadedBackend:
+        """``servable``, as the registry keeps it."""
+        return cls(**{f.name: getattr(servable, f.name) for f in fields(Servable)}, device_requested=device_requested)
 
     def info(self) -> dict[str, Any]:
-        entry = self.manifest["artifacts"][BACKENDS[self.name].artifact]
+        entry = self.artifact
         return {
             "loaded": True, "model": f"{self.manifest['name']}:{self.manifest['version']}",
-            "model_version": self.manifest["version"], "artifact": entry["path"], "format": entry["format"],
+            "model_version": self.version, "artifact": entry["path"], "format": entry["format"],
             "sha256": entry["sha256"], "test_accuracy": entry["test_accuracy"],
             "source_framework": self.manifest["framework"], "preset": self.manifest["preset"],
             "load_seconds": round(self.load_seconds, 3), "device_requested": self.device_requested,
@@ -70,12 +64,6 @@ def place_backends(requested: dict[str, str], gpu_present: bool) -> tuple[dict[s
     warning = (f"CUDA was asked for {', '.join(fallback)} but this machine has no NVIDIA GPU; they run on the CPU "
                "(see device and device_requested in /model_info)") if fallback else None
     return placed, warning
-
-
-def load_ood(model_dir: Path, manifest: dict[str, Any]) -> OodDetector | None:
-    """The model's "not clothing" detector, checked against its manifest entry; ``None`` if it has none."""
-    entry = manifest.get("ood")
-    return load_detector(verify_artifact(model_dir, entry)) if entry else None
 
 
 class ModelRegistry:
@@ -109,11 +97,8 @@ class ModelRegistry:
                     self.skipped[name] = f"{manifest['name']}:{manifest['version']} has no {spec.artifact!r} artifact"
                     log.info("backend %s skipped: %s", name, self.skipped[name])
                     continue
-                start = time.perf_counter()
-                predictor = load_artifact(model_dir, spec.artifact, spec.runtime, devices[name],
-                                          threads=self.config.threads)
-                backend = LoadedBackend(name, predictor, manifest, time.perf_counter() - start, requested[name],
-                                        load_ood(model_dir, manifest))
+                servable = load_servable(model_dir, name, devices[name], threads=self.config.threads)
+                backend = LoadedBackend.of(servable, requested[name])
                 warm[name] = self.warm_up(backend, samples)
                 self.backends[name] = backend
                 log.info("backend %s ready: %s", name, backend.predictor.describe())
@@ -132,9 +117,9 @@ class ModelRegistry:
         Returns:
             The logits, for :meth:`check_parity` once every backend has loaded.
         """
-        logits = backend.predictor.predict(preprocess(pixels))
+        logits = backend.logits(pixels)
         got = logits.argmax(1).tolist()
-        entry = backend.manifest["artifacts"][BACKENDS[backend.name].artifact]
+        entry = backend.artifact
         # Float32 artifacts reproduce the source model exactly; int8 records its own labels.
         expected = entry.get("samples_expected", backend.manifest["samples_expected"])
         if got != expected:
@@ -142,20 +127,21 @@ class ModelRegistry:
         return logits
 
     def check_parity(self, logits: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The loaded backends must agree with each other on the samples as /parity judges them (service.parity).
+        """The loaded backends must agree with each other on the samples as /parity judges them
+        (fashion.metrics.parity_report).
 
         The recorded labels say little about probabilities: an artifact whose weights drifted can keep
         every sample's label. Backends of one exported model must also agree within the tolerance.
         """
-        report = parity.compare(logits, self.identities(), self.config.parity_tolerance)
+        report = parity_report(logits, self.identities(), self.config.parity_tolerance)
         if not report["consistent"]:
             raise WarmupError("backends of one model disagree on the sample images: "
-                              + "; ".join(parity.failures(report)))
+                              + "; ".join(parity_failures(report)))
         return report
 
-    def identities(self) -> dict[str, parity.Identity]:
+    def identities(self) -> dict[str, Identity]:
         """Per loaded backend: the exported model and the precision it serves."""
-        return {name: parity.Identity.of(name, backend.manifest) for name, backend in self.backends.items()}
+        return {name: Identity.of(name, backend.manifest) for name, backend in self.backends.items()}
 
     def get(self, name: str | None) -> LoadedBackend:
         """A loaded backend by name (``None``: the default). Raises KeyError with :meth:`why_not_loaded`."""
@@ -176,7 +162,7 @@ class ModelRegistry:
 
     def logits(self, name: str | None, pixels: np.ndarray) -> np.ndarray:
         """``float32[N, 10]`` logits for ``uint8[N, 28, 28]`` pixels (runs the model)."""
-        return self.get(name).predictor.predict(preprocess(pixels))
+        return self.get(name).logits(pixels)
 
     def run_batch(self, name: str, pixels: np.ndarray, score: bool = False) -> Outputs:
         """One batch through the model; with ``score`` (and a detector), its "not clothing" scores as well, in
@@ -186,8 +172,7 @@ class ModelRegistry:
 
     def ood_scores(self, name: str | None, logits: np.ndarray, images: np.ndarray) -> np.ndarray | None:
         """Per image, how clothing-like it is (fashion.ood); ``None`` when the model has no detector."""
-        detector = self.get(name).detector
-        return detector.score(logits, images) if detector else None
+        return self.get(name).ood_scores(logits, images)
 
     def describe(self, name: str | None, logits: np.ndarray, top_k: int | None = None,
                  pixels: np.ndarray | None = None, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
@@ -203,8 +188,8 @@ class ModelRegistry:
                 ``ood_score`` and ``in_distribution``; without them (no detector), answers carry neither.
         """
         backend = self.get(name)
-        answers = describe_predictions(softmax(logits, backend.temperature), backend.name,
-                                       backend.manifest["version"], top_k or self.config.top_k, scores,
+        answers = describe_predictions(backend.probabilities(logits), backend.name, backend.version,
+                                       top_k or self.config.top_k, scores,
                                        backend.detector.threshold if backend.detector else None)
         if pixels is not None:
             for answer, image in zip(answers, pixels, strict=True):

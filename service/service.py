@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,7 @@ from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
-from service import deadline, eventloop
-from service.admission import AdmissionMiddleware
+from service import seams
 from service.answers import NPY, negotiate, records_response
 from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
@@ -47,7 +47,6 @@ from service.gcstats import GCRecorder, census, settle_heap
 from service.health import Heartbeat, start_health_server
 from service.inputs import (
     ImageUpload,
-    JSONAnswer,
     NoInput,
     ParityInput,
     PixelArray,
@@ -56,18 +55,18 @@ from service.inputs import (
 from service.launch import STOPPED_LINE
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
+from service.seams import JSONAnswer
 from service.serving import InFlight, Serving
 from service.task_board import TaskBoard
-from service.task_routes import TASK_ROUTE, TaskMiddleware
+from service.task_routes import TASK_ROUTE
 from service.task_runner import DatasetUpload, run_dataset_task
-from service.v2 import V2Shortcut
 from service.v2 import app as v2_app
 from service.web import build_web_app
 
 log = logging.getLogger("bentoml.fashion_serve")
 
-# Images per model call: large enough that a batch's model time (about 2 ms for 256 here) stays
-# small beside the HTTP work of the requests it serves.
+# Images per model call: large enough that a batch's model time stays small beside the HTTP work of the requests
+# it serves (the in-process sweep of results/benchmark-amd-epyc-2c.md).
 MAX_BATCH_IMAGES = 256
 # A lone request of at most this many images runs on the event loop, not the model thread (service.batcher):
 # its model call is shorter than the hop to the thread and back.
@@ -92,8 +91,8 @@ def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, 
     threads=1,
     # The in-flight limit is AdmissionMiddleware's (it sends Retry-After; BentoML's does not).
     # concurrency: the in-flight requests per replica that BentoML's autoscaler (BentoCloud) aims for. One image per
-    # request, throughput stops growing at about 16 concurrent requests here while p99 keeps rising (ENVIRONMENT.md's
-    # HTTP baselines); the batcher merges whatever is waiting, so more per replica only queues.
+    # request, throughput stops growing at a few concurrent clients while p99 keeps rising (the HTTP rows of
+    # results/benchmark-amd-epyc-2c.md); the batcher merges whatever is waiting, so more per replica only queues.
     traffic={"timeout": REQUEST_TIMEOUT_S, "concurrency": 16},
     # Measured on 2 cores (docs/serving.md): the access log and OpenTelemetry's per-request spans (no
     # exporter is configured, so they are built and dropped) each cost a large share of the
@@ -253,14 +252,6 @@ def current_serving() -> Serving | None:
         return None
 
 
-# BentoML's per-request timeout leaves every request's timer alive for traffic.timeout seconds
-# (service.deadline); ours cancels it when the request ends.
-deadline.install()
-# FASHION_EVENT_LOOP=asyncio: uvloop accepts one connection per turn of the loop (service.eventloop).
-eventloop.install()
-# Open Inference Protocol (KServe v2) routes under /v2, through the same batcher and admission control.
-FashionClassifier.mount_asgi_app(v2_app, path="/", name="v2")
-FashionClassifier.add_asgi_middleware(AdmissionMiddleware, current=current_serving)
-FashionClassifier.add_asgi_middleware(TaskMiddleware, current=current_serving)
-FashionClassifier.add_asgi_middleware(V2Shortcut, v2=v2_app)
-FashionClassifier.mount_asgi_app(build_web_app(), path="/ui", name="web")
+# Every seam in BentoML and uvicorn (the deadline, the event loop, admission, the task routes, v2, the web page),
+# installed once, here, where the service is built (service.seams).
+seams.install(FashionClassifier, current_serving, v2_app, build_web_app(), os.environ.get("FASHION_EVENT_LOOP"))

@@ -7,13 +7,13 @@ and ``cancel`` (PUT). What BentoML 1.4's own server does with them (``_bentoml_i
 
 * The task runs in this worker process, as a background step of its submit request. BentoML keeps
   the request (body base64-encoded, for ``retry``) and the answer in ``$BENTOML_HOME/task_result.db``
-  (``BENTOML_RESULT_STORE``; emptied when the server starts) for 24 hours.
+  (``BENTOML_RESULT_STORE``; emptied when the server starts) for a day.
 * ``submit`` would read and store the whole body, without a limit, before any code of ours runs. The
   middleware reads it first: over ``FASHION_MAX_TASK_BYTES``, or announcing in its header more than
   ``FASHION_MAX_TASK_IMAGES`` images, it is answered 413; with ``FASHION_MAX_ACTIVE_TASKS`` tasks in
   progress, 429. An accepted upload goes to the task through the request's state and BentoML
   stores an empty body: base64 in SQLite costs a third more than the upload on disk for a day, and
-  encoding it at submit and decoding it at every ``get`` stalled the event loop (0.25 s for 47 MB).
+  encoding it at submit and decoding it at every ``get`` stalled the event loop (docs/tasks.md).
   So ``retry`` is refused (409): submit the file again.
 * ``status`` says ``in_progress``, ``completed``, ``failed`` or ``canceled``, never how far a task
   got: ``GET /classify_dataset/progress?task_id=`` answers images done of total from the
@@ -143,8 +143,8 @@ class TaskMiddleware:
             return await reply(send, 413, {"error": f"{exc.message} (FASHION_MAX_TASK_IMAGES)"})
         except RequestError as exc:
             return await reply(send, exc.error_code.value, {"error": str(exc)})
-        # BentoML stores the request it is given, for `retry`: base64 in SQLite for 24 hours, encoded on the
-        # event loop at submit and decoded again by every `get` (a quarter of a second each for 50 MB, while
+        # BentoML stores the request it is given, for `retry`: base64 in SQLite for a day, encoded on the
+        # event loop at submit and decoded again by every `get` (docs/tasks.md: the loop stalls meanwhile, and
         # no online request is answered). So it gets the headers and an empty body; the task takes the
         # checked upload from the request's state, which the submit request and its task share.
         scope.setdefault("state", {})[UPLOAD_STATE] = upload

@@ -498,29 +498,3 @@ app = Starlette(routes=[
     *(Route(f"{base}/ready", model_ready) for base in (MODEL, VERSION)),
     *(Route(f"{base}/config", model_config) for base in (MODEL, VERSION)),
 ])
-
-
-class V2Shortcut:
-    """ASGI middleware that hands ``/v2`` requests straight to the v2 app (this module's :data:`app`).
-
-    Mounted at "/", the v2 app was reached only after BentoML's router had tried each of its three dozen
-    other routes and its context middleware had built a request object the v2 app never reads: about 75 µs
-    of a 200 µs single-image inference, called in-process. BentoML adds this with ``add_asgi_middleware``
-    (service.service) inside admission control, the deadline and BentoML's metrics, which all still apply;
-    every other path goes on to BentoML's app, and the mount stays for them.
-    """
-
-    def __init__(self, app: Callable[..., Awaitable[None]], v2: Callable[..., Awaitable[None]]) -> None:
-        """
-        Args:
-            app: BentoML's app, which BentoML passes to every middleware it adds.
-            v2: the v2 app, which the service passes as an option of ``add_asgi_middleware``.
-        """
-        self.app = app
-        self.v2 = v2
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Awaitable[Any]],
-                       send: Callable[..., Awaitable[None]]) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        target = self.v2 if path == "/v2" or path.startswith("/v2/") else self.app
-        await target(scope, receive, send)

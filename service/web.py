@@ -1,4 +1,4 @@
-"""The web page at ``/ui/``: try the classifier, compare the backends, see the benchmark.
+"""The web page at ``/ui/``: try the classifier and compare the backends.
 
 A small Starlette app that the service mounts (``mount_asgi_app``). It only
 serves files named in an allow-list built when the app is made; a URL is looked
@@ -11,9 +11,10 @@ Served, all read-only:
 * ``/ui/`` and the page's files (``service/web/``: HTML, CSS, JS; no inline
   script, nothing from another host);
 * ``/ui/samples/<name>.png`` and ``/ui/samples.json``: the ten bundled real
-  test images (fashion/samples) and their true labels;
-* ``/ui/benchmarks.json``: every ``results/benchmark-*.json`` (the benchmark's
-  own data, newest first), read when asked.
+  test images (fashion/samples) and their true labels.
+
+No benchmark view: a Bento carries no ``results/`` file, and a benchmark measured on
+another machine says nothing about the server showing it (docs/serving.md, "The web page").
 
 Every answer carries a strict Content-Security-Policy (scripts, styles, images
 and requests from this origin only), ``X-Content-Type-Options: nosniff`` and
@@ -22,8 +23,6 @@ no framing.
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.admission import ASGIApp, Receive, Scope, Send
-from service.config import DEFAULT_RESULTS_DIR
-from service.serving import serving_of
-
-log = logging.getLogger("bentoml.fashion_serve")
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_FILES = ("index.html", "style.css", "app.js", "charts.js", "icon.svg")
@@ -82,38 +77,17 @@ def sample_listing() -> list[dict[str, Any]]:
     return listing
 
 
-def read_benchmarks(results_dir: Path) -> list[dict[str, Any]]:
-    """Every ``benchmark-*.json`` in ``results_dir``, newest first, each with its ``file`` name.
-
-    A file that is not valid JSON is logged and left out rather than breaking the page.
-    """
-    runs = []
-    for path in sorted(results_dir.glob("benchmark-*.json")):
-        try:
-            runs.append({"file": path.name, **json.loads(path.read_text())})
-        except (OSError, ValueError) as exc:
-            log.warning("benchmark file %s left out of /ui/benchmarks.json: %s", path, exc)
-    return sorted(runs, key=lambda run: str(run.get("date", "")), reverse=True)
-
-
-def build_web_app(web_dir: Path = WEB_DIR, results_dir: Path | None = None) -> Starlette:
+def build_web_app(web_dir: Path = WEB_DIR) -> Starlette:
     """The ``/ui`` app.
 
     Args:
         web_dir: the page's files.
-        results_dir: where ``benchmark-*.json`` lie (default: the service's configured ``results_dir``, which
-            admission puts on each request, else the checkout's ``results/``), read on each request so that a
-            new benchmark shows without a restart.
 
     Returns:
         A Starlette app with security headers on every answer, including 404s.
     """
     files = page_files(web_dir)
     samples = sample_listing()
-
-    def results(request: Request) -> Path:
-        found = serving_of(request.scope)
-        return results_dir or (found.config.results_dir if found else DEFAULT_RESULTS_DIR)
 
     async def serve_file(request: Request) -> Response:
         path = files.get(request.path_params["path"])
@@ -124,12 +98,8 @@ def build_web_app(web_dir: Path = WEB_DIR, results_dir: Path | None = None) -> S
     async def serve_samples(request: Request) -> Response:
         return JSONResponse(samples)
 
-    async def serve_benchmarks(request: Request) -> Response:
-        return JSONResponse(read_benchmarks(results(request)))
-
     app = Starlette(routes=[
         Route("/samples.json", serve_samples, methods=["GET", "HEAD"]),
-        Route("/benchmarks.json", serve_benchmarks, methods=["GET", "HEAD"]),
         Route("/{path:path}", serve_file, methods=["GET", "HEAD"]),
     ])
     app.add_middleware(SecurityHeaders)

@@ -11,14 +11,22 @@ A figure must be in the results file its paragraph cites (see :func:`citations`)
 somewhere under results/, so a number copied from the wrong run is caught; a figure in a passage
 that cites no results file must be in some results file.
 
-``python -m tests.figures`` prints the unsourced figures of the repository with their lines;
-``python -m tests.figures --sources`` prints every figure with the results files that hold it.
+Code comments and docstrings of the product (:data:`PRODUCT`) carry no figures at all: a measured
+quantity there (a number with a unit of time, size, rate or share, :func:`code_figures`) goes stale
+silently, so they name the results file or the docs section instead.
+
+``python -m tests.figures`` prints the unsourced figures of the repository and the figures in the
+product's comments and docstrings, with their lines; ``python -m tests.figures --sources`` prints every
+document figure with the results files that hold it.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import re
 import sys
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,6 +269,62 @@ def sources(documents: list[Path], results: Path) -> dict[Figure, list[str]]:
             for doc in documents for f in figures(doc)}
 
 
+# The packages that ship or that users run: their comments and docstrings carry no figures.
+PRODUCT = ("fashion", "training", "export", "service", "clients")
+# Code spans in docstrings (reStructuredText): ``x``.
+RST_CODE = re.compile(r"``[^`\n]*``")
+# A unit that makes a number a measured quantity (time, size, rate, share, ratio).
+MEASURE_UNIT = re.compile(r"(?:-\d[\d,.]*)?\s?(?:(?:ms|s|µs|us|ns|seconds?|minutes?|hours?|MB|KB|GB|MiB|KiB|GiB|MP"
+                          r"|req/s|requests/s|images/s|rps|bytes)\b|%|x\b(?!\s?\d)|×|\s?times\b)")
+
+# Quantities with units that are facts of the design, not measurements. Each is listed with why.
+CODE_FACTS = {
+    "8MiB": "the body limit (FASHION_MAX_BODY_BYTES)", "8MB": "the same body limit",
+    "4MP": "the decode limit (fashion.imaging.MAX_PIXELS)",
+    "5%": "Fashion-MNIST's own trimming rule (within 5% of the corner colour)",
+    "16bytes": "the IDX header", "2GB": "protobuf's message limit", "45bytes": "one ANSWER_DTYPE record",
+    "3MiB": "a chunk of 1,024 images as float32", "100%": "an unsharp mask's full amount, a setting",
+    "95.5%": "the detector's validation target (fashion.ood.TARGET_TPR)", "95%": "the detector's test target",
+    "20%": "the one-cycle schedule's warm-up share", "30s": "the request timeout (traffic.timeout)",
+    "10s": "the liveness default (FASHION_LIVENESS_STALE_S)", "784bytes": "one 28 x 28 uint8 image",
+}
+
+
+def product_files(repo: Path = REPO) -> list[Path]:
+    """The product's Python files (:data:`PRODUCT`)."""
+    return [path for package in PRODUCT for path in sorted((repo / package).rglob("*.py"))]
+
+
+def code_comments(source: str) -> list[tuple[int, str]]:
+    """``(line, text)`` of every comment and every docstring line of a Python ``source``."""
+    found = [(token.start[0], token.string) for token in tokenize.generate_tokens(io.StringIO(source).readline)
+             if token.type == tokenize.COMMENT]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc is not None:
+                found.extend((node.body[0].lineno + i, line) for i, line in enumerate(doc.splitlines()))
+    return sorted(found)
+
+
+def code_figures(path: Path) -> list[Figure]:
+    """The measured figures in the comments and docstrings of the Python file at ``path``.
+
+    A number is one when a unit of measure follows it (``2 ms``, ``300 MB``, ``95.5%``, ``350-430 ms``) and it
+    is not a fact of the design (:data:`CODE_FACTS`); numbers in code spans are not.
+    """
+    found = []
+    for line, text in code_comments(path.read_text(encoding="utf-8")):
+        text = prose(RST_CODE.sub(lambda match: " " * len(match.group(0)), text))
+        for match in NUMBER.finditer(text):
+            whole, fraction = match.group(1), match.group(2) or ""
+            value, decimals = float(whole.replace(",", "") + fraction), max(0, len(fraction) - 1)
+            unit = MEASURE_UNIT.match(text, match.end())
+            if value and unit and f"{match.group(0)}{unit.group(0)}".replace(" ", "") not in CODE_FACTS:
+                found.append(Figure(path, line, match.group(0), value, decimals))
+    return found
+
+
 def main() -> int:
     if "--sources" in sys.argv[1:]:
         for figure, held in sources(documents(), REPO / "results").items():
@@ -273,8 +337,12 @@ def main() -> int:
         named = ", ".join(dict.fromkeys(f"results/{c}" for c in cited or ()))
         where = f"the cited {named}" if cited else "any file under results/"
         print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text} (not in {where})")
-    print(f"{len(missing)} figures with no source in results/", file=sys.stderr)
-    return 1 if missing else 0
+    in_code = [figure for path in product_files() for figure in code_figures(path)]
+    for figure in in_code:
+        print(f"{figure.path.relative_to(REPO)}:{figure.line}: {figure.text} (a figure in a comment or docstring)")
+    print(f"{len(missing)} figures with no source in results/, {len(in_code)} in the product's comments and "
+          "docstrings", file=sys.stderr)
+    return 1 if missing or in_code else 0
 
 
 if __name__ == "__main__":

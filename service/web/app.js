@@ -1,8 +1,8 @@
-// The page's behaviour: classify an image, compare the backends, draw the benchmark.
+// The page's behaviour: classify an image, compare the backends.
 // It talks to the service's own endpoints (relative URLs, so a path prefix in front of the service still works)
 // and builds every element with DOM calls: nothing from a response is ever parsed as HTML.
 
-import { barChart, colourOf, html, lineChart, si } from "./charts.js";
+import { barChart, colourOf, html } from "./charts.js";
 
 const API = { classify: "../classify", modelInfo: "../model_info" };
 // A service with API keys needs one (SECURITY.md): typed into the page, kept in this tab's session storage only
@@ -12,7 +12,7 @@ const CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "San
   "Ankle boot"];
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, info: null, runs: [], request: 0, lastCompare: null };
+const state = { image: null, info: null, request: 0, lastCompare: null };
 
 // ---------- talking to the service ----------
 
@@ -326,134 +326,6 @@ function paintDots(root) {
   for (const dot of root.querySelectorAll(".dot[data-colour]")) dot.style.backgroundColor = dot.dataset.colour;
 }
 
-// ---------- the benchmark ----------
-
-function chartFigure(title, note = "") {
-  const figure = html("figure", "chart-figure");
-  figure.append(html("figcaption", "", title));
-  const body = html("div", "chart");
-  figure.append(body);
-  if (note) figure.append(html("p", "muted small", note));
-  return [figure, body];
-}
-
-function groupBy(rows, key) {
-  const groups = new Map();
-  for (const row of rows) groups.set(row[key], [...(groups.get(row[key]) || []), row]);
-  return groups;
-}
-
-function environmentLine(run) {
-  const env = run.environment || {};
-  const libs = Object.entries(env.libraries || {}).map(([k, v]) => `${k} ${v}`).join(", ");
-  const hardware = run.gpu ? `${run.gpu} GPU, ${env.cpu} (${env.cores} cores)` : `${env.cpu}, ${env.cores} cores, no GPU`;
-  const quick = run.quick ? " · quick run (fewer repeats)" : "";
-  return `${hardware} · ${run.date}${quick} · ${run.file}. ${libs}`;
-}
-
-function benchmarkCharts(run, width) {
-  const figures = [];
-  const inproc = run.inprocess;
-  if (inproc?.sweep?.length) {
-    const [figure, body] = chartFigure("In-process throughput by batch size (images/s, log scales)",
-      `Ceiling: float32 matmul speed / model FLOPs (${si(inproc.flops_per_image)} FLOPs per image).`);
-    const series = [...groupBy(inproc.sweep, "backend")].map(([name, rows]) => ({
-      name, points: rows.map((r) => [r.batch, r.images_per_s]) }));
-    body.append(lineChart({ width, title: "in-process throughput", series, unit: "images/s", xName: "batch",
-      x: { label: "batch size", log: true, ticks: [...new Set(inproc.sweep.map((r) => r.batch))] },
-      y: { label: "images/s", log: true },
-      references: [{ y: inproc.ceiling_images_per_s, label: "ceiling" }] }));
-    figures.push(figure);
-  }
-  const rows = run.http?.rows || [];
-  const singles = rows.filter((r) => r.kind === "single");
-  if (singles.length) {
-    const clients = [...new Set(singles.map((r) => r.concurrency))];
-    const groups = [...groupBy(singles, "target")];
-    const lines = (key) => groups.map(([name, g]) => ({ name, dashed: name === "bare-starlette",
-      points: g.map((r) => [r.concurrency, r[key]]) }));
-    const charts = [
-      ["Over HTTP, one image per request: requests/s by concurrent clients", "rps", "requests/s", false],
-      ["Median latency (ms, log scale)", "p50_ms", "ms", true],
-      ["99th percentile latency (ms, log scale)", "p99_ms", "ms", true],
-    ];
-    for (const [title, key, unit, log] of charts) {
-      const [figure, body] = chartFigure(title, key === "rps" ? "Dashed: the bare Starlette app, the ceiling." : "");
-      body.append(lineChart({ width, title, series: lines(key), unit, xName: "clients",
-        x: { label: "concurrent clients", log: true, ticks: clients }, y: { label: unit, log } }));
-      figures.push(figure);
-    }
-  }
-  const bars = (kind, title, note) => {
-    const picked = rows.filter((r) => r.kind === kind);
-    if (!picked.length) return;
-    const [figure, body] = chartFigure(title, note);
-    // Backends keep their colour; payload formats are not backends and share one.
-    body.append(barChart({ width, title, format: (v) => si(v), rows: picked.map((r) => ({ label: r.target,
-      value: r.images_per_s, colour: kind === "format" ? "#5d6675" : colourOf(r.target) })) }));
-    figures.push(figure);
-  };
-  const batch = run.http?.batch_images || 256;
-  bars("batch", `${batch}-image requests over HTTP (images/s)`, "4 clients, /classify_batch with PNG files.");
-  bars("format", `Payload formats, ${batch} images per request (images/s)`, "PNG upload, .npy body, JSON list.");
-  const accuracy = inproc?.correctness?.accuracy;
-  if (accuracy) {
-    const [figure, body] = chartFigure(`Test accuracy on ${inproc.correctness.images.toLocaleString()} real test images`,
-      "Agreement: the share of test images on which two backends predict the same class.");
-    body.append(barChart({ width, title: "test accuracy", max: 1, format: (v) => v.toFixed(4),
-      rows: Object.entries(accuracy).map(([name, v]) => ({ label: name, value: v, colour: colourOf(name) })) }));
-    body.append(agreementTable(inproc.correctness.agreement));
-    figures.push(figure);
-  }
-  return figures;
-}
-
-function agreementTable(agreement) {
-  const names = Object.keys(agreement || {});
-  const table = html("table", "agreement");
-  const head = html("tr");
-  head.append(html("th", "", "top-1 agreement"), ...names.map((n) => html("th", "", n)));
-  table.append(head);
-  for (const a of names) {
-    const row = html("tr");
-    row.append(html("th", "", a), ...names.map((b) => html("td", agreement[a][b] === 1 ? "same" : "",
-      agreement[a][b].toFixed(4))));
-    table.append(row);
-  }
-  const wrap = html("div", "table-scroll");
-  wrap.append(table);
-  return wrap;
-}
-
-function drawBenchmark() {
-  const run = state.runs[Number($("machine").value)];
-  const box = $("bench-charts");
-  if (!run) {
-    box.replaceChildren(html("p", "muted", "No benchmark results on this server (results/benchmark-*.json)."));
-    return;
-  }
-  $("bench-env").textContent = environmentLine(run);
-  // One chart per row on a phone, two side by side from 900 px.
-  const columns = box.clientWidth >= 900 ? 2 : 1;
-  const width = Math.floor((box.clientWidth - (columns - 1) * 24) / columns) - 2;
-  box.replaceChildren(...benchmarkCharts(run, width));
-  if (!run.http) box.append(html("p", "muted", "This run has no HTTP measurements (in-process only)."));
-}
-
-async function loadBenchmarks() {
-  const reply = await fetch("benchmarks.json");
-  state.runs = reply.ok ? await reply.json() : [];
-  const select = $("machine");
-  select.replaceChildren(...state.runs.map((run, i) => {
-    const option = html("option", "", `${run.machine} (${String(run.date).slice(0, 10)})`);
-    option.value = String(i);
-    return option;
-  }));
-  select.disabled = !state.runs.length;
-  select.addEventListener("change", drawBenchmark);
-  drawBenchmark();
-}
-
 // ---------- start ----------
 
 function redrawOnResize() {
@@ -465,7 +337,6 @@ function redrawOnResize() {
     timer = setTimeout(() => {
       drawProbabilities();
       drawCompareCharts();
-      drawBenchmark();
     }, 150);
   });
 }
@@ -487,6 +358,3 @@ setUpInputs();
 redrawOnResize();
 loadSamples().catch((err) => showError(`Could not load the sample images: ${err.message}`));
 state.backendsLoaded = loadBackends();
-loadBenchmarks().catch((err) => {
-  $("bench-charts").replaceChildren(html("p", "error", `Could not load the benchmark results: ${err.message}`));
-});

@@ -18,7 +18,7 @@ def test_livez_on_the_health_port_reports_the_event_loop_heartbeat(server, bento
         live = httpx.get(f"{instance.health_url}/livez", timeout=5).json()
         assert live["live"] is True and live["reason"] is None
         assert live["heartbeat_age_s"] is not None and live["heartbeat_age_s"] <= 10, live
-        # asyncio's loop by default: uvloop leaves a flood's connections in the accept queue (service.eventloop).
+        # asyncio's loop by default: uvloop leaves a flood's connections in the accept queue (service.seams).
         assert live["event_loop"].startswith("asyncio."), live
         info = httpx.post(f"{instance.url}/model_info", timeout=30).json()
         assert info["gpu_present"] is has_nvidia_gpu()

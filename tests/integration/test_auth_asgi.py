@@ -185,3 +185,24 @@ def test_ten_thousand_wrong_keys_are_all_401_and_the_service_stays_ready(client,
     metrics = client.get("/metrics", headers=auth(keys["admin"][0])).text
     assert infer.split("_")[2] not in metrics and infer.split("_")[2] not in caplog.text
     assert json.dumps(entry.digest.hex()) not in metrics and entry.digest.hex() not in caplog.text
+
+
+def classify_array_requests(client, keys) -> float:
+    """BentoML's own count of requests to /classify_array, all statuses (its traffic-metrics layer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics", headers=auth(keys["admin"][0])).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == "bentoml_service_request_total"
+               and sample.labels.get("endpoint") == "/classify_array")
+
+
+def test_a_refused_key_is_answered_before_bentomls_own_layers(client, keys):
+    """The key gate is the outermost layer (service.service.put_first): BentoML's traffic metrics, like its tracing
+    and timeout layers, never see a refused key, and see an admitted one."""
+    before = classify_array_requests(client, keys)
+    assert [native(client, "fsk_00000000_" + "0" * 64).status_code for _ in range(5)] == [401] * 5
+    assert native(client, keys["admin"][0]).status_code == 403
+    assert classify_array_requests(client, keys) == before
+    assert native(client, keys["infer"][0]).status_code == 200
+    assert classify_array_requests(client, keys) == before + 1

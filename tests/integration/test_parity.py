@@ -1,4 +1,4 @@
-"""Parity between backends (service.parity): agreement of the exported models, perturbations caught.
+"""Parity between backends (fashion.metrics.parity_report, /parity): the exported models agree, perturbations caught.
 
 The same comparison judges the /parity endpoint (tests/e2e/test_parity_http.py) and the readiness
 warm-up, checked here in-process on the quickly trained models and on real test images.
@@ -15,10 +15,11 @@ import pytest
 
 from fashion.backends import BACKENDS
 from fashion.manifest import checksum_tree, read_manifest, write_manifest
+from fashion.metrics import parity_report
 from fashion.samples import sample_images
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
-from service.parity import check_loaded_backends, compare
+from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 
 
@@ -130,7 +131,7 @@ def test_compare_needs_answers_for_the_same_images(registry):
     logits = {name: registry.logits(name, pixels) for name in ("onnx-torch", "torch")}
     logits["torch"] = logits["torch"][:5]
     with pytest.raises(ValueError, match="different numbers of images"):
-        compare(logits, registry.identities())
+        parity_report(logits, registry.identities())
 
 
 def drift_torch_weights(model_dir: Path, factor: float) -> None:

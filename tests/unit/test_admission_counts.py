@@ -7,13 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.admission import AdmissionMiddleware
+from service.admission import AdmissionMiddleware, KeyGate
 from service.serving import InFlight
 
 
 def serving(max_in_flight: int = 8) -> SimpleNamespace:
+    """A stand-in for service.serving.Serving with what admission reads: no API keys."""
     return SimpleNamespace(in_flight=InFlight(), config=SimpleNamespace(max_in_flight=max_in_flight),
-                           not_ready_reason=lambda: None)
+                           not_ready_reason=lambda: None, keys=None)
 
 
 async def answer_in_full(scope, receive, send):
@@ -65,7 +66,7 @@ def test_with_keys_a_refused_key_is_answered_before_it_counts_and_a_good_one_is_
     key, entry = new_key(["inference"], "1/h", burst=1)
     parts = serving()
     parts.keys = KeyRing([entry])
-    app = AdmissionMiddleware(answer_in_full, lambda: parts)
+    app = KeyGate(AdmissionMiddleware(answer_in_full, lambda: parts), lambda: parts)
     unauthorised = call(app)
     assert unauthorised[0]["status"] == 401 and (b"www-authenticate", b'Bearer realm="fashion-serve"') in \
         unauthorised[0]["headers"]

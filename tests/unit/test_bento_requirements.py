@@ -52,13 +52,17 @@ def shipped_python_files(root: Path, bentofile: dict) -> list[Path]:
 
 
 def imported_modules(source: str) -> set[str]:
-    """Dotted names of every absolute import in ``source``."""
+    """Dotted names of every absolute import in ``source``, and of every module it locates by a literal name
+    with ``find_spec`` to read its files (fashion.backends.onnx_runtime.onnx_schema)."""
     names = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "find_spec"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.add(node.args[0].value)
     return names
 
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.figures import REPO, citations, cited_files, documents, figures, sources, unsourced
+from tests.figures import (
+    REPO,
+    citations,
+    cited_files,
+    code_figures,
+    documents,
+    figures,
+    product_files,
+    sources,
+    unsourced,
+)
 
 
 def test_every_figure_in_the_docs_is_in_a_results_file():
@@ -80,3 +90,17 @@ def test_a_citation_names_a_file_its_siblings_a_folder_or_a_prefix(tmp_path):
     assert named("peers-a.md") == ["peers-a.json", "peers-a.md"]  # the same results in another format
     assert named("peers-") == ["peers-a.json", "peers-a.md", "peers-b.md"]  # results/peers-<machine>.md
     assert named("tuning/") == named("tuning") == ["tuning/x.json"]
+
+
+def test_the_product_s_comments_and_docstrings_carry_no_figures():
+    found = [f"{f.path.relative_to(REPO)}:{f.line}: {f.text}" for path in product_files() for f in code_figures(path)]
+    assert not found, f"figures in comments or docstrings (name the results file instead): {found}"
+
+
+def test_a_measured_figure_in_a_comment_or_docstring_is_caught(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text('"""Decoding took 1.3 s and 300 MB (``limit = 0.5 s`` is code)."""\n\n'
+                      "# Images per call: the model time (about 2 ms for 256) stays small; 28 x 28 pixels.\n"
+                      "BATCH = 256  # 8 MiB (a fact of the design), 350-430 ms\n")
+    found = [(f.line, f.text) for f in code_figures(source)]
+    assert found == [(1, "1.3"), (1, "300"), (3, "2"), (4, "350"), (4, "430")]

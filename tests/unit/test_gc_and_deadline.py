@@ -7,10 +7,9 @@ import gc
 
 import pytest
 
-from service import deadline
 from service.config import ConfigError, ServiceConfig, parse_switch
-from service.deadline import DeadlineMiddleware
 from service.gcstats import GCRecorder, census
+from service.seams import DeadlineMiddleware
 
 
 def test_recorder_times_every_pass_by_generation():
@@ -98,16 +97,6 @@ def test_deadline_only_limits_the_first_byte():
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok"
 
 
-def test_install_replaces_bentomls_timeout_middleware():
-    from bentoml._internal.server.http import traffic
-
-    original = traffic.TimeoutMiddleware
-    try:
-        assert deadline.install() and traffic.TimeoutMiddleware is DeadlineMiddleware
-    finally:
-        traffic.TimeoutMiddleware = original
-
-
 def test_gc_freeze_switch(monkeypatch):
     assert parse_switch("ON") and not parse_switch("0")
     with pytest.raises(ValueError):
@@ -139,30 +128,3 @@ def test_health_port_serves_the_gc_pages():
     assert snap["generations"][2]["passes"] >= 1 and "frozen_objects" in snap
     assert counted["tracked_objects"] > 0 and counted["by_type"]
     assert missing.status_code == 404 and "/gcz" in missing.json()["error"]
-
-
-def test_event_loop_choice(monkeypatch):
-    from uvicorn import config
-
-    from service import eventloop
-
-    monkeypatch.setitem(config.LOOP_FACTORIES, "auto", config.LOOP_FACTORIES["auto"])
-    before = config.LOOP_FACTORIES["auto"]
-    assert eventloop.install("auto") == "auto" and config.LOOP_FACTORIES["auto"] == before
-    assert eventloop.install("asyncio") == "asyncio" and config.LOOP_FACTORIES["auto"].endswith("asyncio_loop_factory")
-    with pytest.raises(ValueError):
-        eventloop.install("trio")
-
-
-def test_the_default_event_loop_is_asyncios(monkeypatch):
-    """uvloop accepts one connection per turn, leaving a flood's connections in the kernel (service.eventloop)."""
-    from uvicorn import config
-
-    from service import eventloop
-
-    monkeypatch.setitem(config.LOOP_FACTORIES, "auto", config.LOOP_FACTORIES["auto"])
-    monkeypatch.delenv("FASHION_EVENT_LOOP", raising=False)
-    assert eventloop.install() == "asyncio"
-    assert config.LOOP_FACTORIES["auto"] == "uvicorn.loops.asyncio:asyncio_loop_factory"
-    monkeypatch.setenv("FASHION_EVENT_LOOP", "uvloop")
-    assert eventloop.install() == "uvloop" and config.LOOP_FACTORIES["auto"].endswith("uvloop_loop_factory")

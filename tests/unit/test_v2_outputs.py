@@ -38,24 +38,3 @@ def test_a_not_clothing_output_of_an_unscored_batch_is_a_clear_400():
     with pytest.raises(V2Error, match="without a detector") as refused:
         output_tensor(RequestedOutput("ood_score", binary=False), Outputs(np.zeros((1, 10), np.float32)), backend)
     assert refused.value.status == 400
-
-
-def test_the_shortcut_hands_v2_paths_to_the_v2_app_and_every_other_path_to_bentomls():
-    import asyncio
-
-    from service.v2 import V2Shortcut
-
-    reached = []
-
-    def recorder(name):
-        async def app(scope, receive, send):
-            reached.append((name, scope.get("path")))
-        return app
-
-    shortcut = V2Shortcut(recorder("bentoml"), v2=recorder("v2"))
-    paths = ["/v2", "/v2/models/onnx-torch/infer", "/v2x", "/classify", "/"]
-    for path in paths:
-        asyncio.run(shortcut({"type": "http", "path": path}, None, None))
-    asyncio.run(shortcut({"type": "lifespan"}, None, None))
-    assert reached == [("v2", "/v2"), ("v2", "/v2/models/onnx-torch/infer"), ("bentoml", "/v2x"),
-                       ("bentoml", "/classify"), ("bentoml", "/"), ("bentoml", None)]
