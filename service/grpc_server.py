@@ -31,6 +31,7 @@ https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -156,13 +157,38 @@ def lenient(message_class: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+class Drain:
+    """The gRPC calls in progress, and whether the server is draining (stopping after SIGTERM).
+
+    gRPC's own ``stop(grace)`` ends calls that arrive during the grace period CANCELLED, which clients do not retry;
+    while draining, inference is refused UNAVAILABLE with retry information instead (another replica can answer)
+    and health checks say NOT_SERVING, and ``stop`` waits for the calls in progress before gRPC's.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.calls = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.calls += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.calls -= 1
+        if not self.calls:
+            self.idle.set()
+
+
 class InferenceServicer:
     """``inference.GRPCInferenceService``'s methods over one worker's :class:`Serving`; each is one call of the
     protocol, named as the specification names it (grpcio looks the methods up by those names)."""
 
-    def __init__(self, serving: Serving, settings: GrpcSettings) -> None:
+    def __init__(self, serving: Serving, settings: GrpcSettings, drain: Drain) -> None:
         self.serving = serving
         self.settings = settings
+        self.drain = drain
 
     def check_key(self, rpc: str, context: Any) -> None:
         """Refuse a call without a valid key for its scope, as admission does for REST (service.auth)."""
@@ -223,6 +249,8 @@ class InferenceServicer:
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         """Admit the call (in-flight limit, readiness), then run it through the shared batcher."""
         serving = self.serving
+        if self.drain.draining:
+            raise StatusError("UNAVAILABLE", "the server is shutting down; retry on another replica", RETRY_AFTER_S)
         if serving.in_flight.count >= serving.config.max_in_flight:
             raise StatusError("RESOURCE_EXHAUSTED", f"over {serving.config.max_in_flight} requests in progress; "
                           "retry shortly", RETRY_AFTER_S)
@@ -230,6 +258,7 @@ class InferenceServicer:
         if not_ready:
             raise StatusError("UNAVAILABLE", f"models are not ready yet ({not_ready})", RETRY_AFTER_S)
         serving.in_flight.enter(context.peer())
+        self.drain.enter()
         answered = False
         try:
             response = await self.infer(request)
@@ -237,6 +266,7 @@ class InferenceServicer:
             return response
         finally:
             serving.in_flight.leave(answered)
+            self.drain.leave()
 
     async def infer(self, request: Any) -> Any:
         """The inference itself: check the request, wait for the batch, encode the outputs."""
@@ -350,13 +380,15 @@ class ReadinessHealth(health_pb2_grpc.HealthServicer):
     whole (``""``) and for ``inference.GRPCInferenceService``; NOT_FOUND for any other service name. A Kubernetes
     ``grpc`` probe calls Check; Watch is left to the base class (UNIMPLEMENTED)."""
 
-    def __init__(self, serving: Serving) -> None:
+    def __init__(self, serving: Serving, drain: Drain) -> None:
         self.serving = serving
+        self.drain = drain
 
     async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 (the protocol's name)
         if request.service not in ("", SERVICE_NAME):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:64]!r}")
-        status = health_pb2.HealthCheckResponse.SERVING if self.serving.not_ready_reason() is None \
+        serving = self.serving.not_ready_reason() is None and not self.drain.draining
+        status = health_pb2.HealthCheckResponse.SERVING if serving \
             else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
@@ -379,17 +411,38 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         for method in methods})
 
 
-async def start_grpc_server(serving: Serving, settings: GrpcSettings) -> tuple[Any, int]:
-    """Start the gRPC server on the running event loop; returns it and the port it listens on.
+@dataclass
+class GrpcServer:
+    """A started gRPC server: the port it listens on, and :meth:`stop`."""
+
+    server: grpc.aio.Server
+    port: int
+    drain: Drain
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new inference (UNAVAILABLE), wait up to ``grace`` seconds for the calls in progress, then stop
+        gRPC itself within what is left of ``grace``."""
+        self.drain.draining = True
+        started = asyncio.get_running_loop().time()
+        if grace:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain.idle.wait(), grace)
+        left = None if grace is None else max(0.0, grace - (asyncio.get_running_loop().time() - started))
+        await self.server.stop(left)
+        log.info("gRPC stopped (%d calls still in progress were ended)", self.drain.calls)
+
+
+async def start_grpc_server(serving: Serving, settings: GrpcSettings) -> GrpcServer:
+    """Start the gRPC server on the running event loop, on ``settings.port`` (0: any free port).
 
     Raises:
         RuntimeError: the port could not be bound.
     """
+    drain = Drain()
     server = grpc.aio.server(options=server_options(settings))
-    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(serving, settings)),))
-    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(serving), server)
+    server.add_generic_rpc_handlers((method_handlers(InferenceServicer(serving, settings, drain)),))
+    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(serving, drain), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     log.info("Open Inference Protocol over gRPC on %s:%d", settings.host, port)
-    return server, port
-
+    return GrpcServer(server, port, drain)

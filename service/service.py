@@ -146,11 +146,12 @@ class FashionClassifier:
 
             settings = GrpcSettings(self.config.grpc_host, self.config.grpc_port, self.config.max_body_bytes,
                                     timeout_s=REQUEST_TIMEOUT_S)
-            self.grpc_server, _ = await start_grpc_server(self.serving, settings)
+            self.grpc_server = await start_grpc_server(self.serving, settings)
 
     @bentoml.on_shutdown
     async def drain_grpc(self) -> None:
-        """Stop taking gRPC calls and finish those accepted, within the grace period. BentoML runs the shutdown
+        """Refuse new gRPC inference (UNAVAILABLE, retryable) and finish the calls accepted, within the grace period
+        (service.grpc_server.GrpcServer.stop). BentoML runs this once uvicorn has drained HTTP, and runs the shutdown
         hooks in name order, so this one ends before ``report_requests`` counts what was answered."""
         server = getattr(self, "grpc_server", None)  # None: off, or the start-up hook never ran
         if server is not None:

@@ -7,6 +7,7 @@ the same ``stop(grace)`` the service's shutdown hook uses.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from pathlib import Path
 
@@ -48,7 +49,8 @@ class GrpcServerThread:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             try:
-                self.server, self.port = self.loop.run_until_complete(start_grpc_server(serving, settings))
+                self.server = self.loop.run_until_complete(start_grpc_server(serving, settings))
+                self.port = self.server.port
             except BaseException as exc:  # reported to the test's thread below
                 failure.append(exc)
                 return
@@ -67,10 +69,15 @@ class GrpcServerThread:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def begin_stop(self, grace: float | None) -> concurrent.futures.Future:
+        """Start the service's stop (service.grpc_server.GrpcServer.stop) without waiting for it."""
+        return asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+
     def stop(self, grace: float | None = None) -> None:
         """Stop as the service's shutdown hook does, then end the loop and the batcher."""
         async def end() -> None:
-            await self.server.stop(grace)
+            if not self.server.drain.draining:  # begin_stop may have stopped it already
+                await self.server.stop(grace)
             self.serving.batcher.close()  # on its own loop: it cancels the batcher's task
 
         asyncio.run_coroutine_threadsafe(end(), self.loop).result(timeout=60)

@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -259,6 +260,38 @@ def test_deadlines_the_clients_and_the_services_own(registry, tmp_path):
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "within 0.5 seconds" in error.details()
     finally:
         hold.unlink()
+        held.stop()
+
+
+def wait_for(condition, what: str) -> None:
+    """Until ``condition()`` holds (state another thread changes); a hang guard, not a delay."""
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {CALL_TIMEOUT_S} s"
+        time.sleep(0.01)
+
+
+def test_stopping_finishes_the_calls_in_progress_and_refuses_new_ones_retryably(registry, tmp_path):
+    hold = tmp_path / "hold"
+    held = GrpcServerThread(build_serving(dataclasses.replace(CONFIG, batch_hold_file=str(hold)), registry))
+    hold.touch()
+    try:
+        with grpc.insecure_channel(held.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            in_progress = stub.ModelInfer.future(infer_request(ONE), timeout=CALL_TIMEOUT_S)
+            wait_for(lambda: held.server.drain.calls == 1, "the call's arrival")
+            stopped = held.begin_stop(grace=CALL_TIMEOUT_S)
+            wait_for(lambda: held.server.drain.draining, "draining")
+            code, error = code_of(stub.ModelInfer, infer_request(ONE))
+            assert code == grpc.StatusCode.UNAVAILABLE and dict(error.trailing_metadata())["retry-after"] == "1"
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not stopped.done()  # waiting for the call in progress
+            hold.unlink()
+            assert in_progress.result().outputs[0].name == "logits"
+            stopped.result(timeout=CALL_TIMEOUT_S)
+    finally:
+        hold.unlink(missing_ok=True)
         held.stop()
 
 

@@ -64,9 +64,9 @@ def test_the_grpc_probe_is_answered_serving_once_ready():
 
     async def check(ready: bool) -> int:
         serving = SimpleNamespace(not_ready_reason=lambda: None if ready else "loading")
-        server, port = await start_grpc_server(serving, GrpcSettings("127.0.0.1", 0, 1024, 5.0))
+        server = await start_grpc_server(serving, GrpcSettings("127.0.0.1", 0, 1024, 5.0))
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
                 return answer.status
         finally:
