@@ -9,7 +9,7 @@ PRESET ?= best
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
 	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood ood-cost \
-	scale-out workers protos
+	scale-out workers protos grpc-vs-rest
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -121,3 +121,6 @@ clean: ## Remove the venv and caches (keeps runs/ and data/)
 
 protos: ## Regenerate the gRPC stubs (service/protocol/*_pb2*.py) from open_inference.proto with grpcio-tools
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. service/protocol/open_inference.proto
+
+grpc-vs-rest: export ## gRPC beside REST on one worker, perf_analyzer for both -> results/grpc-vs-rest-<machine>.md
+	$(PY) -m benchmark.grpc_vs_rest
