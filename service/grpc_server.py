@@ -35,6 +35,7 @@ import contextlib
 import functools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -112,30 +113,39 @@ class GrpcSettings:
 
 
 def answers_status(rpc: Handler) -> Handler:
-    """Turn every refusal into its status code (``context.abort``), run the call within the service's timeout, and
-    keep the API keys' rule: every RPC but the open ones needs a key with the ``inference`` scope."""
+    """Turn every refusal into its status code (``context.abort``), run the call within the service's timeout, keep
+    the API keys' rule (every RPC but the open ones needs a key with the ``inference`` scope), and count the call
+    by method and status code (:func:`metrics`)."""
 
     @functools.wraps(rpc)
     async def handle(self: InferenceServicer, request: Any, context: Any) -> Any:
+        started, code = time.perf_counter(), "CANCELLED"  # kept if the client goes away (the task is cancelled)
         try:
-            if isinstance(request, Undecodable):
-                raise StatusError("INVALID_ARGUMENT", request.message)
-            if rpc.__name__ not in OPEN_RPCS:
-                self.check_key(rpc.__name__, context)
-            async with asyncio.timeout(self.settings.timeout_s):
-                return await rpc(self, request, context)
-        except StatusError as exc:
-            refusal = exc
-        except V2Error as exc:
-            refusal = StatusError(CODE_OF_STATUS.get(exc.status, "INVALID_ARGUMENT"), exc.message,
-                              RETRY_AFTER_S if exc.status == 503 else None)
-        except ContractError as exc:
-            refusal = StatusError("INVALID_ARGUMENT", exc.message)
-        except TimeoutError:
-            refusal = StatusError("DEADLINE_EXCEEDED", f"not able to answer within {self.settings.timeout_s} seconds")
-        await context.abort(grpc.StatusCode[refusal.code], refusal.message, trailing_metadata=refusal.trailers())
+            answer = await self.answer(rpc, request, context)
+            if isinstance(answer, StatusError):
+                code = answer.code
+                await context.abort(grpc.StatusCode[answer.code], answer.message, trailing_metadata=answer.trailers())
+            code = "OK"
+            return answer
+        finally:
+            series = metrics()
+            series["calls"].labels(rpc.__name__, code).inc()
+            series["seconds"].labels(rpc.__name__).observe(time.perf_counter() - started)
 
     return handle  # type: ignore[return-value]
+
+
+@functools.cache
+def metrics() -> dict[str, Any]:
+    """Prometheus series for the gRPC calls, created once per process (BentoML serves them on /metrics, beside
+    the batcher's, which gRPC and REST share)."""
+    from prometheus_client import Counter, Histogram
+
+    return {
+        "calls": Counter("fashion_grpc_requests", "gRPC calls answered, by method and status code", ["method", "code"]),
+        "seconds": Histogram("fashion_grpc_request_duration_seconds", "Time to answer a gRPC call", ["method"],
+                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)),
+    }
 
 
 class Undecodable:
@@ -189,6 +199,25 @@ class InferenceServicer:
         self.serving = serving
         self.settings = settings
         self.drain = drain
+
+    async def answer(self, rpc: Callable[..., Awaitable[Any]], request: Any, context: Any) -> Any:
+        """The call's response, or the :class:`StatusError` it is refused with."""
+        try:
+            if isinstance(request, Undecodable):
+                raise StatusError("INVALID_ARGUMENT", request.message)
+            if rpc.__name__ not in OPEN_RPCS:
+                self.check_key(rpc.__name__, context)
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await rpc(self, request, context)
+        except StatusError as exc:
+            return exc
+        except V2Error as exc:
+            return StatusError(CODE_OF_STATUS.get(exc.status, "INVALID_ARGUMENT"), exc.message,
+                               RETRY_AFTER_S if exc.status == 503 else None)
+        except ContractError as exc:
+            return StatusError("INVALID_ARGUMENT", exc.message)
+        except TimeoutError:
+            return StatusError("DEADLINE_EXCEEDED", f"not able to answer within {self.settings.timeout_s} seconds")
 
     def check_key(self, rpc: str, context: Any) -> None:
         """Refuse a call without a valid key for its scope, as admission does for REST (service.auth)."""

@@ -202,6 +202,22 @@ def test_each_malformed_request_gets_its_status(stub, case):
     assert code == grpc.StatusCode[expected], error and error.details()
 
 
+def calls_counted(method: str, code: str) -> float:
+    """The gRPC calls counted for Prometheus with ``method`` and ``code`` (service.grpc_server.metrics)."""
+    from service.grpc_server import metrics
+
+    (family,) = metrics()["calls"].collect()
+    return sum(sample.value for sample in family.samples
+               if sample.name.endswith("_total") and sample.labels == {"method": method, "code": code})
+
+
+def test_calls_are_counted_by_method_and_status(stub):
+    before = {code: calls_counted("ModelInfer", code) for code in ("OK", "NOT_FOUND")}
+    stub.ModelInfer(infer_request(ONE), timeout=CALL_TIMEOUT_S)
+    code_of(stub.ModelInfer, infer_request(ONE, model="resnet"))
+    assert {code: calls_counted("ModelInfer", code) - before[code] for code in before} == {"OK": 1, "NOT_FOUND": 1}
+
+
 def test_metadata_and_config_of_an_unknown_model_are_not_found(stub):
     for call, message in ((stub.ModelMetadata, pb.ModelMetadataRequest), (stub.ModelConfig, pb.ModelConfigRequest)):
         assert code_of(call, message(name="resnet"))[0] == grpc.StatusCode.NOT_FOUND
