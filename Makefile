@@ -6,10 +6,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= best
+DEVICE ?= auto
+# make wheelhouse: the serve extra's wheels for a GPU server without a package index (docs/gpu.md)
+PYTHON_VERSION ?= 3.12
+EXTRA ?= serve
+# The wheel platform tags the target accepts, newest first (pip does not widen manylinux_2_28 to older glibcs).
+PLATFORM ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux2014_x86_64 linux_x86_64
+WHEELHOUSE ?= wheelhouse
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-http bench-batch peers reliability bento-check bento-profiles \
-	reliability-tests event-loops soak fuzz clean test-fast test-timing inputs robustness decode-cost calibration ood ood-cost \
-	scale-out workers protos grpc-vs-rest
+.PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys reliability bento-check bento-profiles \
+	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness calibration ood \
+	scale-out wheelhouse protos grpc-vs-rest
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +59,12 @@ test: data ## Set up, lint, run the test suite (what CI runs)
 test-fast: setup ## Unit tests only (no data, no models, no server): under a minute
 	$(PY) -m pytest -m unit tests/unit
 
+test-lab: data ## Only the tests of the lab (benchmark/) and of the docs (pytest -m lab)
+	$(PY) -m pytest -m lab
+
+test-bench: data ## The benchmark runs among the tests (quick benchmark, peers smoke; pytest -m benchmark), left out of make test
+	$(PY) -m pytest -m benchmark
+
 bento-check: export ## Build each Bento profile (full, onnx), serve it from a fresh venv of only its requirements, check it (results/bento-check.txt)
 	$(PY) -m tests.bento_check
 
@@ -59,22 +72,16 @@ bento-profiles: export ## The profiles side by side: environment size, worker me
 	$(PY) -m benchmark.profiles
 
 inputs: export ## Accuracy on transformed test photos via HTTP, both framings -> results/inputs.md (~15 min)
-	$(PY) -m benchmark.inputs --limit 1000
+	$(PY) -m benchmark.quality.inputs --limit 1000
 
 calibration: export ## ECE before/after temperature scaling per exported model -> results/calibration.md
-	$(PY) -m benchmark.calibration
+	$(PY) -m benchmark.quality.calibration
 
 robustness: export ## MNIST-C corruptions, delivery and capture variants via HTTP, both frameworks -> results/robustness.md
-	$(PY) -m benchmark.robustness --limit 1000
-
-decode-cost: ## Decode + framing time per image, this checkout against the framing before issue 29 (31ca1b2) -> results/decode-cost.md
-	$(PY) -m benchmark.robustness --cost 31ca1b2 --limit 100
+	$(PY) -m benchmark.quality.robustness --limit 1000
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
-	$(PY) -m benchmark.ood
-
-ood-cost: export ## The "not clothing" score's cost per image in a batch, beside the model's -> results/ood-cost-<machine>.md
-	$(PY) -m benchmark.ood_cost
+	$(PY) -m benchmark.quality.ood
 
 test-timing: data ## Time each test tier once -> results/test-suite.md
 	$(PY) -m tests.timing
@@ -82,39 +89,42 @@ test-timing: data ## Time each test tier once -> results/test-suite.md
 bench-load: data ## Time loading + verifying all 70,000 images -> results/data-load.txt
 	$(PY) -m fashion bench-load
 
-bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<machine>.md (needs wrk)
-	$(PY) -m benchmark
-
-bench-http: export ## Service vs bare Starlette over HTTP -> results/service-bench-cpu.{json,txt} (needs wrk)
-	$(PY) -m benchmark.bench_http --out results/service-bench-cpu.json
+bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<machine>.md (needs wrk; DEVICE=cuda on a GPU)
+	$(PY) -m benchmark --device $(DEVICE)
 
 peers: export ## Side by side with BentoML, LitServe, Ray Serve, MLServer, KServe, bare app; perf_analyzer -> results/peers-<machine>.md (needs wrk; venvs cached)
 	$(PY) -m benchmark.peers
 
-workers: export ## 1 or 2 BentoML workers x 1 or 2 runtime threads, single-image and batch traffic -> results/workers-<machine>.md (needs wrk; ~10 min)
-	$(PY) -m benchmark.workers
-
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
 	$(PY) -m benchmark.batch
 
-scale-out: export ## PostgreSQL tuning + haproxy replica tests, then 1 vs 2 replicas' images/s -> results/scale-out-<machine>.md
+scale-out: export ## PostgreSQL tuning + haproxy replica tests (the engines a cluster runs, started here)
 	$(PY) -m pytest tests/integration/test_tune_postgres.py tests/e2e/test_scale_out.py
-	$(PY) -m benchmark.scale_out
+
+keys: export ## API keys: cost with and without keys against the last commit before them, and one key's flood beside another key -> results/keys-{cost,isolation}-<machine>.md (needs wrk)
+	$(PY) -m benchmark.keys cost
+	$(PY) -m benchmark.keys isolation
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
-	$(PY) -m reliability
-
-event-loops: export ## uvloop vs asyncio: wrk at 1/16/64 clients and the 30 s flood -> results/event-loop-<machine>.md
-	$(PY) -m reliability.loops
+	$(PY) -m benchmark.reliability
 
 reliability-tests: export ## The same scenarios at full length as tests (pytest -m long)
 	$(PY) -m pytest -m long tests/e2e/test_reliability.py
 
 soak: export ## 30 minutes at 70% of measured capacity -> results/reliability.md (not in CI)
-	$(PY) -m reliability soak
+	$(PY) -m benchmark.reliability soak
 
 fuzz: setup ## Coverage-guided fuzzing of the image decoder for 5 minutes (atheris)
 	$(PY) -m tests.fuzz_imaging -max_total_time=300
+
+wheelhouse: ## Wheels of the project and its EXTRA (default serve) for PYTHON_VERSION/PLATFORM (default: cp312, manylinux x86-64) -> $(WHEELHOUSE)/
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
+	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --implementation cp \
+	  --python-version $(PYTHON_VERSION) $(foreach tag,$(PLATFORM),--platform $(tag)) \
+	  "$$(ls $(WHEELHOUSE)/fashion_serve-*.whl)[$(EXTRA)]"
+	@echo "Offline, on the target: pip install --no-index --find-links $(WHEELHOUSE) 'fashion-serve[$(EXTRA)]'"
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,32 +1,41 @@
 """Compare every backend side by side: ``python -m benchmark`` (``make bench``).
 
-Writes ``results/benchmark-<machine>.md`` with the same data as JSON and PNG
-plots: the machine's matmul ceiling; every backend in-process at batch sizes
-1 to 1,024; accuracy and top-1 agreement on the 10,000 test images; and, with
-the real service, a concurrency sweep, batch requests, payload formats and an
-open-loop run against the bare-Starlette ceiling. ``--quick`` runs in under a
-minute; ``--skip-http`` runs only the in-process part (for a GPU machine with
-torch and onnxruntime but no TensorFlow or BentoML).
+Writes ``results/benchmark-<machine>.md`` with the same data as JSON and PNG plots. Stages (``--stages``):
+
+* ``inprocess``: the machine's matmul ceiling; every backend in-process at batch sizes 1 to 1,024; accuracy and
+  top-1 agreement on the 10,000 test images;
+* on a GPU (``--device cuda``, the default where torch sees one), the GPU rows of benchmark.device:
+  ``ceilings``, ``variants`` (ONNX Runtime's CUDA provider with and without I/O binding, the torch variants),
+  ``endtoend`` (from host uint8), ``service`` (the service on the GPU against the CPU, and parity);
+  ``--device cpu`` with any of them is a dry run with CPU stand-ins, named and titled as one;
+* ``http``: the real service, a concurrency sweep against the bare-Starlette ceiling, batch requests, payload
+  formats (native and v2), a dataset task with online latency beside it, and an open loop.
+
+``--quick`` runs in about a minute. A GPU server with torch and onnxruntime but no BentoML runs
+``--stages inprocess ceilings variants endtoend``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmark.inprocess import model_dirs_from, run_inprocess
-from benchmark.report import machine_name, write_report
-from benchmark.timing import FULL, QUICK
+from benchmark.device import STAGES, run_device_stages
+from benchmark.harness import FULL, QUICK, RESULTS, machine_name, model_dirs
+from benchmark.inprocess import flops_per_image, run_inprocess
+from benchmark.report import write_report
 from fashion.backends import BACKENDS
 from fashion.data import load_fashion_mnist
 from fashion.env import environment_stamp
+from fashion.manifest import read_manifest
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+ALL_STAGES = ("inprocess", *STAGES, "http")
 
 
 def gpu_name() -> str | None:
@@ -39,8 +48,10 @@ def gpu_name() -> str | None:
 
 
 def conclusions(results: dict[str, Any]) -> list[str]:
-    """Two or three sentences drawn from the numbers."""
-    inproc = results["inprocess"]
+    """Two or three sentences drawn from the numbers (none without the in-process part)."""
+    inproc = results.get("inprocess")
+    if not inproc:
+        return []
     at_1024 = [r for r in inproc["sweep"] if r["batch"] == 1024]
     fp32 = max((r for r in at_1024 if r["backend"] != "onnx-int8"), key=lambda r: r["images_per_s"])
     one = min((r for r in inproc["sweep"] if r["batch"] == 1), key=lambda r: r["median_s"])
@@ -87,13 +98,18 @@ def conclusions(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short timings, one backend over HTTP (< 1 min)")
-    parser.add_argument("--skip-http", action="store_true", help="in-process part only")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto (default): cuda if torch sees one; with cpu the GPU stages are a dry run")
+    parser.add_argument("--stages", nargs="+", choices=ALL_STAGES, default=None,
+                        help="default: inprocess and http, and on cuda every GPU stage too")
     parser.add_argument("--models", type=Path, default=None,
-                        help="folder of exported models (<model>/<version>/); default: the BentoML store")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+                        help="folder of exported models (<model>/<version>/, e.g. a BentoML store's models folder); "
+                             "default: the BentoML store")
+    parser.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST folder (default: found)")
     parser.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=None,
                         help="backends over HTTP (default: all; --quick: onnx-torch)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the report")
@@ -107,22 +123,34 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     gpu = gpu_name()
     device = ("cuda" if gpu else "cpu") if args.device == "auto" else args.device
-    data = load_fashion_mnist()
+    if device == "cuda" and not gpu:
+        print("error: torch sees no CUDA device here; --device cpu runs the GPU stages as a dry run", file=sys.stderr)
+        return 2
+    stages = args.stages or ["inprocess", *(STAGES if device == "cuda" else ()), "http"]
+    data = load_fashion_mnist(args.data_dir)
+    dirs = model_dirs(args.models)
+    layer_sizes = read_manifest(dirs[BACKENDS["torch"].model])["architecture"]["layer_sizes"]
     budget = QUICK if args.quick else FULL
-    print(f"in-process on {device}", flush=True)
+    environment = environment_stamp()
     results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "gpu": gpu,
-        "environment": environment_stamp(),
-        "inprocess": run_inprocess(model_dirs_from(args.models), data.test_images, data.test_labels, device, budget,
-                                   512 if args.quick else 2048),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "gpu": gpu, "device": device,
+        "command": "python -m benchmark " + shlex.join(argv), "environment": environment,
+        "machine": machine_name(environment, gpu), "flops_per_image": flops_per_image(layer_sizes),
     }
-    results["machine"] = machine_name(results["environment"], gpu)
-    if not args.skip_http:
+    if "inprocess" in stages:
+        print(f"in-process on {device}", flush=True)
+        results["inprocess"] = run_inprocess(dirs, data.test_images, data.test_labels, device, budget,
+                                             512 if args.quick else 2048)
+    if gpu_stages := [s for s in stages if s in STAGES]:
+        models = args.models.resolve() if args.models else None  # the service's home links to them: absolute
+        results["stages"] = run_device_stages(gpu_stages, device, dirs, models, data.test_images, data.test_labels)
+    if "http" in stages:
         from benchmark.http import HttpPlan, run_http
 
         backends = tuple(args.backends or (["onnx-torch"] if args.quick else list(BACKENDS)))
         plan = HttpPlan(backends=backends, concurrency=(1, 16) if args.quick else (1, 4, 16, 64),
-                        seconds=1 if args.quick else 5, warmup=1, open_loop_seconds=2 if args.quick else 10)
+                        seconds=1 if args.quick else 5, warmup=1, open_loop_seconds=2 if args.quick else 10,
+                        task_images=10_000 if args.quick else 60_000)
         results["http"] = run_http(data.test_images, plan)
     results["seconds"] = time.perf_counter() - start
     path = write_report(results, args.out, conclusions(results))

@@ -13,7 +13,12 @@ each repeat measures, in this order on the same machine:
   ``application/x-npy`` answers);
 * **tasks**: the same images as dataset tasks (``/classify_dataset``) of at most
   100,000 images each, two in flight, compact results, from the first upload to the
-  last result.
+  last result;
+* **ray** (only when named in ``--modes``; needs the ``ray`` extra): ``python -m clients batch
+  shards/ --engine ray`` as its own process, which starts a Ray instance on this machine (one
+  single-threaded model actor a core) over the same images cut into ``--shards`` ``.npy`` files.
+  Its in-job rate runs from the cluster being ready to the output in place; Ray's start-up is in
+  its process wall time only.
 
 Then, once per output format (CSV and Parquet), the **resume check**: a ``--local`` job
 over the same input is killed with SIGKILL at a random moment, resumed with
@@ -47,15 +52,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.report import machine_name
+from benchmark.harness import REPO, RESULTS, launch, machine_name, write_results
 from fashion.env import environment_stamp
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "results"
 TARGETS = {"local": 0.90, "service": 0.60, "tasks": 0.50}
 # The paths measured; "local-one-call" is --local with --concurrency 1 (one model call over every core, the
 # default before clients.local.plan_local), kept beside the default to show what the plan gains. No target.
-MODES = ("local", "local-one-call", "service", "tasks")
+MODES = ("local", "local-one-call", "service", "tasks", "ray")
+DEFAULT_MODES = MODES[:-1]
 TASK_IMAGES = 100_000
 
 
@@ -66,7 +70,8 @@ class BenchConfig:
     images: int = 1_000_000
     repeats: int = 5  # the bare rate moves by a fifth between two measurements here: five steady the median
     batch_size: int = 1024
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
+    shards: int = 10
     url: str | None = None
     model: str | None = None
     work: Path | None = None
@@ -92,6 +97,19 @@ def make_input(folder: Path, images: int) -> Path:
     tiled.flush()
     del tiled
     return path
+
+
+def make_shards(source: Path, shards: int) -> Path:
+    """``source`` cut into ``shards`` .npy files of consecutive rows, in a folder beside it (kept between runs)."""
+    pixels = np.load(source, mmap_mode="r")
+    target = source.parent / f"shards-{len(pixels)}-{shards}"
+    if not target.is_dir():
+        building = source.parent / f".{target.name}.tmp"
+        building.mkdir(parents=True, exist_ok=True)
+        for k, rows in enumerate(np.array_split(np.arange(len(pixels)), shards)):
+            np.save(building / f"part-{k:03d}.npy", np.ascontiguousarray(pixels[rows[0]:rows[-1] + 1]))
+        os.replace(building, target)
+    return target
 
 
 def onnx_model_dir(model: str | None) -> Path:
@@ -331,15 +349,6 @@ def run_tasks(source: Path, url: str, images: int, config: BenchConfig, server: 
             "peak_rss_mib": None}
 
 
-def start_service(work: Path):
-    """The service (service.launch: loopback, a BentoML home of its own), ready."""
-    from service import launch
-
-    server = launch.start(work)
-    server.wait_ready()
-    return server
-
-
 def cpu_used(server: int | None) -> tuple[float, float, float]:
     """Wall time now; CPU seconds used so far by every process on the machine; by this benchmark (itself, the
     CLI processes it has waited for, and the server)."""
@@ -376,6 +385,10 @@ def measure(config: BenchConfig, source: Path, model_dir: Path, url: str | None,
                 result = run_local(source, model_dir, work, config, "--concurrency", "1")
             elif mode == "service":
                 result = run_service(source, url, work, config, server)
+            elif mode == "ray":
+                result = run_cli(["batch", str(make_shards(source, config.shards)), "--out", str(work / "ray.csv"),
+                                  "--engine", "ray", "--model", str(model_dir), "--quiet", "--batch-size",
+                                  str(config.batch_size)], {**os.environ, **LOCAL_ENV}, work)
             else:
                 result = run_tasks(source, url, config.images, config, server)
             row["bare_runs"].append(bare_rate(model_dir, config.bare_images, config.batch_size))
@@ -426,8 +439,6 @@ def shared(results: dict[str, Any]) -> bool:
 
 def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Path:
     """``<stem>.md`` (the table) and ``<stem>.json`` (every run) under ``config.out``."""
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     summary, env = results["summary"], results["environment"]
     lines = [f"# Batch throughput: {config.images:,} images, median of {config.repeats} repeats", "",
              f"{env['cpu']}, {env['cores']} cores; {results['date']}; `python -m benchmark.batch "
@@ -465,10 +476,12 @@ def write_report(config: BenchConfig, results: dict[str, Any], stem: str) -> Pat
               "the bare session keeps ONNX Runtime's default of spinning idle threads, which waste their time "
               "slices when the cores are oversubscribed; the jobs' own sessions do not spin. Then the CPU-based "
               "fraction is the figure to read."]
+    if "ray" in config.modes:
+        lines += ["", f"ray: `python -m clients batch shards/ --engine ray` over {config.shards} `.npy` shards, one "
+                  "single-threaded model actor a core; its in-job rate runs from the cluster being ready, so Ray's "
+                  "start-up is in the process wall time only, and its CPU counts the driver and the workers."]
     lines += resume_lines(results.get("resume_checks") or [])
-    path = config.out / f"{stem}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_results(stem, "\n".join(lines), results, config.out)
 
 
 def resume_lines(checks: list[dict[str, Any]]) -> list[str]:
@@ -505,8 +518,9 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     parser.add_argument("--repeats", type=int, default=BenchConfig.repeats,
                         help=f"repeats; the report gives medians (default {BenchConfig.repeats})")
     parser.add_argument("--batch-size", type=int, default=1024, help="images per model call or request (default 1024)")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
-                        help="paths to measure (default: all)")
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
+                        help=f"paths to measure (default: {' '.join(DEFAULT_MODES)})")
+    parser.add_argument("--shards", type=int, default=10, help="with the ray mode: array files it reads (default 10)")
     parser.add_argument("--bare-images", type=int, default=200_000,
                         help="images per bare session.run measurement, before and after each run (default 200,000)")
     parser.add_argument("--task-concurrency", type=int, default=2, help="dataset tasks in flight (default 2)")
@@ -522,7 +536,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     if args.render:
         raise SystemExit(render(args.render))
     return BenchConfig(images=args.images, repeats=args.repeats, batch_size=args.batch_size, modes=tuple(args.modes),
-                       url=args.url, model=args.model, work=args.work, out=args.out,
+                       url=args.url, model=args.model, work=args.work, out=args.out, shards=args.shards,
                        bare_images=args.bare_images, task_concurrency=args.task_concurrency,
                        resume_formats=tuple(args.resume_formats), seed=args.seed)
 
@@ -535,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     server, url = None, config.url
     needs_server = any(not mode.startswith("local") for mode in config.modes)
     if needs_server and url is None:
-        server = start_service(work)
+        server = launch(work)  # loopback, a BentoML home of its own, ready
         url = server.url
     try:
         pid = server.proc.pid if server is not None else None

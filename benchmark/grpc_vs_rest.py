@@ -19,12 +19,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmark import harness
+from benchmark.harness import machine_name
 from benchmark.peers import CACHE, LEVELS, perf_analyzer_binary
-from benchmark.report import machine_name
 from fashion.env import environment_stamp
-from service import launch
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = "onnx-torch"
 PROTOCOLS = ("http", "grpc")
 
@@ -52,8 +51,8 @@ def run_perf_analyzer(binary: Path, env: dict[str, str], target: str, protocol: 
 def measure(seconds: float, reps: int, cache: Path, workdir: Path) -> list[dict]:
     """Every (repetition, level, protocol) against one server; one row each."""
     binary, env = perf_analyzer_binary(cache)
-    grpc_port = launch.free_port()
-    server = launch.start(workdir, env={"FASHION_BACKENDS": MODEL, "FASHION_GRPC_PORT": str(grpc_port),
+    grpc_port = harness.free_port()
+    server = harness.start(workdir, env={"FASHION_BACKENDS": MODEL, "FASHION_GRPC_PORT": str(grpc_port),
                                         "FASHION_GRPC_HOST": "127.0.0.1"})
     targets = {"http": server.url.removeprefix("http://"), "grpc": f"127.0.0.1:{grpc_port}"}
     rows = []
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="perf_analyzer's window in seconds (default 5)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"where perf_analyzer's venv lives (default {CACHE})")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default results/)")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS, help="results folder (default results/)")
     parser.add_argument("--note", default="", help="a line for the report (e.g. whether the machine was shared)")
     args = parser.parse_args(argv)
     stamp = environment_stamp()

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.timing import Budget, time_calls
-from fashion.backends import BACKENDS, MODEL_NAMES, Predictor, load_artifact
+from benchmark.harness import Budget, time_calls
+from fashion.backends import BACKENDS, Predictor, load_artifact
 from fashion.contract import preprocess
 from fashion.manifest import read_manifest
 
@@ -107,21 +107,6 @@ def _compiled(predictor):
     variant = copy.copy(predictor)
     variant.model = torch.compile(predictor.model, dynamic=True)
     return variant
-
-
-def model_dirs_from(root: Path | None) -> dict[str, Path]:
-    """Exported model folders: newest version under ``root``/<model>/, or the BentoML store's latest."""
-    dirs: dict[str, Path] = {}
-    for name in MODEL_NAMES.values():
-        if root is not None:
-            versions = [m.parent for m in Path(root, name).glob("*/manifest.json") if not m.parent.name.startswith(".")]
-            if versions:
-                dirs[name] = max(versions, key=lambda p: p.stat().st_mtime)
-        else:
-            import bentoml
-
-            dirs[name] = Path(bentoml.models.get(f"{name}:latest").path)
-    return dirs
 
 
 def sweep(backends: dict[str, Predictor], images: np.ndarray, batch_sizes: tuple[int, ...],

@@ -12,7 +12,7 @@ import asyncio
 import time
 from urllib.parse import urlsplit
 
-from benchmark.timing import percentile
+from benchmark.harness import percentile
 
 
 def _request_bytes(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> bytes:

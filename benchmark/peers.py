@@ -37,14 +37,23 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.bench_http import REPO, bentoml_onnx_path, multipart_body, run_wrk, start
+from benchmark.harness import (
+    REPO,
+    RESULTS,
+    Server,
+    free_port,
+    machine_name,
+    multipart_body,
+    private_home,
+    run_wrk,
+    start_process,
+    write_results,
+)
+from benchmark.http import bentoml_onnx_path
 from benchmark.peer_servers.common import MAX_BATCH_SIZE, MODEL_ENV, MODEL_NAME, PORT_ENV
-from benchmark.report import machine_name
 from fashion.env import environment_stamp
 from fashion.samples import sample_paths
-from service import launch
 
-RESULTS = REPO / "results"
 CACHE = Path.home() / ".cache" / "fashion-serve" / "peers"
 LEVELS = (1, 16, 64)
 BOUNDARY = "peersboundary7d3c"
@@ -133,8 +142,8 @@ def write_mlserver_settings(folder: Path, port: int) -> Path:
     """MLServer's server and model settings: our port, free gRPC and metrics ports, adaptive batching."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "settings.json").write_text(json.dumps(
-        {"host": "127.0.0.1", "http_port": port, "grpc_port": launch.free_port(),
-         "metrics_port": launch.free_port()}))
+        {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+         "metrics_port": free_port()}))
     (folder / "model-settings.json").write_text(json.dumps(
         {"name": MODEL_NAME, "implementation": "benchmark.peer_servers.mlserver_peer.OnnxClassifier",
          "max_batch_size": MAX_BATCH_SIZE, "max_batch_time": 0.005}))
@@ -229,14 +238,14 @@ def venv_size_mb(path: Path) -> float:
     return float(out.split()[0]) if out else float("nan")
 
 
-def start_peer(peer: Peer, bin_dir: Path, model: Path, workdir: Path) -> launch.Server:
+def start_peer(peer: Peer, bin_dir: Path, model: Path, workdir: Path) -> Server:
     """Start ``peer`` on a free loopback port and wait until its ready path answers 200."""
-    port = launch.free_port()
+    port = free_port()
     log = workdir / f"{peer.name.replace(' ', '-')}-{port}.log"
     # The repository on PYTHONPATH: the peer files and fashion.contract; nothing else of ours is imported.
     env = {**peer.env, MODEL_ENV: str(model), PORT_ENV: str(port), "PYTHONPATH": str(REPO),
-           "BENTOML_HOME": str(launch.private_home(workdir))}
-    server = launch.Server(start(peer.command(bin_dir, port, workdir), env, log), f"http://127.0.0.1:{port}", log)
+           "BENTOML_HOME": str(private_home(workdir))}
+    server = start_process(peer.command(bin_dir, port, workdir), f"http://127.0.0.1:{port}", log, env)
     try:
         server.wait_ready(START_TIMEOUT_S, path=peer.ready_path)
     except BaseException:
@@ -245,7 +254,7 @@ def start_peer(peer: Peer, bin_dir: Path, model: Path, workdir: Path) -> launch.
     return server
 
 
-def stop_peer(server: launch.Server) -> None:
+def stop_peer(server: Server) -> None:
     """Stop the server, then whatever it started in its process group (Ray's and MLServer's workers)."""
     server.stop()
     with contextlib.suppress(ProcessLookupError):  # the group is gone already
@@ -493,10 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine, "environment": stamp,
               "cores": os.cpu_count(), "argv": list(argv if argv is not None else sys.argv[1:]),
               "seconds": args.seconds, "reps": args.reps, "note": args.note, **results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.stem}-{machine}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    stem.with_suffix(".md").write_text(render(report))
+    stem = write_results(f"{args.stem}-{machine}", render(report), report, args.out).with_suffix("")
     plot(report, stem.with_suffix(".png"))
     print(f"wrote {stem}.md, .json and .png")
     return 1 if results["failures"] else 0

@@ -18,7 +18,6 @@ Writes ``results/bento-profiles-<machine>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -29,14 +28,11 @@ from pathlib import Path
 
 import httpx
 
-from benchmark.bench_http import REPO, run_wrk
+from benchmark.harness import RESULTS, free_port, machine_name, run_wrk, write_results
 from benchmark.peers import LEVELS, MULTIPART, medians, one_image, our_routes, venv_size_mb
-from benchmark.report import machine_name
 from fashion.env import environment_stamp
-from service.launch import free_port
 from tests.bento_check import PROFILES, READY_TIMEOUT_S, build_bento, make_venv, profile_backends, serve, wait_ready
 
-RESULTS = REPO / "results"
 READY_POLL_S = 0.05
 # The GPU variant runs on the CPU where there is no GPU: beside the CPU variant it shows what the wheel changes.
 PROFILE_NAMES = ("full", "onnx", "onnx-gpu")
@@ -220,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
               "argv": argv if argv is not None else sys.argv[1:], "cores": env["cores"],
               "environment": env, "reps": args.reps, "seconds": args.seconds,
               "profiles": summarise(built, starts), "starts": starts}
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    stem.with_suffix(".md").write_text(render(report))
+    write_results(stem.name, render(report), report, stem.parent)
     print(render(report))
     return 0
 

@@ -1,5 +1,5 @@
 -- wrk script: POST the same body (WRK_BODY_FILE) with every request; count answers by status.
--- Used by `python -m benchmark.bench_http` and `python -m benchmark`, which build the body. The
+-- Used by `python -m benchmark` and the rest of the lab (benchmark.harness.run_wrk), which build the body. The
 -- Content-Type is WRK_CONTENT_TYPE, or multipart with boundary WRK_BOUNDARY.
 local body_file = os.getenv("WRK_BODY_FILE")
 local content_type = os.getenv("WRK_CONTENT_TYPE") or ("multipart/form-data; boundary=" .. os.getenv("WRK_BOUNDARY"))

@@ -22,6 +22,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # (tensorflow[and-cuda]) beside the CUDA 13 ones torch and ONNX Runtime use: gigabytes for a model that ONNX
 # Runtime already serves on the GPU, so the SavedModel stays on the CPU and /model_info says so (docs/deploy.md).
 DEFAULT_DEVICES = (("savedmodel", "cpu"),)
+# What a worker logs as it stops (service.service.report_requests): the API requests admission let in, how many
+# got their whole answer, and how many were still in progress. The lab's harness reads it back from the log.
+STOPPED_LINE = "stopped: %d API requests let in, %d answered in full, %d still in progress"
 
 
 class ConfigError(ValueError):

@@ -41,7 +41,7 @@ from service import seams
 from service.answers import NPY, negotiate, records_response
 from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
-from service.config import ServiceConfig
+from service.config import STOPPED_LINE, ServiceConfig
 from service.datasets import Upload
 from service.gcstats import GCRecorder, census, settle_heap
 from service.health import Heartbeat, start_health_server
@@ -52,7 +52,6 @@ from service.inputs import (
     PixelArray,
     RequestError,
 )
-from service.launch import STOPPED_LINE
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 from service.seams import JSONAnswer
@@ -162,7 +161,8 @@ class FashionClassifier:
         """Log whether every request let in was answered. BentoML calls this once uvicorn has finished the
         requests in progress, after ``SIGTERM``. A client whose connection was closed sees only an error, and
         cannot tell a request the server dropped from one it never read (a keep-alive connection closed as
-        idle while the client's next request was on its way); this line can (reliability.scenarios.shutdown)."""
+        idle while the client's next request was on its way); this line can
+        (benchmark.reliability.scenarios.shutdown)."""
         log.info(STOPPED_LINE, *self.serving.in_flight.totals().values())
 
     def __is_ready__(self) -> bool:

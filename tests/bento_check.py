@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from service.launch import free_port
+from benchmark.harness import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "fashion" / "samples" / "9-ankle-boot-test0.png"  # test image 0 of Fashion-MNIST

@@ -94,13 +94,16 @@ def server(exported, bentoml_home, tmp_path_factory, batch_hold):
 
 
 @pytest.fixture(scope="session")
-def service_app(exported, bentoml_home):
+def service_app(exported, bentoml_home, tmp_path_factory):
     """The service's ASGI app (``FashionClassifier.to_asgi()``) over the quickly trained models, built once.
 
     BentoML registers its Prometheus metrics in the process-wide registry when an app first starts, so a second app
     in the same process fails (``DuplicateTimeseries``). Each test module enters this one with a TestClient of its
-    own; every entry creates a new service instance, which reads its settings (``FASHION_*``) from the environment
-    then.
+    own (tests.asgi.in_process); every entry creates a new service instance, which reads its settings
+    (``FASHION_*``) from the environment then.
+
+    The metrics folder that ``bentoml serve`` makes for its workers is one for the whole session: this process
+    writes its series to the folder set when it first records one, and /metrics reads the folder set now.
     """
     from export.store import register_model
 
@@ -108,4 +111,10 @@ def service_app(exported, bentoml_home):
         register_model(model_dir)
     from service.service import FashionClassifier
 
-    return FashionClassifier.to_asgi()
+    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path_factory.mktemp("metrics"))
+    yield FashionClassifier.to_asgi()
+    if previous is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous

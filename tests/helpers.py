@@ -12,11 +12,11 @@ from typing import TypeVar
 
 import numpy as np
 
+from benchmark.harness import Server, free_port, start
 from fashion.samples import sample_paths
-from service.launch import Server, free_port, start
 
 T = TypeVar("T")
-__all__ = ["free_port"]  # re-exported for the tests: one free_port, service.launch's
+__all__ = ["free_port"]  # re-exported for the tests: one free_port, the lab harness's
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -92,7 +92,7 @@ def npz(**arrays) -> bytes:
 
 
 def start_server(home: Path, workdir: Path, extra_env: dict[str, str] | None = None) -> Server:
-    """``bentoml serve`` (service.launch) over the models of the BentoML store at ``home``; not yet waited for."""
+    """``bentoml serve`` (benchmark.harness) over the models of the BentoML store at ``home``; not yet waited for."""
     return start(Path(workdir), env=extra_env, models=Path(home) / "models")
 
 

@@ -1,4 +1,5 @@
-"""The side-by-side benchmark's quick mode, end to end (real service, real wrk)."""
+"""The side-by-side benchmark's quick mode, end to end (real service, real wrk): a benchmark run, so never in
+``make test`` (``make test-bench`` runs it). The harness's timing helpers: tests/unit/test_bench_timing.py."""
 
 from __future__ import annotations
 
@@ -11,19 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.timing import QUICK, percentile, time_calls
 from fashion.backends import BACKENDS
 from fashion.manifest import read_manifest
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_timing_helpers():
-    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0 and percentile([5.0], 99) == 5.0
-    stats = time_calls(lambda: sum(range(100)), QUICK)
-    assert stats["calls"] >= QUICK.min_calls and 0 < stats["median_s"] <= stats["p99_s"]
-
-
+@pytest.mark.benchmark
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")
 def test_quick_benchmark_writes_a_full_report(server, exported, bentoml_home, tmp_path):
     result = subprocess.run([sys.executable, "-m", "benchmark", "--quick", "--out", str(tmp_path)], cwd=REPO,
@@ -51,7 +48,8 @@ def test_quick_benchmark_writes_a_full_report(server, exported, bentoml_home, tm
     assert {r["target"] for r in rows if r["kind"] == "single"} == {"bare-starlette", "onnx-torch"}
     assert all(set(r["statuses"]) == {"200"} for r in rows)
     assert any(r.get("mean_batch_size") for r in rows)
-    assert {r["target"] for r in rows if r["kind"] == "format"} == {"png", "npy", "json"}
+    assert {r["target"] for r in rows if r["kind"] == "format"} == {"png", "npy", "json", "v2-binary", "v2-json"}
+    assert data["http"]["task"]["status"] == "completed" and data["http"]["task"]["online_requests"] > 0
     assert data["http"]["open_loop"]["sent"] > 0
     text = report.read_text()
     assert "## Conclusions" in text and "## Correctness" in text and "bare-starlette" in text

@@ -34,50 +34,38 @@ def raw_classify(url: str, files: list[Path], **form: str) -> list[dict]:
     return reply.json()
 
 
-
 @pytest.fixture(scope="module")
 def sync_client(server):
     with bentoml.SyncHTTPClient(server, timeout=30) as client:
         yield client
 
 
-
-
-def test_classify_takes_paths_pil_images_a_backend_and_top_k(server, sync_client):
+def test_the_sync_client_on_every_endpoint(server, sync_client):
+    # /classify takes paths, PIL images, a backend and top_k.
     expected = raw_classify(server, [BOOT, BOOT], backend="onnx-tf", top_k="3")
     with Image.open(BOOT) as image:
         answers = sync_client.classify(images=[BOOT, image], backend="onnx-tf", top_k=3)
     assert answers == expected
     assert all(a["backend"] == "onnx-tf" and len(a["top_k"]) == 3 for a in answers)
-
-
-def test_classify_batch_and_the_default_backend(server, sync_client):
+    # /classify_batch, on the default backend.
     files = sorted(SAMPLES.glob("*.png"))
     assert sync_client.classify_batch(images=files) == raw_classify(server, files)
-
-
-def test_classify_refuses_an_unknown_backend_with_400(sync_client):
+    # An unknown backend is refused with 400.
     with pytest.raises(bentoml.exceptions.BentoMLException) as refusal:
         sync_client.classify(images=[BOOT], backend="no-such")
     assert refusal.value.error_code == 400 and "unknown backend 'no-such'" in str(refusal.value)
-
-
-def test_classify_array_takes_a_uint8_ndarray(server, sync_client):
+    # /classify_array takes a uint8 ndarray, a batch or one image.
     pixels = sample_pixels()
     expected = httpx.post(f"{server}/classify_array", json={"pixels": pixels.tolist(), "backend": "onnx-tf"}).json()
     assert sync_client.classify_array(pixels=pixels, backend="onnx-tf") == expected
     assert sync_client.classify_array(pixels=pixels[0]) == httpx.post(
         f"{server}/classify_array", json={"pixels": pixels[0].tolist()}).json()
-
-
-def test_parity_with_no_argument_and_with_an_array(server, sync_client):
+    # /parity with no argument and with an array.
     samples = sync_client.parity()
     assert samples == httpx.post(f"{server}/parity").json() and samples["source"] == "samples"
-    given = sync_client.parity(pixels=sample_pixels()[:3])
+    given = sync_client.parity(pixels=pixels[:3])
     assert given["source"] == "request" and given["images"] == 3
-
-
-def test_model_info(server, sync_client):
+    # /model_info.
     assert sync_client.model_info() == httpx.post(f"{server}/model_info").json()
 
 
@@ -149,7 +137,7 @@ def composer(server, tmp_path_factory):
     import subprocess
     import sys
 
-    from service.launch import Server, free_port
+    from benchmark.harness import Server, free_port
 
     port, repo = free_port(), Path(__file__).resolve().parents[2]
     home = tmp_path_factory.mktemp("composer-home")

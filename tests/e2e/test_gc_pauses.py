@@ -15,8 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmark.bench_http import run_wrk
-from service.launch import start
+from benchmark.harness import run_wrk, start
 from tests.helpers import store_with
 
 BURST_S = 10

@@ -1,7 +1,7 @@
 """A SIGTERM during a gRPC load loses no call the server accepted (a real ``bentoml serve``: signals need a process).
 
 Only gRPC calls reach the server here (readiness is awaited over gRPC too), so the worker's closing line
-(service.launch.STOPPED_LINE: API requests let in, answered in full) counts exactly the gRPC inferences.
+(service.config.STOPPED_LINE: API requests let in, answered in full) counts exactly the gRPC inferences.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import grpc
 import numpy as np
 
-from service.launch import free_port, start
+from benchmark.harness import free_port, start
 from service.protocol import open_inference_pb2 as pb
 from service.protocol import open_inference_pb2_grpc as pb_grpc
 

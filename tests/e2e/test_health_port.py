@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
+from benchmark.harness import start
 from fashion.env import has_nvidia_gpu
-from service.launch import start
 
 
 def test_livez_on_the_health_port_reports_the_event_loop_heartbeat(server, bentoml_home, tmp_path):

@@ -1,7 +1,8 @@
 """``python -m benchmark.peers`` end to end with one peer and one-second runs: the report is complete.
 
 The bare app runs in this venv, so the smoke needs no package index; the other peers' venvs take
-minutes to build the first time and are left to ``make peers``.
+minutes to build the first time and are left to ``make peers``. A benchmark run, so never in ``make test``:
+``make test-bench`` runs it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.lab, pytest.mark.benchmark]  # it times the peers harness with wrk
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")

@@ -1,4 +1,4 @@
-"""Two ``bentoml serve`` replicas behind a real haproxy (benchmark.scale_out, docs/scale-out.md).
+"""Two ``bentoml serve`` replicas behind a real haproxy (tests/scale_out.py, docs/scale-out.md).
 
 The batch CLI's job over the 10,000 test images goes through the balancer while one replica is
 drained (SIGTERM) and restarted; dataset tasks are submitted, polled and fetched through it. The
@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmark.scale_out import RETRIED, Balancer, Replica, run_batch, start_replica
-from service.launch import Server
+from benchmark.harness import Server
 from tests.helpers import npy, wait_until
+from tests.scale_out import RETRIED, Balancer, Replica, run_batch, start_replica
 
 BACKEND = "onnx-torch"
 ENV = {"FASHION_BACKENDS": "onnx-torch,onnx-tf"}  # the two quick-loading backends: replicas start sooner

@@ -17,10 +17,10 @@ import bentoml
 import httpx
 import pytest
 
+from benchmark.harness import Server, start
 from clients.client import FashionClient, ServiceError
 from fashion.samples import sample_paths
 from service.auth import new_key
-from service.launch import Server, start
 from tests.helpers import wait_until
 
 START_TIMEOUT_S = 300  # a hang guard: the server is ready in well under a minute

@@ -1,27 +1,24 @@
-"""The web page at /ui/: a real headless Chromium against a real ``bentoml serve``, plus the API options the
-page uses and the static route's safety.
+"""The web page at /ui/: a real headless Chromium against a real ``bentoml serve``. What the page relies on (the
+API options, the static route) is tested in-process: tests/integration/test_web_api.py.
 
 The browser tests need Playwright for Python (the ``dev`` extra) and a Chromium binary (Debian's ``chromium``;
-.ci/run installs it); without them they are skipped with the reason. Everything else runs with the server alone.
+.ci/run installs it); without them they are skipped with the reason.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 
-from benchmark.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 from fashion.backends import BACKENDS, load_artifact
 from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
+from tests.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 
 REPO = Path(__file__).resolve().parents[2]
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]
@@ -37,99 +34,6 @@ def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
     predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
     temperature = temperature_of(read_manifest(model_dir(exported, backend)))  # served probabilities are calibrated
     return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
-
-
-# ---------- the API options the page relies on ----------
-
-
-def test_top_k_10_gives_every_probability_and_return_input_the_models_pixels(server, exported):
-    data = ANKLE_BOOT.read_bytes()
-    reply = httpx.post(f"{server}/classify", params={"top_k": 10, "return_input": 1},
-                       files={"images": (ANKLE_BOOT.name, data, "image/png")}, timeout=30)
-    assert reply.status_code == 200, reply.text
-    [answer] = reply.json()
-    assert sorted(t["class_id"] for t in answer["top_k"]) == list(range(10))
-    probs = np.zeros(10)
-    for entry in answer["top_k"]:
-        probs[entry["class_id"]] = entry["probability"]
-    np.testing.assert_allclose(probs, offline_probabilities(exported, "onnx-torch", ANKLE_BOOT), atol=1e-5)
-    assert np.array_equal(np.array(answer["pixels"], dtype=np.uint8), decode_image(data))
-    # The same options as form fields, on /classify_batch, keep the input order.
-    files = [("images", (p.name, p.read_bytes(), "image/png")) for p in (TROUSER, ANKLE_BOOT)]
-    reply = httpx.post(f"{server}/classify_batch", files=files, data={"top_k": "1", "return_input": "true"})
-    assert reply.status_code == 200, reply.text
-    for answer, path in zip(reply.json(), (TROUSER, ANKLE_BOOT), strict=True):
-        assert len(answer["top_k"]) == 1
-        assert np.array_equal(np.array(answer["pixels"], dtype=np.uint8), decode_image(path.read_bytes()))
-
-
-def test_answers_without_the_options_are_unchanged(server):
-    reply = httpx.post(f"{server}/classify", files={"images": (TROUSER.name, TROUSER.read_bytes(), "image/png")})
-    [answer] = reply.json()
-    assert len(answer["top_k"]) == 3 and "pixels" not in answer
-
-
-@pytest.mark.parametrize(("option", "value"), [("top_k", "0"), ("top_k", "11"), ("top_k", "-1"), ("top_k", "3.5"),
-                                               ("top_k", "all"), ("return_input", "yes"), ("return_input", "2")])
-def test_bad_option_values_are_refused_with_a_message(server, option, value):
-    reply = httpx.post(f"{server}/classify", params={option: value},
-                       files={"images": (TROUSER.name, TROUSER.read_bytes(), "image/png")})
-    assert reply.status_code == 400, reply.text
-    assert option in reply.json()[0]["error"]
-
-
-# ---------- the static route ----------
-
-
-def raw_get(url: str, target: str) -> tuple[int, dict[str, str], bytes]:
-    """GET with the request target sent byte for byte (httpx would normalise ``..`` and ``%2f``)."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        connection.putrequest("GET", target, skip_accept_encoding=True)
-        connection.endheaders()
-        reply = connection.getresponse()
-        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
-    finally:
-        connection.close()
-
-
-@pytest.mark.parametrize("target", [
-    "/ui/..%2fservice%2fservice.py", "/ui/..%2f..%2fpyproject.toml", "/ui/../pyproject.toml", "/ui/%2e%2e/README.md",
-    "/ui/.%2e/service/web.py", "/ui/%2fetc%2fpasswd", "/ui//etc/passwd", "/ui/samples/..%2f__init__.py",
-    "/ui/samples/", "/ui/samples", "/ui/web/app.js", "/ui/app.js%00.png", "/ui/..%5cservice%5cweb.py",
-    "/ui/.git/config", "/ui/%252e%252e%252fpyproject.toml",
-    # The benchmark view left the page: a Bento carries no results/ file (docs/serving.md, "The web page").
-    "/ui/benchmarks.json",
-])
-def test_the_static_route_serves_only_its_own_files(server, target):
-    status, headers, body = raw_get(server, target)
-    assert status == 404, body[:200]
-    assert json.loads(body) == {"error": "not found"}
-    assert headers["x-content-type-options"] == "nosniff"
-
-
-@pytest.mark.parametrize(("path", "content_type"), [
-    ("/ui/", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/charts.js", "text/javascript"),
-    ("/ui/style.css", "text/css"), ("/ui/icon.svg", "image/svg+xml"), (f"/ui/samples/{TROUSER.name}", "image/png"),
-    ("/ui/samples.json", "application/json"),
-])
-def test_page_files_carry_a_strict_policy(server, path, content_type):
-    status, headers, body = raw_get(server, path)
-    assert status == 200 and headers["content-type"].startswith(content_type)
-    policy = dict(d.strip().split(" ", 1) for d in headers["content-security-policy"].split(";"))
-    assert policy["default-src"] == policy["script-src"] == policy["style-src"] == "'self'"
-    assert "unsafe" not in headers["content-security-policy"] and policy["frame-ancestors"] == "'none'"
-    assert headers["x-content-type-options"] == "nosniff"
-    if path.startswith("/ui/samples/"):
-        assert body == TROUSER.read_bytes()
-
-
-def test_api_docs_page_still_works_and_links_the_page(server):
-    assert httpx.get(f"{server}/").status_code == 200
-    spec = httpx.get(f"{server}/docs.json").json()
-    assert "/ui/" in spec["paths"]["/classify"]["post"]["description"]
-    assert httpx.get(f"{server}/ui", follow_redirects=True).url.path == "/ui/"
 
 
 # ---------- the page in a real browser ----------

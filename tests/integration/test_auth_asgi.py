@@ -55,15 +55,14 @@ def keys():
 
 
 @pytest.fixture(scope="module")
-def client(service_app, keys, tmp_path_factory):
+def client(service_app, keys):
     """The service with the keys of :data:`KEYS` (read when the TestClient starts it), the session's models."""
     import os
 
     from starlette.testclient import TestClient
 
-    # /metrics reads the metrics folder that `bentoml serve` would make for its workers.
-    env = {"FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()),
-           "FASHION_BACKENDS": "onnx-torch", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}
+    # /metrics reads the session's metrics folder (tests/conftest.py's service_app).
+    env = {"FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()), "FASHION_BACKENDS": "onnx-torch"}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     from _bentoml_impl.tasks.result import Sqlite3Store

@@ -1,32 +1,35 @@
-"""The GPU benchmark end to end with CPU stand-ins (``--device cpu``), on the quick models.
+"""The benchmark's GPU rows end to end with CPU stand-ins (``--device cpu``), on the quick models.
 
-What a GPU server will run, minus the GPU: every in-process variant checked on all
-10,000 test images, the end-to-end pipeline, the batch CLI, and a report marked as a dry run.
-The service stage needs two ``bentoml serve`` processes and wrk; docs/gpu.md records its dry run.
+What a GPU server runs, minus the GPU: the ceilings, every in-process variant checked on all
+10,000 test images, the end-to-end pipeline, and a report named and titled as a dry run. The
+service stage needs two ``bentoml serve`` processes and wrk; docs/gpu.md gives its dry-run command.
 """
 
 from __future__ import annotations
 
 import json
 
-from benchmark.gpu.__main__ import main
+import pytest
+
+from benchmark.__main__ import main
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def test_dry_run_checks_every_row_and_says_it_is_not_a_gpu_run(exported, data_dir, tmp_path):
-    models = exported["torch"].parents[1]
     out = tmp_path / "out"
-    code = main(["--device", "cpu", "--stages", "ceilings", "inprocess", "endtoend", "diagnose", "cli",
-                 "--models", str(models), "--data", str(data_dir), "--out", str(out),
-                 "--state", str(tmp_path / "state.json"), "--fresh"])
+    code = main(["--device", "cpu", "--quick", "--stages", "ceilings", "variants", "endtoend",
+                 "--models", str(exported["torch"].parents[1]), "--data-dir", str(data_dir), "--out", str(out)])
     assert code == 0
     [report] = out.glob("*.md")
     assert report.name.endswith("-cpu-dry-run.md")
     text = report.read_text()
-    assert text.startswith("# GPU benchmark: CPU DRY RUN") and "None: every row ran where it was asked to." in text
-    state = json.loads(report.with_suffix(".json").read_text())
-    stages = state["stages"]
+    assert "(CPU DRY RUN of the GPU rows, not GPU results)" in text.splitlines()[0]
+    assert "None: every row ran where it was asked to." in text
+    stages = json.loads(report.with_suffix(".json").read_text())["stages"]
     assert not [name for name, stage in stages.items() if "error" in stage]
-    rows = {r["name"]: r for r in stages["inprocess"]["rows"]}
+    assert set(stages["ceilings"]["matmul_flops"]) == {"fp32", "tf32", "fp16", "bf16"}
+    rows = {r["name"]: r for r in stages["variants"]["rows"]}
     assert {"onnx-torch ort", "onnx-torch ort io-binding", "onnx-tf ort io-binding", "torch eager bf16",
             "torch compile fp32"} <= set(rows)
     for row in rows.values():
@@ -34,11 +37,8 @@ def test_dry_run_checks_every_row_and_says_it_is_not_a_gpu_run(exported, data_di
         if row["precision"] == "fp32":  # same model, same precision as the reference: same answers
             assert row["correctness"]["agreement_with_fp32"] == 1.0
             assert row["correctness"]["max_abs_dp"] < 1e-4
+    assert stages["endtoend"]["rows"] and not [r for r in stages["endtoend"]["rows"] if "error" in r]
     for row in stages["endtoend"]["rows"]:
         assert row.get("same_answers_as_test", 1.0) == 1.0  # tiled images get the test set's answers back
-    for profile in stages["diagnose"]["layers"]:  # one timing per layer of the model
-        assert len(profile["layers"]) == len(state["stages"]["diagnose"]["layers"][0]["layers"]) > 1
-        assert profile["matmul_seconds"] > 0 and profile["forward_seconds"] > 0
-    for row in stages["cli"]["rows"]:
-        assert row["exit_code"] == 0 and row["images"] == 10_000
-        assert abs(row["accuracy"] - rows["onnx-torch ort"]["correctness"]["accuracy"]) < 1e-9
+        if "accuracy" in row:
+            assert abs(row["accuracy"] - rows["torch"]["correctness"]["accuracy"]) < 0.01

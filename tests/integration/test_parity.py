@@ -1,6 +1,6 @@
 """Parity between backends (fashion.metrics.parity_report, /parity): the exported models agree, perturbations caught.
 
-The same comparison judges the /parity endpoint (tests/e2e/test_parity_http.py) and the readiness
+The same comparison judges the /parity endpoint (tests/integration/test_parity_http.py) and the readiness
 warm-up, checked here in-process on the quickly trained models and on real test images.
 """
 

@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from benchmark.batch import journal_done, others_share, poll_delay, resume_lines, shared_note, task_body
+from benchmark.batch import journal_done, make_shards, others_share, poll_delay, resume_lines, shared_note, task_body
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def test_a_task_upload_is_the_npy_of_its_rows(tmp_path):
@@ -53,3 +55,13 @@ def test_the_resume_check_reports_a_difference_as_a_failure():
     assert "| csv | 3.25 s | 421,888 | 70,000,000 | yes | 140 |" in same
     assert "| csv | 3.25 s | 421,888 | 70,000,000 | **no** | 140 |" in different
     assert resume_lines([]) == []
+
+
+def test_the_ray_mode_reads_every_row_once_in_order_from_its_shards(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (53, 28, 28), dtype=np.uint8)
+    source = tmp_path / "images.npy"
+    np.save(source, images)
+    shards = make_shards(source, 4)
+    parts = sorted(shards.glob("part-*.npy"))
+    assert len(parts) == 4 and np.array_equal(np.concatenate([np.load(p) for p in parts]), images)
+    assert make_shards(source, 4) == shards  # kept between runs

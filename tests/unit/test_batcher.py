@@ -1,4 +1,8 @@
-"""The batcher on its own: merging, order, per-backend grouping, cancellation, overload, failures."""
+"""The batcher on its own: merging, order, per-backend grouping, cancellation, overload, failures.
+
+Each scenario orders its steps on events (the model call has started, the batcher has queued the requests), never
+on sleeps: see :func:`model_busy` and :func:`queued`.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,23 @@ import pytest
 from service.batcher import Job, MicroBatcher, Outputs, OverloadedError, run_jobs
 from tests.helpers import images
 
+WAIT_S = 5.0  # a hang guard, not a timing bound
+
 
 class SlowModel:
-    """Logits that encode each image's first pixel; every call waits on a gate, and is recorded."""
+    """Logits that encode each image's first pixel; every call waits on a gate, and is recorded.
+
+    ``entered`` is set once a call has started (the model is then busy until the gate opens).
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
         self.gate = threading.Event()
+        self.entered = threading.Event()
 
     def __call__(self, backend: str, pixels: np.ndarray, score: bool = False) -> np.ndarray:
-        self.gate.wait(5)
+        self.entered.set()
+        assert self.gate.wait(WAIT_S), "the test never opened the model's gate"
         self.calls.append((backend, len(pixels)))
         logits = np.zeros((len(pixels), 10), np.float32)
         logits[:, 0] = pixels[:, 0, 0]
@@ -28,7 +39,18 @@ class SlowModel:
 
 
 def run(coroutine):
-    return asyncio.run(coroutine)
+    return asyncio.run(asyncio.wait_for(coroutine, WAIT_S))
+
+
+async def model_busy(model: SlowModel) -> None:
+    """Wait (off the event loop) until the model thread has started a call."""
+    assert await asyncio.to_thread(model.entered.wait, WAIT_S), "the first request never reached the model"
+
+
+async def queued(batcher: MicroBatcher, jobs: int) -> None:
+    """Let the event loop run until ``jobs`` requests wait in the batcher's queue."""
+    while len(batcher.queue) < jobs:
+        await asyncio.sleep(0)  # one turn of the loop: the new tasks run up to their wait
 
 
 def test_requests_arriving_while_the_model_is_busy_share_one_call_per_backend():
@@ -37,10 +59,10 @@ def test_requests_arriving_while_the_model_is_busy_share_one_call_per_backend():
 
     async def scenario():
         first = asyncio.create_task(batcher.predict("a", images(1)))
-        await asyncio.sleep(0.05)  # the model is now busy with the first request (gate closed)
+        await model_busy(model)  # the model is now busy with the first request (gate closed)
         rest = [asyncio.create_task(batcher.predict(backend, images(i, i + 100)))
                 for i, backend in zip(range(2, 8), "abab" "ab", strict=True)]
-        await asyncio.sleep(0.05)
+        await queued(batcher, 6)
         model.gate.set()
         return await first, await asyncio.gather(*rest)
 
@@ -64,10 +86,10 @@ def test_batches_stop_at_the_image_limit_but_a_large_request_runs_alone():
 
     async def scenario():
         first = asyncio.create_task(batcher.predict("a", images(0)))
-        await asyncio.sleep(0.05)
+        await model_busy(model)
         tasks = [asyncio.create_task(batcher.predict("a", images(*[i] * size))) for i, size in
                  enumerate((3, 2, 9, 1), start=1)]
-        await asyncio.sleep(0.05)
+        await queued(batcher, 4)
         model.gate.set()
         await first
         return await asyncio.gather(*tasks)
@@ -83,10 +105,10 @@ def test_a_cancelled_request_never_reaches_the_model():
 
     async def scenario():
         first = asyncio.create_task(batcher.predict("a", images(1)))
-        await asyncio.sleep(0.05)
+        await model_busy(model)
         gone = asyncio.create_task(batcher.predict("a", images(2, 3)))
         kept = asyncio.create_task(batcher.predict("a", images(4)))
-        await asyncio.sleep(0.01)
+        await queued(batcher, 2)
         gone.cancel()  # the client went away
         model.gate.set()
         await first
@@ -102,16 +124,16 @@ def test_a_full_queue_refuses_at_once_and_a_model_error_fails_only_its_batch():
 
     async def scenario():
         first = asyncio.create_task(batcher.predict("a", images(1)))
-        await asyncio.sleep(0.05)
-        queued = asyncio.create_task(batcher.predict("a", images(2, 3)))
-        await asyncio.sleep(0.01)
+        await model_busy(model)
+        waiting = asyncio.create_task(batcher.predict("a", images(2, 3)))
+        await queued(batcher, 1)
         with pytest.raises(OverloadedError):
             await batcher.predict("a", images(4, 5))
         model.gate.set()
-        return await first, await queued
+        return await first, await waiting
 
-    first, queued = run(scenario())
-    assert first[:, 0].tolist() == [1] and queued[:, 0].tolist() == [2, 3]
+    first, waiting = run(scenario())
+    assert first[:, 0].tolist() == [1] and waiting[:, 0].tolist() == [2, 3]
 
     def broken(backend: str, pixels: np.ndarray, score: bool = False) -> np.ndarray:
         raise RuntimeError("model failed")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmark.report import ceiling_sentence, generator_sentence, matmul_devices
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def gpu_run(ort_device: str) -> dict:

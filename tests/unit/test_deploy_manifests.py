@@ -8,7 +8,7 @@ import httpx
 import pytest
 import yaml
 
-from service.launch import free_port
+from benchmark.harness import free_port
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "fashion-serve.yaml"
 BENTOML_PORT = 3000  # `bentoml serve`'s and the containerized Bento's default port

@@ -10,6 +10,8 @@ import pytest
 
 from tests.figures import PRODUCT, code_comments
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", REPO / "SECURITY.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

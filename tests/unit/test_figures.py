@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.figures import (
     REPO,
     citations,
@@ -15,6 +17,8 @@ from tests.figures import (
     sources,
     unsourced,
 )
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def test_every_figure_in_the_docs_is_in_a_results_file():

@@ -111,8 +111,8 @@ def test_gc_freeze_switch(monkeypatch):
 def test_health_port_serves_the_gc_pages():
     import httpx
 
+    from benchmark.harness import free_port
     from service.health import start_health_server
-    from service.launch import free_port
 
     recorder = GCRecorder().install()
     port = free_port()

@@ -1,10 +1,12 @@
-"""The GPU report decides once which rows ran on the GPU: a CPU fallback is a failure, never a GPU row."""
+"""The benchmark's GPU rows decide once which ran on the GPU: a CPU fallback is a failure, never a GPU row."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmark.gpu.report import CPU, FELL_BACK, GPU, render, report_stem, row_status, targets
+from benchmark.report import CPU, FELL_BACK, GPU, device_lines, row_status, targets, write_report
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 CUDA_ORT = {"runtime": "onnxruntime", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "device": "cuda"}
 FALLBACK_ORT = {"runtime": "onnxruntime", "providers": ["CPUExecutionProvider"], "device": "cpu"}
@@ -42,12 +44,13 @@ def gpu_state(device: str = "cuda") -> dict:
     return {
         "device": device, "gpu": "NVIDIA H100 80GB HBM3" if device == "cuda" else None,
         "environment": {"cpu": "Intel Xeon", "cores": 16, "libraries": {"python": "3.12.3"}},
-        "command": "python -m benchmark.gpu", "date": "2026-11-28T00:00:00+00:00", "seconds": 1.0,
+        "command": "python -m benchmark --device cuda", "machine": "nvidia-h100-80gb-hbm3", "quick": False,
+        "date": "2026-11-28T00:00:00+00:00", "seconds": 1.0,
         "flops_per_image": flops_per_image,
         "stages": {
             "ceilings": {"matmul_n": 8192, "matmul_flops": {"fp32": 5e13, "tf32": 4e14, "fp16": 8e14, "bf16": 8e14},
                          "copy": {"bytes": 2**28, "rates": {"pinned": 5e10}, "images_per_s": 5e10 / 784}},
-            "inprocess": {"reference": "onnxruntime CPU", "failures": [], "rows": [
+            "variants": {"reference": "onnxruntime CPU", "failures": [], "rows": [
                 inprocess_row("really on cuda", CUDA_ORT, 2e7),
                 # Fastest of all, so a report that trusted the request would pick it for the target.
                 inprocess_row("quietly on cpu", FALLBACK_ORT, 9e9),
@@ -64,17 +67,19 @@ def gpu_state(device: str = "cuda") -> dict:
     }
 
 
+def render(state: dict) -> str:
+    return "\n".join(device_lines(state))
+
+
 def test_a_cpu_fallback_is_a_failure_not_a_gpu_row():
-    text = render(gpu_state(), [])
-    tables, failures = text.split("## Failures")
+    text = render(gpu_state())
+    tables, failures = text.split("## GPU failures")
     assert "really on cuda" in tables
     assert "quietly on cpu" not in tables  # absent from every table and every target
     assert "quietly on cpu: asked for cuda, ran on ['CPUExecutionProvider']" in failures
     # The service's "GPU" rows came from a CPU provider: listed as a failure, no GPU service row.
     assert "service, device onnx-torch: asked for cuda, ran on ['CPUExecutionProvider']" in failures
     assert "| GPU |" not in tables and "999" not in tables
-    # The providers summary names the fallback for what it is.
-    assert f"CPUExecutionProvider (asked cuda: {FELL_BACK})" in tables
 
 
 def test_targets_count_gpu_rows_only():
@@ -86,15 +91,16 @@ def test_targets_count_gpu_rows_only():
     assert single["measured"] is None and single["met"] is None  # no GPU service row to compare
 
 
-def test_a_dry_run_says_so_in_its_name_and_title():
-    state = gpu_state("cpu")
-    for row in state["stages"]["inprocess"]["rows"]:
+def test_a_dry_run_says_so_in_its_name_and_title(tmp_path):
+    state = gpu_state("cpu") | {"machine": "intel-xeon-16c"}
+    for row in state["stages"]["variants"]["rows"]:
         row["requested"] = "cpu"
-    text = render(state, [])
-    assert text.startswith("# GPU benchmark: CPU DRY RUN")
+    path = write_report(state, tmp_path, [])
+    text = path.read_text()
+    assert path.name == "benchmark-intel-xeon-16c-cpu-dry-run.md"
+    assert text.startswith("# Benchmark: intel-xeon-16c (CPU DRY RUN")
     assert "dry run: not a GPU figure" in text and "| yes |" not in text
-    assert report_stem(state) == "benchmark-intel-xeon-cpu-dry-run"
-    assert report_stem(gpu_state()) == "benchmark-nvidia-h100-80gb-hbm3"
+    assert write_report(gpu_state(), tmp_path, []).name == "benchmark-nvidia-h100-80gb-hbm3.md"
 
 
 def service_row(kind: str, rate: float, concurrency: int = 4) -> dict:
@@ -121,14 +127,14 @@ def test_a_service_that_did_not_start_is_a_failure():
     state = gpu_state()
     state["stages"]["service"]["services"]["device"] = {"requested": "cuda", "rows": [],
                                                         "error": "TimeoutError: not ready after 300s"}
-    failures = render(state, []).split("## Failures")[1]
+    failures = render(state).split("## GPU failures")[1]
     assert "service, device: asked for cuda, ran on did not load: TimeoutError: not ready after 300s" in failures
 
 
 def test_parity_counts_identical_top1_and_the_largest_probability_gap():
     import numpy as np
 
-    from benchmark.gpu.serving import parity
+    from benchmark.device import parity
 
     cpu = {"class_id": np.array([1, 2, 3]), "top_ids": np.array([[1, 0], [2, 0], [3, 0]]),
            "top_p": np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])}

@@ -1,4 +1,4 @@
-"""The haproxy configuration benchmark.scale_out writes: valid for haproxy itself, and routed as documented."""
+"""The haproxy configuration tests/scale_out.py writes: valid for haproxy itself, and routed as documented."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from benchmark.scale_out import Replica, haproxy_config
+from tests.scale_out import Replica, haproxy_config
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def test_haproxy_accepts_the_config_and_tasks_stick_to_one_replica(tmp_path):

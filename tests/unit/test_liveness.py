@@ -8,8 +8,8 @@ import time
 
 import httpx
 
+from benchmark.harness import free_port
 from service.health import Heartbeat, start_health_server
-from service.launch import free_port
 
 WAIT_S = 20  # hang guard for each state change; each takes well under a second
 

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmark import peers
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 PNG = b"\x89PNG fake"
 PIXELS = np.arange(784, dtype=np.uint8).reshape(28, 28)

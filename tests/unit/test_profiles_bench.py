@@ -10,6 +10,8 @@ import pytest
 
 from benchmark.profiles import process_tree, rss_mb, worker_pid
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 # A parent that starts a child named like BentoML's worker (``python -m _bentoml_impl.worker.service ...``); the
 # name is split in the parent's own command line, which must not match.
 PARENT = ("import subprocess, sys, time\n"

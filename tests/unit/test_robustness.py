@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import corruptions
-from benchmark.corruptions import FAMILIES, severities
-from benchmark.robustness import cases, markdown, summary
+from benchmark.quality import corruptions
+from benchmark.quality.corruptions import FAMILIES, severities
+from benchmark.quality.robustness import cases, markdown, summary
 from fashion.imaging import decode_image
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 
 def garment() -> np.ndarray:

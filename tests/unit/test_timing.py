@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.figures import unsourced
 from tests.timing import README_MARKERS, TierRun, readme_sentence, report, update_readme
+
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
 
 RUNS = [TierRun("unit", 42.0, "280 passed in 41.2s", ()),
         TierRun("e2e", 250.0, "1 failed, 99 passed in 249.0s",

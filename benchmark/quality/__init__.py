@@ -1,0 +1,1 @@
+"""The model-quality studies: calibration, transformed inputs, out-of-distribution images, corruptions."""
