@@ -9,6 +9,8 @@ import pytest
 from benchmark.grpc_vs_rest import report, summarize
 from benchmark.peers import LEVELS
 
+pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, not of the product
+
 
 def rows_for(protocol: str, rates: list[float]) -> list[dict]:
     return [{"protocol": protocol, "connections": level, "rep": rep, "infer_per_s": rate * level,
