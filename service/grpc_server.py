@@ -119,18 +119,17 @@ def answers_status(rpc: Handler) -> Handler:
 
     @functools.wraps(rpc)
     async def handle(self: InferenceServicer, request: Any, context: Any) -> Any:
-        started, code = time.perf_counter(), "CANCELLED"  # kept if the client goes away (the task is cancelled)
+        started = time.perf_counter()
         try:
             answer = await self.answer(rpc, request, context)
-            if isinstance(answer, StatusError):
-                code = answer.code
-                await context.abort(grpc.StatusCode[answer.code], answer.message, trailing_metadata=answer.trailers())
-            code = "OK"
-            return answer
-        finally:
-            series = metrics()
-            series["calls"].labels(rpc.__name__, code).inc()
-            series["seconds"].labels(rpc.__name__).observe(time.perf_counter() - started)
+        except asyncio.CancelledError:  # the client went away, or its deadline passed
+            count_call(rpc.__name__, "CANCELLED", started)
+            raise
+        # Counted before the client can see the answer, so that a client reading /metrics next finds its call.
+        count_call(rpc.__name__, answer.code if isinstance(answer, StatusError) else "OK", started)
+        if isinstance(answer, StatusError):
+            await context.abort(grpc.StatusCode[answer.code], answer.message, trailing_metadata=answer.trailers())
+        return answer
 
     return handle  # type: ignore[return-value]
 
@@ -146,6 +145,13 @@ def metrics() -> dict[str, Any]:
         "seconds": Histogram("fashion_grpc_request_duration_seconds", "Time to answer a gRPC call", ["method"],
                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)),
     }
+
+
+def count_call(method: str, code: str, started: float) -> None:
+    """One answered call of ``method`` with status ``code``, begun at ``started`` (``time.perf_counter``)."""
+    series = metrics()
+    series["calls"].labels(method, code).inc()
+    series["seconds"].labels(method).observe(time.perf_counter() - started)
 
 
 class Undecodable:
