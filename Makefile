@@ -16,7 +16,7 @@ WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys reliability bento-check bento-profiles \
 	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness calibration ood \
-	scale-out wheelhouse
+	scale-out wheelhouse protos grpc-vs-rest
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -128,3 +128,9 @@ wheelhouse: ## Wheels of the project and its EXTRA (default serve) for PYTHON_VE
 
 clean: ## Remove the venv and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+protos: ## Regenerate the gRPC stubs (service/protocol/*_pb2*.py) from open_inference.proto with grpcio-tools
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. service/protocol/open_inference.proto
+
+grpc-vs-rest: export ## gRPC beside REST on one worker, perf_analyzer for both -> results/grpc-vs-rest-<machine>.md
+	$(PY) -m benchmark.grpc_vs_rest

@@ -74,6 +74,8 @@ class ServiceConfig:
     ``FASHION_MAX_QUEUED_IMAGES`` (images waiting for the model before 503), ``FASHION_QUEUE_BUDGET_MS``
     (a request that has waited this long for the model is answered 503 with ``Retry-After``; 0: no limit),
     ``FASHION_HEALTH_PORT`` and ``FASHION_HEALTH_HOST`` (probes on a port of their own, see service.health; 0: off),
+    ``FASHION_GRPC_PORT`` and ``FASHION_GRPC_HOST`` (the Open Inference Protocol over gRPC, service.grpc_server;
+    0 or empty: off),
     ``FASHION_GC_FREEZE`` (1, the default: freeze the heap once the models are warm, see
     service.gcstats; 0: leave the collector alone),
     ``FASHION_LIVENESS_STALE_S`` (seconds without an event-loop heartbeat before /livez fails),
@@ -99,6 +101,9 @@ class ServiceConfig:
     queue_budget_ms: int = 5000
     health_port: int = 0
     health_host: str = "0.0.0.0"  # probes come from the node (kubelet), not from loopback
+    # Off unless asked for, like the health port: a second listening port is opened on purpose (docs/serving.md).
+    grpc_port: int = 0
+    grpc_host: str = "0.0.0.0"
     liveness_stale_s: float = 10.0
     explicit_backends: bool = False
     framing: str = DEFAULT_FRAMING
@@ -135,6 +140,8 @@ class ServiceConfig:
         if min(self.max_body_bytes, self.max_images, self.top_k, self.max_in_flight, self.max_queued_images,
                self.threads) < 1 or self.liveness_stale_s <= 0:
             raise ConfigError("limits must be positive")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ConfigError(f"FASHION_GRPC_PORT must be a port number, or 0 for off; got {self.grpc_port}")
         if self.queue_budget_ms < 0:
             raise ConfigError("the queue budget must be 0 (no limit) or positive")
         if not self.parity_tolerance >= 0:
@@ -186,6 +193,8 @@ class ServiceConfig:
                 queue_budget_ms=int(env.get("FASHION_QUEUE_BUDGET_MS", cls.queue_budget_ms)),
                 health_port=int(env.get("FASHION_HEALTH_PORT", cls.health_port)),
                 health_host=env.get("FASHION_HEALTH_HOST", cls.health_host),
+                grpc_port=int(env.get("FASHION_GRPC_PORT") or cls.grpc_port),
+                grpc_host=env.get("FASHION_GRPC_HOST") or cls.grpc_host,
                 liveness_stale_s=float(env.get("FASHION_LIVENESS_STALE_S", cls.liveness_stale_s)),
                 framing=env.get("FASHION_FRAMING", cls.framing),
                 gc_freeze=parse_switch(env.get("FASHION_GC_FREEZE", "1")),

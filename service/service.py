@@ -12,6 +12,8 @@ Endpoints (all POST, JSON answers, one answer per image in input order):
 * ``/classify_dataset/submit`` (then ``progress``, ``status``, ``get``, ``cancel``) -- a
   whole dataset file as a BentoML task (service.task_routes, service.task_runner).
 * ``/parity`` -- every loaded backend on the same images, compared (service.parity).
+* ``/v2/...`` -- the Open Inference Protocol over REST (service.v2), and over gRPC on ``FASHION_GRPC_PORT``
+  (service.grpc_server), both through the same batcher and limits.
 
 Every classification goes through one batcher (service.batcher): requests that
 arrive while the model is busy run together. ``/livez``, ``/readyz`` (ready once
@@ -68,6 +70,10 @@ MAX_BATCH_IMAGES = 256
 # A lone request of at most this many images runs on the event loop, not the model thread (service.batcher):
 # its model call is shorter than the hop to the thread and back.
 INLINE_MAX_IMAGES = 4
+# BentoML's per-request timeout (traffic.timeout), which the gRPC calls keep too (service.grpc_server).
+REQUEST_TIMEOUT_S = 30
+# On SIGTERM, gRPC calls already accepted get up to this long to finish (as long as any may take); new ones are refused.
+GRPC_GRACE_S = REQUEST_TIMEOUT_S
 
 
 def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -86,7 +92,7 @@ def refusal(ctx: bentoml.Context, status: int, message: str, headers: dict[str, 
     # concurrency: the in-flight requests per replica that BentoML's autoscaler (BentoCloud) aims for. One image per
     # request, throughput stops growing at a few concurrent clients while p99 keeps rising (the HTTP rows of
     # results/benchmark-amd-epyc-2c.md); the batcher merges whatever is waiting, so more per replica only queues.
-    traffic={"timeout": 30, "concurrency": 16},
+    traffic={"timeout": REQUEST_TIMEOUT_S, "concurrency": 16},
     # Measured on 2 cores (docs/serving.md): the access log and OpenTelemetry's per-request spans (no
     # exporter is configured, so they are built and dropped) each cost a large share of the
     # worker's CPU. Both can be turned back on with a BentoML configuration file.
@@ -128,6 +134,27 @@ class FashionClassifier:
     async def start_heartbeat(self) -> None:
         """Liveness beats on the loop that answers requests (service.health)."""
         self.heartbeat.start()
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC on ``FASHION_GRPC_PORT``, on this worker's loop, sharing its parts
+        (service.grpc_server); off when the port is 0."""
+        self.grpc_server = None
+        if self.config.grpc_port:
+            from service.grpc_server import GrpcSettings, start_grpc_server
+
+            settings = GrpcSettings(self.config.grpc_host, self.config.grpc_port, self.config.max_body_bytes,
+                                    timeout_s=REQUEST_TIMEOUT_S)
+            self.grpc_server = await start_grpc_server(self.serving, settings)
+
+    @bentoml.on_shutdown
+    async def drain_grpc(self) -> None:
+        """Refuse new gRPC inference (UNAVAILABLE, retryable) and finish the calls accepted, within the grace period
+        (service.grpc_server.GrpcServer.stop). BentoML runs this once uvicorn has drained HTTP, and runs the shutdown
+        hooks in name order, so this one ends before ``report_requests`` counts what was answered."""
+        server = getattr(self, "grpc_server", None)  # None: off, or the start-up hook never ran
+        if server is not None:
+            await server.stop(GRPC_GRACE_S)
 
     @bentoml.on_shutdown
     def report_requests(self) -> None:

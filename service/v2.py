@@ -143,16 +143,22 @@ def server_version() -> str:
 
 def resolve_model(request: Request) -> LoadedBackend:
     """The loaded backend named in the path, at the version asked for; 404 when there is none."""
-    registry = serving(request).registry
+    return find_model(serving(request).registry, request.path_params["model"], request.path_params.get("version"))
+
+
+def find_model(registry: ModelRegistry, name: str, version: str | None) -> LoadedBackend:
+    """The loaded backend ``name`` at ``version`` (``None``: the one it serves), for REST and gRPC alike.
+
+    Raises:
+        V2Error: 503 while the models load, 404 for a name or version this server does not serve.
+    """
     if not registry.ready:  # admission answers first; this covers a race
         raise V2Error("models are not ready yet", 503)
-    name = request.path_params["model"]
     if name not in BACKENDS:
         raise V2Error(f"unknown model {name[:64]!r}; models here: {sorted(registry.backends)}", 404)
     if name not in registry.backends:  # one of ours this server does not serve: say why, as the native routes do
         raise V2Error(registry.why_not_loaded(name), 404)
     backend = registry.backends[name]
-    version = request.path_params.get("version")
     if version is not None and version != backend.manifest["version"]:
         raise V2Error(f"model {name!r} has no version {version[:64]!r}; "
                       f"it serves version {backend.manifest['version']!r}", 404)
@@ -445,14 +451,24 @@ def output_tensor(output: RequestedOutput, result: Outputs, backend: LoadedBacke
 
 def classification_tensor(output: RequestedOutput, values: np.ndarray) -> tuple[dict[str, Any], bytes | None]:
     """Triton's classification extension: the top classes as ``BYTES`` ``"value:index:label"``, best first."""
-    top = np.argsort(-values, axis=1, kind="stable")[:, :output.class_count]
-    strings = [f"{row[c]:f}:{c}:{CLASS_NAMES[c]}" for row, classes in zip(values, top, strict=True) for c in classes]
-    tensor: dict[str, Any] = {"name": output.name, "datatype": "BYTES", "shape": list(top.shape)}
+    strings, shape = top_classes(values, output.class_count)
+    tensor: dict[str, Any] = {"name": output.name, "datatype": "BYTES", "shape": shape}
     if output.binary:
-        # BYTES elements in binary form: a 4-byte little-endian length, then the bytes.
-        raw = b"".join(struct.pack("<I", len(s)) + s for s in (s.encode() for s in strings))
+        raw = pack_bytes(strings)
         return {**tensor, "parameters": {"binary_data_size": len(raw)}}, raw
     return {**tensor, "data": strings}, None
+
+
+def top_classes(values: np.ndarray, count: int) -> tuple[list[str], list[int]]:
+    """The ``count`` best classes of each row as ``"value:index:label"``, best first, and their shape ``[N, count]``."""
+    top = np.argsort(-values, axis=1, kind="stable")[:, :count]
+    strings = [f"{row[c]:f}:{c}:{CLASS_NAMES[c]}" for row, classes in zip(values, top, strict=True) for c in classes]
+    return strings, list(top.shape)
+
+
+def pack_bytes(strings: list[str]) -> bytes:
+    """BYTES elements in binary form: each a 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(s)) + s for s in (s.encode() for s in strings))
 
 
 def encode_response(answer: dict[str, Any], tensors: list[tuple[dict[str, Any], bytes | None]]) -> Response:

@@ -9,7 +9,8 @@ For each profile (``--profiles``, default ``full onnx``; :data:`PROFILES` names 
    ``sys.path`` (no PYTHONPATH, a neutral working directory);
 4. ``/readyz`` 200, then one real test image through every backend the profile carries, each giving the offline
    model's label; the others refused with a 4xx naming the loaded ones; ``/model_info`` and ``/v2/models`` saying
-   which; BentoML's own client on every endpoint. The GPU variant (``onnx-gpu``) is served with
+   which; BentoML's own client on every endpoint; one inference over gRPC (``FASHION_GRPC_PORT``, tritonclient's
+   gRPC client) giving the same label. The GPU variant (``onnx-gpu``) is served with
    ``FASHION_DEVICE=cuda``: on a machine without a GPU every backend must fall back to the CPU.
 
 Prints its total time and writes it to ``--out`` (default results/bento-check.txt).
@@ -216,6 +217,23 @@ def check_client(url: str, backend: str) -> list[str]:
     return failures
 
 
+def check_grpc(target: str, backend: str, expected: str) -> list[str]:
+    """One inference of IMAGE over the Bento's gRPC port with tritonclient's gRPC client; the failures."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from fashion.contract import CLASS_NAMES
+    from fashion.imaging import decode_image
+
+    client = grpcclient.InferenceServerClient(target)
+    tensor = grpcclient.InferInput("images", [1, 28, 28], "UINT8")
+    tensor.set_data_from_numpy(decode_image(IMAGE.read_bytes())[None].astype(np.uint8))
+    result = client.infer(backend, [tensor], outputs=[grpcclient.InferRequestedOutput("logits")])
+    label = CLASS_NAMES[int(result.as_numpy("logits").argmax(1)[0])]
+    say(f"  gRPC {backend}: {label} ({'ok' if label == expected else f'expected {expected}'})")
+    return [] if label == expected else [f"gRPC {backend}: {label}, expected {expected}"]
+
+
 def check_cpu_fallback(url: str) -> list[str]:
     """Served with FASHION_DEVICE=cuda on a machine without a GPU: every backend on the CPU, and /model_info
     says so; the failures."""
@@ -264,15 +282,18 @@ def check_one(profile: str, models: Path, home: Path, work: Path, started: float
          "requirements.txt", started)
     loaded = profile_backends(profile)
     expected = offline_labels(models, loaded)
-    port, outside = free_port(), work / f"outside-{profile}"
+    port, grpc_port, outside = free_port(), free_port(), work / f"outside-{profile}"
     outside.mkdir(exist_ok=True)
     gpu_variant = profile.endswith("-gpu")
-    proc = serve(python, bento, home, outside, port, {"FASHION_DEVICE": "cuda"} if gpu_variant else None)
+    extra_env = {"FASHION_GRPC_PORT": str(grpc_port), "FASHION_GRPC_HOST": "127.0.0.1",
+                 **({"FASHION_DEVICE": "cuda"} if gpu_variant else {})}
+    proc = serve(python, bento, home, outside, port, extra_env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, outside / "serve.log")
         step(f"{profile}: /readyz 200", started)
         failures = check_backends(url, expected) + check_profile(url, loaded) + check_client(url, "onnx-tf")
+        failures += check_grpc(f"127.0.0.1:{grpc_port}", "onnx-tf", expected["onnx-tf"])
         if gpu_variant:
             failures += check_cpu_fallback(url)
     finally:
