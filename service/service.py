@@ -162,7 +162,7 @@ class FashionClassifier:
             return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
         if answer == NPY:
             loaded = self.registry.get(backend)
-            return records_response(outputs.logits, backend, loaded.manifest["version"],
+            return records_response(outputs.logits, loaded.name, loaded.manifest["version"],
                                     temperature=loaded.temperature)
         return self.registry.describe(backend, outputs.logits, top_k, pixels if return_input else None,
                                       outputs.scores)
