@@ -40,6 +40,7 @@ from fashion.servable import load_servable
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
 from service.registry import LoadedBackend, ModelRegistry, WarmupError, place_backends, version_key
+from service.shadow import MODES, Mode
 
 log = logging.getLogger("bentoml.fashion_serve")
 
@@ -237,6 +238,21 @@ class Lifecycle:
             replaced = self.registry.promote(name, previous)
             return {"model": name, "serving": previous, "replaced": replaced}
 
+    async def set_mode(self, name: str, kind: str, version: str, share: float) -> dict[str, Any]:
+        """Put a loaded, non-serving ``version`` of backend ``name`` in shadow or canary mode for ``share`` of the
+        requests (0: end the mode). ``promote`` and ``rollback`` end it too."""
+        self.check_backend(name)
+        if kind not in MODES or not 0 <= share <= 1:
+            raise RefusedError(400, "mode", f"mode must be one of {list(MODES)} and share from 0 to 1")
+        async with self.lock:
+            if version not in self.registry.versions[name]:
+                raise RefusedError(404, "version", self.registry.why_no_version(name, version))
+            if version == self.registry.backends[name].version:
+                raise RefusedError(409, "serving", f"version {version!r} is the one backend {name!r} serves; "
+                                   f"{kind} mode needs another loaded version")
+            self.registry.traffic.set(name, Mode(kind, version, share))
+            return {"model": name, **self.registry.traffic.describe(name)}
+
     async def unload(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Unload ``version`` of backend ``name`` (``None``: every version but the serving one).
 
@@ -289,3 +305,33 @@ def read_version(model_dir: Path) -> str:
         return str(read_manifest(model_dir)["version"])
     except (IntegrityError, KeyError) as exc:
         raise RefusedError(422, "checksum", f"{model_dir}: no readable manifest version ({exc})") from None
+
+
+def mirror(registry: ModelRegistry, batcher: MicroBatcher, key: str, pixels: np.ndarray, logits: np.ndarray) -> None:
+    """After the serving version answered ``pixels`` (pinned as ``key``) with ``logits``: when the request falls in
+    a shadow mode's share, run it on the candidate too, in a task of its own (the answer does not wait)."""
+    served = registry.get(key)
+    if served is not registry.backends.get(served.name):
+        return  # a pinned request or a canary's: only what the serving version answered is compared
+    version = registry.traffic.chosen(served.name, "shadow")
+    if version is None:
+        return
+    task = asyncio.get_running_loop().create_task(shadow(registry, batcher, served, version, pixels, logits))
+    registry.traffic.tasks.add(task)
+    task.add_done_callback(registry.traffic.tasks.discard)
+
+
+async def shadow(registry: ModelRegistry, batcher: MicroBatcher, served: LoadedBackend, version: str,
+                 pixels: np.ndarray, logits: np.ndarray) -> None:
+    """One shadow request: the candidate's answer, compared with the served one (service.shadow)."""
+    started = time.perf_counter()
+    key = version_key(served.name, version)
+    try:
+        candidate = registry.get(key)
+        outputs = await batcher.predict(key, pixels)
+    except Exception as exc:  # unloaded meanwhile, or a full queue: the shadow gives way, and counts it
+        log.debug("shadow request on %s failed: %s", key, exc)
+        registry.traffic.failed(served.name, version)
+        return
+    registry.traffic.record(served.name, version, served.probabilities(logits),
+                            candidate.probabilities(outputs.logits), time.perf_counter() - started)

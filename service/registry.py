@@ -19,6 +19,7 @@ from fashion.samples import sample_images
 from fashion.servable import Servable, load_servable
 from service.batcher import Outputs
 from service.config import ServiceConfig
+from service.shadow import Traffic
 from service.stats import ModelStats
 
 log = logging.getLogger("bentoml.fashion_serve")
@@ -101,6 +102,8 @@ class ModelRegistry:
         self.draining: dict[str, LoadedBackend] = {}
         # Inference statistics per version, in Triton's format (service.stats).
         self.stats = ModelStats()
+        # Shadow and canary modes of a candidate version, and what shadowing showed (service.shadow).
+        self.traffic = Traffic()
         self.skipped: dict[str, str] = {}
         self.error: str | None = None
         self.ready = False
@@ -188,8 +191,17 @@ class ModelRegistry:
 
     def pin(self, name: str | None, version: str | None = None) -> str:
         """The key of the version that answers a request for backend ``name``: ``version`` when given, else the
-        one serving now. Raises KeyError as :meth:`get`."""
-        backend = self.get(version_key(name or self.config.default_backend, version) if version else name)
+        canary when this request falls in its share (service.shadow), else the one serving now. Raises KeyError as
+        :meth:`get`."""
+        name = name or self.config.default_backend
+        backend = self.get(name)
+        if version:  # a loaded version, never one being drained after its unload
+            if version not in self.versions.get(name, {}):
+                raise KeyError(self.why_no_version(name, version))
+            return version_key(name, version)
+        canary = self.traffic.chosen(backend.name, "canary")
+        if canary is not None and canary in self.versions.get(backend.name, {}):
+            return version_key(backend.name, canary)
         return version_key(backend.name, backend.version)
 
     def why_no_version(self, name: str, version: str) -> str:
@@ -211,6 +223,7 @@ class ModelRegistry:
         if replaced != version:
             self.previous[name] = replaced
         self.backends = {**self.backends, name: backend}
+        self.traffic.end(name)  # a promotion or a rollback ends shadow and canary modes
         return replaced
 
     def remove_version(self, name: str, version: str) -> LoadedBackend:
@@ -226,6 +239,7 @@ class ModelRegistry:
             raise ValueError(f"version {version!r} is the one backend {name!r} serves: promote or roll back to "
                              "another version before unloading it")
         self.versions[name] = {v: b for v, b in self.versions[name].items() if v != version}
+        self.traffic.end(name, version)
         if self.previous.get(name) == version:
             del self.previous[name]
         self.draining[version_key(name, version)] = backend
@@ -288,7 +302,8 @@ class ModelRegistry:
         for name in self.config.backends:
             if name in self.backends:
                 backends[name] = {**self.backends[name].info(), "versions": self.loaded_versions(name),
-                                  "previous_version": self.previous.get(name)}
+                                  "previous_version": self.previous.get(name),
+                                  "traffic": self.traffic.describe(name)}
             else:
                 backends[name] = {"loaded": False, "reason": self.skipped.get(name) or self.error or "loading"}
         return {"ready": self.ready, "default_backend": self.config.default_backend, "error": self.error,

@@ -51,6 +51,7 @@ from service.inputs import (
     RequestError,
 )
 from service.launch import STOPPED_LINE
+from service.lifecycle import mirror
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 from service.seams import JSONAnswer
@@ -160,6 +161,7 @@ class FashionClassifier:
             outputs = await self.batcher.predict(backend, pixels, score=answer != NPY)
         except OverloadedError as exc:
             return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
+        mirror(self.registry, self.batcher, backend, pixels, outputs.logits)  # shadow traffic (service.shadow)
         if answer == NPY:
             loaded = self.registry.get(backend)
             return records_response(outputs.logits, loaded.name, loaded.manifest["version"],

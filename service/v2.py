@@ -58,8 +58,10 @@ from fashion.contract import (
     check_pixel_values,
     softmax,
 )
+from service import repository
 from service.batcher import Outputs, OverloadedError
 from service.inputs import RequestError, read_body
+from service.lifecycle import mirror
 from service.registry import LoadedBackend, ModelRegistry, lineage, version_key
 from service.serving import Serving, serving_of
 from service.stats import RequestTiming
@@ -154,8 +156,8 @@ def resolve_model(request: Request) -> LoadedBackend:
     if name not in registry.backends:  # one of ours this server does not serve: say why, as the native routes do
         raise V2Error(registry.why_not_loaded(name), 404)
     version = request.path_params.get("version")
-    if version is None:
-        return registry.backends[name]
+    if version is None:  # the serving version, or the canary for its share of requests (service.shadow)
+        return registry.get(registry.pin(name))
     try:
         return registry.get(version_key(name, version))
     except KeyError as exc:
@@ -276,6 +278,7 @@ async def infer(request: Request) -> Response:
         stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
         raise V2Error("inference failed; the server log has the details", 500) from None
     answered = time.perf_counter()
+    mirror(found.registry, found.batcher, version_key(backend.name, backend.version), pixels, result.logits)
     answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
     if "id" in payload:
         answer["id"] = payload["id"]
@@ -494,17 +497,10 @@ VERSION = "/v2/models/{model}/versions/{version}"
 # Full paths, mounted at "/": BentoML's mount does not match the bare "/v2" of server metadata
 # when the app is mounted at "/v2" (it would redirect to "/v2/", which v2 clients do not follow).
 # Inference first: the router tries the routes in order, and nearly every request is an inference.
-def extension_routes() -> list[Route]:
-    """The repository and statistics extensions' routes (service.repository builds on this module's helpers)."""
-    from service.repository import ROUTES
-
-    return ROUTES
-
-
 app = Starlette(routes=[
     *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (MODEL, VERSION)),
     # Before the model routes: "/v2/models/stats" would otherwise name a model called "stats".
-    *extension_routes(),
+    *repository.ROUTES,
     Route("/v2", server_metadata),
     Route("/v2/health/live", server_live),
     Route("/v2/health/ready", server_ready),

@@ -68,11 +68,13 @@ def entered(service_app, env: dict[str, str]):
 
 
 @pytest.fixture(scope="module")
-def client(service_app, keys, golden, hold):
-    """The service with an admin key and an inference key, the golden set, and the batcher's test gate."""
+def client(service_app, keys, golden, hold, tmp_path_factory):
+    """The service with an admin key and an inference key, the golden set, and the batcher's test gate; /metrics
+    reads the metrics folder that `bentoml serve` would make for its workers."""
     yield from entered(service_app, {
         "FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()), "FASHION_BACKENDS": MODEL,
-        "FASHION_GOLDEN_SET": str(golden), "FASHION_BATCH_HOLD_FILE": str(hold)})
+        "FASHION_GOLDEN_SET": str(golden), "FASHION_BATCH_HOLD_FILE": str(hold),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))})
 
 
 def bearer(keys, name: str = "admin") -> dict[str, str]:
@@ -304,3 +306,66 @@ def test_twenty_load_and_unload_cycles_return_their_memory(client, keys, weak):
     for _ in range(19):
         cycle()
     assert resident_bytes() <= 1.1 * after_first, (after_first, resident_bytes())
+
+
+def v2_images(client, keys, images: np.ndarray):
+    body = {"inputs": [{"name": "images", "shape": list(images.shape), "datatype": "UINT8",
+                        "data": images.ravel().tolist()}]}
+    return client.post(f"/v2/models/{MODEL}/infer", json=body, headers=bearer(keys, "infer"))
+
+
+def traffic(client, keys) -> dict:
+    return client.post("/model_info", headers=bearer(keys, "infer")).json()["backends"][MODEL]["traffic"]
+
+
+def test_shadow_agreement_matches_an_offline_comparison_of_the_same_requests(client, keys, weak, exported, dataset):
+    from fashion.servable import load_servable
+
+    old, new = serving_version(client, keys), json.loads((weak / "manifest.json").read_text())["version"]
+    images = dataset.test_images[GOLDEN_IMAGES:GOLDEN_IMAGES + 400]
+    assert load(client, keys, weak, promote=False, accuracy_margin=1).status_code == 200
+    reply = client.post(f"{REPOSITORY}/shadow", json={"parameters": {"version": new, "share": 1}},
+                        headers=bearer(keys))
+    assert reply.status_code == 200 and reply.json()["mode"] == "shadow", reply.text
+    for chunk in np.split(images, 8):
+        answer = v2_images(client, keys, chunk)
+        assert answer.status_code == 200 and answer.json()["model_version"] == old  # the shadow never answers
+    shadowed = wait_until(lambda: (s := traffic(client, keys)["shadow"].get(new)) and s["images"] == len(images)
+                          and s, "the shadow requests to be compared", 120)
+    served = load_servable(exported["torch"], MODEL, "cpu", threads=1).logits(images).argmax(1)
+    candidate = load_servable(weak, MODEL, "cpu", threads=1).logits(images).argmax(1)
+    offline = float((served == candidate).mean())
+    assert offline < 1  # the two versions differ
+    assert abs(shadowed["agreement"] - offline) <= 0.005, (shadowed, offline)
+    assert shadowed["requests"] == 8 and shadowed["failed"] == 0 and shadowed["max_abs_dp"] > 0
+    metrics = client.get("/metrics", headers=bearer(keys)).text
+    agreed = f'fashion_shadow_agreed_images_total{{backend="{MODEL}",version="{new}"}}'
+    assert f"{agreed} {float(round(offline * len(images)))}" in metrics
+    # A promotion ends the mode; so does the rollback after it.
+    assert client.post(f"{REPOSITORY}/promote", json={"parameters": {"version": new}},
+                       headers=bearer(keys)).status_code == 200
+    assert traffic(client, keys)["mode"] is None
+    client.post(f"{REPOSITORY}/rollback", headers=bearer(keys))
+    assert client.post(f"{REPOSITORY}/unload", headers=bearer(keys)).json()["unloaded"] == [new]
+
+
+def test_a_canary_answers_its_share_of_the_requests_that_name_no_version(client, keys, weak):
+    old, new = serving_version(client, keys), json.loads((weak / "manifest.json").read_text())["version"]
+    assert load(client, keys, weak, promote=False, accuracy_margin=1).status_code == 200
+
+    def canary(share: float) -> None:
+        reply = client.post(f"{REPOSITORY}/canary", json={"parameters": {"version": new, "share": share}},
+                            headers=bearer(keys))
+        assert reply.status_code == 200, reply.text
+
+    canary(1)
+    assert {classify(client, keys) for _ in range(5)} == {new}
+    assert {infer(client, keys).json()["model_version"] for _ in range(5)} == {new}
+    assert classify(client, keys, old) == old  # a pinned request is not the canary's
+    canary(0)
+    assert traffic(client, keys)["mode"] is None and classify(client, keys) == old
+    refused = client.post(f"{REPOSITORY}/canary", json={"parameters": {"version": old}}, headers=bearer(keys))
+    assert refused.status_code == 409 and refused.json()["reason"] == "serving"
+    canary(1)
+    assert client.post(f"{REPOSITORY}/unload", headers=bearer(keys)).json()["unloaded"] == [new]
+    assert traffic(client, keys)["mode"] is None and classify(client, keys) == old  # the unload ended it
