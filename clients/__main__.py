@@ -1,4 +1,5 @@
-"""Command line for the service: ``python -m clients classify IMAGE...`` and ``python -m clients batch INPUT``.
+"""Command line for the service: ``python -m clients classify IMAGE...``, ``python -m clients batch INPUT`` and
+``python -m clients models list|load|promote|rollback|unload`` (clients.models).
 
 Exit codes of ``batch``: 0 every input classified; 1 finished, but some inputs
 failed (see the error report); 2 the job failed (service unreachable, too many
@@ -19,6 +20,8 @@ import httpx
 from clients.batch import EXIT_FAILED, JobConfig, JobError, Stages, answers_from_records, run_job
 from clients.client import API_KEY_ENV, FashionClient, RetryPolicy, ServiceError
 from clients.formats import FORMATS
+from clients.models import add_parser as add_models_parser
+from clients.models import run as run_models
 from clients.sources import SourceError, open_source
 from fashion.backends import BACKENDS
 
@@ -177,6 +180,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     many.add_argument("--ray-workers", type=int, default=None, help="with --engine ray: actors (default: one a CPU)")
     many.add_argument("--shard-size", type=int, default=8192,
                       help="with --engine ray: image files per shard (each array file is one shard)")
+    add_models_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "batch" and args.out.suffix not in FORMATS:
         parser.error(f"--out must end in {', '.join(FORMATS)}")
@@ -189,6 +193,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "models":
+        return run_models(args)
     return cmd_classify(args) if args.command == "classify" else cmd_batch(args)
 
 

@@ -9,7 +9,9 @@ made by ``python -m service.auth new-key --scopes inference,tasks --rate 50/s`` 
 the line). The lines come from ``FASHION_API_KEYS_FILE`` or ``FASHION_API_KEYS`` (service.config).
 
 Scopes, by route (:func:`required_scope`): ``inference`` (classify, v2 inference and metadata, parity,
-/model_info, and any route not named below), ``tasks`` (the dataset task routes), ``admin`` (/metrics). Open to
+/model_info, and any route not named below), ``tasks`` (the dataset task routes), ``admin`` (/metrics, and the
+model repository routes under ``/v2/repository/``, which exist only when a key with this scope is configured:
+service.repository). Open to
 all: the probes, the OpenAPI page and schema, the web page's files.
 
 A request carries its key as ``Authorization: Bearer <key>`` (what BentoML's ``SyncHTTPClient(url, token=...)``
@@ -46,7 +48,8 @@ OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/healthz", "/v2/health/live",
                         "/schema.json", "/ui"})
 OPEN_PREFIXES = ("/ui/", "/static_content/")
 SCOPE_OF_PATH = {"/metrics": "admin"}
-SCOPE_PREFIXES = (("/classify_dataset/", "tasks"),)
+# The model repository routes load, promote and unload model versions (service.repository).
+SCOPE_PREFIXES = (("/classify_dataset/", "tasks"), ("/v2/repository/", "admin"))
 PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
 CHALLENGE = b'Bearer realm="fashion-serve"'
 

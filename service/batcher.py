@@ -29,6 +29,7 @@ is dropped before it reaches the model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -52,12 +53,18 @@ class Outputs:
 
     logits: np.ndarray
     scores: np.ndarray | None = None
+    # Seconds the job waited for its model call, and the call's own seconds (the statistics of service.stats).
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    # Which model call computed the rows (a count per batcher): requests of one call share it.
+    execution: int = 0
 
     def __len__(self) -> int:
         return len(self.logits)
 
     def __getitem__(self, rows: slice) -> Outputs:
-        return Outputs(self.logits[rows], None if self.scores is None else self.scores[rows])
+        return Outputs(self.logits[rows], None if self.scores is None else self.scores[rows], self.queue_s,
+                       self.compute_s, self.execution)
 
 
 class OverloadedError(RuntimeError):
@@ -121,6 +128,7 @@ class MicroBatcher:
         self.alone = alone
         self.inline_images = inline_images
         self.running = False  # a batch is in the model thread
+        self.executions = 0  # model calls so far (Outputs.execution)
         # One thread runs every model call, so runtimes may use all cores without oversubscribing them.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._wake: asyncio.Event | None = None
@@ -158,7 +166,10 @@ class MicroBatcher:
         series = metrics()
         series["wait"].observe(0.0)
         series["batch"].observe(len(pixels))
-        return self.run_batch(backend, pixels, score)
+        start = self.clock()
+        outputs = self.run_batch(backend, pixels, score)
+        self.executions += 1
+        return timed(outputs, compute_s=self.clock() - start, execution=self.executions)
 
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
@@ -222,6 +233,8 @@ class MicroBatcher:
         self.running = True
         try:
             answers = await loop.run_in_executor(self._executor, run_jobs, self.run_batch, jobs)
+            compute_s = self.clock() - now
+            self.executions += 1
         except Exception as exc:  # a model failure fails this batch's requests, never the worker
             for job in jobs:
                 if not job.future.done():
@@ -231,7 +244,8 @@ class MicroBatcher:
             self.running = False
         for job, answer in zip(jobs, answers, strict=True):
             if not job.future.done():
-                job.future.set_result(answer)
+                job.future.set_result(timed(answer, queue_s=now - job.enqueued, compute_s=compute_s,
+                                            execution=self.executions))
 
     def close(self) -> None:
         """Stop the worker; queued requests are cancelled."""
@@ -240,6 +254,12 @@ class MicroBatcher:
         for job in self.queue:
             job.future.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def timed(answer: Outputs, **times: float | int) -> Outputs:
+    """``answer`` with its wait, model call and call number (Outputs' timing fields); a stand-in model's bare
+    logits (the batcher's unit tests) pass unchanged."""
+    return dataclasses.replace(answer, **times) if isinstance(answer, Outputs) else answer
 
 
 def run_jobs(run_batch: RunBatch, jobs: list[Job]) -> list[Outputs]:

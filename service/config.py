@@ -82,7 +82,8 @@ class ServiceConfig:
     ``FASHION_FRAMING`` (``dataset`` or ``legacy``: how uploads are framed, see docs/inputs.md),
     ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, fashion.metrics),
     ``FASHION_API_KEYS_FILE`` or ``FASHION_API_KEYS`` (API key lines, service.auth; neither: no keys, every route
-    open, as before keys existed), and the task limits of :class:`TaskLimits`.
+    open, as before keys existed), ``FASHION_GOLDEN_SET`` and ``FASHION_GATE_MARGIN`` (the accuracy gate of a
+    version loaded at runtime, service.lifecycle), and the task limits of :class:`TaskLimits`.
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
     """
 
@@ -118,6 +119,11 @@ class ServiceConfig:
     not_installed: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Salted hashes of the API keys (service.auth); empty: no keys, nothing checked.
     api_keys: tuple[KeyEntry, ...] = ()
+    # Loading a new version at runtime (service.lifecycle): the golden set its accuracy is judged on
+    # (FASHION_GOLDEN_SET, an .npz of ``images`` and ``labels``; unset: the bundled sample images) and how far below
+    # the serving version's accuracy it may be (FASHION_GATE_MARGIN, a fraction: 0.01 is one point).
+    golden_set: str | None = None
+    gate_margin: float = 0.01
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -144,6 +150,8 @@ class ServiceConfig:
             raise ConfigError(f"FASHION_GRPC_PORT must be a port number, or 0 for off; got {self.grpc_port}")
         if self.queue_budget_ms < 0:
             raise ConfigError("the queue budget must be 0 (no limit) or positive")
+        if not 0 <= self.gate_margin <= 1:
+            raise ConfigError(f"FASHION_GATE_MARGIN must be a fraction from 0 to 1, not {self.gate_margin}")
         if not self.parity_tolerance >= 0:
             raise ConfigError(f"the parity tolerance must be 0 or positive, not {self.parity_tolerance}")
 
@@ -203,6 +211,8 @@ class ServiceConfig:
                 parity_tolerance=float(env.get("FASHION_PARITY_TOLERANCE", cls.parity_tolerance)),
                 not_installed=not_installed,
                 api_keys=read_api_keys(env),
+                golden_set=env.get("FASHION_GOLDEN_SET") or None,
+                gate_margin=float(env.get("FASHION_GATE_MARGIN", cls.gate_margin)),
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc

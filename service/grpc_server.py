@@ -48,6 +48,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fashion.contract import INPUT_NAME, NUM_CLASSES, ContractError, check_pixel_values
 from service.batcher import OverloadedError
 from service.protocol import open_inference_pb2 as pb
+from service.registry import version_key
 from service.serving import Serving
 from service.v2 import (
     EXTENSIONS,
@@ -311,13 +312,14 @@ class InferenceServicer:
         outputs = requested_outputs(request, backend.detector is not None)
         scored = backend.detector is not None and any(name in (OOD_SCORE, IN_DISTRIBUTION) for name, _ in outputs)
         try:
-            result = await self.serving.batcher.predict(backend.name, pixels, score=scored)
+            result = await self.serving.batcher.predict(version_key(backend.name, backend.version), pixels,
+                                                        score=scored)
         except OverloadedError as exc:
             raise StatusError("RESOURCE_EXHAUSTED", str(exc), RETRY_AFTER_S) from None
         except Exception:  # a model failure: the server's fault, the details in the log
             log.exception("gRPC inference on %s failed", backend.name)
             raise StatusError("INTERNAL", "inference failed; the server log has the details") from None
-        response = pb.ModelInferResponse(model_name=backend.name, model_version=backend.manifest["version"],
+        response = pb.ModelInferResponse(model_name=backend.name, model_version=backend.version,
                                          id=request.id)
         for name, class_count in outputs:
             values = output_values(name, result, backend)

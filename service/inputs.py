@@ -115,9 +115,11 @@ def parse_framing(value: Any, config: ServiceConfig) -> str:
     return value
 
 
-def check_loaded(backend: str, registry: ModelRegistry) -> str:
-    """Refuse, while parsing, a backend this server has not loaded (the one place, for every endpoint).
+def check_loaded(backend: str, registry: ModelRegistry, version: str | None = None) -> str:
+    """Refuse, while parsing, a backend this server has not loaded (the one place, for every endpoint), or a
+    ``?version=`` it has not loaded (404); return the key of the version that will answer (service.registry.pin).
 
+    The key pins the request: a version promoted while it is in flight does not change what answers it.
     A server that is not ready never gets here: admission answers 503 first (service.admission).
     """
     if not registry.ready:
@@ -126,7 +128,10 @@ def check_loaded(backend: str, registry: ModelRegistry) -> str:
         registry.get(backend)
     except KeyError as exc:
         raise RequestError(str(exc.args[0]), 400) from None
-    return backend
+    try:
+        return registry.pin(backend, version or None)
+    except KeyError as exc:
+        raise RequestError(str(exc.args[0]), 404) from None
 
 
 def _content_type(request: Request) -> str:
@@ -252,7 +257,8 @@ class ImageUpload(bentoml.IODescriptor):
         found = serving(request)
         files, fields = await read_image_files(request, found.config)
         option = {name: request.query_params.get(name) or form_value(fields.get(name)) for name in UPLOAD_OPTIONS}
-        backend = check_loaded(parse_backend(option["backend"], found.config), found.registry)
+        backend = check_loaded(parse_backend(option["backend"], found.config), found.registry,
+                               request.query_params.get("version"))
         top_k, return_input = parse_top_k(option["top_k"]), parse_flag("return_input", option["return_input"])
         framing = parse_framing(option["framing"], found.config)
         return cls.model_construct(images=await decode_files(files, framing), backend=backend, top_k=top_k,
@@ -289,7 +295,8 @@ class PixelArray(bentoml.IODescriptor):
         pixels, backend = parse_pixel_body(body, _content_type(request), request.query_params.get("backend"),
                                            found.config.max_images)
         return cls.model_construct(pixels=pixels, backend=check_loaded(parse_backend(backend, found.config),
-                                                                       found.registry))
+                                                                       found.registry,
+                                                                       request.query_params.get("version")))
 
 
 def parse_pixel_body(body: bytes, content_type: str, backend: str | None, max_images: int,

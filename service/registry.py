@@ -19,8 +19,27 @@ from fashion.samples import sample_images
 from fashion.servable import Servable, load_servable
 from service.batcher import Outputs
 from service.config import ServiceConfig
+from service.shadow import Traffic
+from service.stats import ModelStats
 
 log = logging.getLogger("bentoml.fashion_serve")
+
+# Between a backend's name and a version in a key that names one loaded version: ``onnx-torch@6fd9a669fad08c74``.
+# Requests carry such a key from the moment they are parsed (:meth:`ModelRegistry.pin`), so a request in flight
+# when another version is promoted finishes on the one it started on.
+VERSION_SEPARATOR = "@"
+
+
+def version_key(name: str, version: str) -> str:
+    """The key of one loaded version of backend ``name``."""
+    return f"{name}{VERSION_SEPARATOR}{version}"
+
+
+def lineage(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Where a version comes from: its training run, preset, metrics and export time (from its manifest)."""
+    return {"version": manifest["version"], "model": manifest["name"], "run": manifest.get("run"),
+            "preset": manifest.get("preset"), "seed": manifest.get("seed"),
+            "test_accuracy": manifest.get("source_test_accuracy"), "exported": manifest.get("created")}
 
 
 class WarmupError(RuntimeError):
@@ -71,7 +90,20 @@ class ModelRegistry:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
+        # The version each backend serves, by backend name. Replaced whole, never changed in place, when a version
+        # is promoted (service.lifecycle): a reader sees the old map or the new one.
         self.backends: dict[str, LoadedBackend] = {}
+        # Every loaded version per backend, oldest first: the serving one, a candidate, the one a rollback returns to.
+        self.versions: dict[str, dict[str, LoadedBackend]] = {}
+        # The version each backend served before its last promotion (what a rollback returns to).
+        self.previous: dict[str, str] = {}
+        # Versions unloaded but maybe still answering a request that was pinned to them (service.lifecycle drains
+        # them before they are dropped).
+        self.draining: dict[str, LoadedBackend] = {}
+        # Inference statistics per version, in Triton's format (service.stats).
+        self.stats = ModelStats()
+        # Shadow and canary modes of a candidate version, and what shadowing showed (service.shadow).
+        self.traffic = Traffic()
         self.skipped: dict[str, str] = {}
         self.error: str | None = None
         self.ready = False
@@ -101,6 +133,7 @@ class ModelRegistry:
                 backend = LoadedBackend.of(servable, requested[name])
                 warm[name] = self.warm_up(backend, samples)
                 self.backends[name] = backend
+                self.versions[name] = {backend.version: backend}
                 log.info("backend %s ready: %s", name, backend.predictor.describe())
             self.check_parity(warm)
             if before_ready:
@@ -144,11 +177,77 @@ class ModelRegistry:
         return {name: Identity.of(name, backend.manifest) for name, backend in self.backends.items()}
 
     def get(self, name: str | None) -> LoadedBackend:
-        """A loaded backend by name (``None``: the default). Raises KeyError with :meth:`why_not_loaded`."""
-        name = name or self.config.default_backend
+        """A loaded backend by name (``None``: the default), serving version, or one version by its key
+        (:func:`version_key`). Raises KeyError with :meth:`why_not_loaded` or :meth:`why_no_version`."""
+        name, _, version = (name or self.config.default_backend).partition(VERSION_SEPARATOR)
         if name not in self.backends:
             raise KeyError(self.why_not_loaded(name))
-        return self.backends[name]
+        if not version:
+            return self.backends[name]
+        found = self.versions.get(name, {}).get(version) or self.draining.get(version_key(name, version))
+        if found is None:
+            raise KeyError(self.why_no_version(name, version))
+        return found
+
+    def pin(self, name: str | None, version: str | None = None) -> str:
+        """The key of the version that answers a request for backend ``name``: ``version`` when given, else the
+        canary when this request falls in its share (service.shadow), else the one serving now. Raises KeyError as
+        :meth:`get`."""
+        name = name or self.config.default_backend
+        backend = self.get(name)
+        if version:  # a loaded version, never one being drained after its unload
+            if version not in self.versions.get(name, {}):
+                raise KeyError(self.why_no_version(name, version))
+            return version_key(name, version)
+        canary = self.traffic.chosen(backend.name, "canary")
+        if canary is not None and canary in self.versions.get(backend.name, {}):
+            return version_key(backend.name, canary)
+        return version_key(backend.name, backend.version)
+
+    def why_no_version(self, name: str, version: str) -> str:
+        """The one message for a version of a loaded backend that is not loaded, naming the ones that are."""
+        return (f"backend {name!r} has no loaded version {version[:64]!r}; loaded: {list(self.versions.get(name, {}))}"
+                f", serving {self.backends[name].version!r}")
+
+    def add_version(self, backend: LoadedBackend) -> None:
+        """Keep ``backend`` loaded beside the serving version: pinnable by its key, not yet answering others."""
+        self.versions[backend.name] = {**self.versions.get(backend.name, {}), backend.version: backend}
+
+    def promote(self, name: str, version: str) -> str:
+        """Make ``version`` (loaded) the one backend ``name`` serves; return the version it replaces.
+
+        One assignment of a new map: requests parsed before it keep the key of the version they were pinned to.
+        """
+        backend = self.get(version_key(name, version))
+        replaced = self.backends[name].version
+        if replaced != version:
+            self.previous[name] = replaced
+        self.backends = {**self.backends, name: backend}
+        self.traffic.end(name)  # a promotion or a rollback ends shadow and canary modes
+        return replaced
+
+    def remove_version(self, name: str, version: str) -> LoadedBackend:
+        """Stop routing to ``version`` of backend ``name`` (not the serving one); it drains in :attr:`draining`
+        until :meth:`drop` releases it.
+
+        Raises:
+            KeyError: no such loaded version.
+            ValueError: it is the serving version.
+        """
+        backend = self.get(version_key(name, version))
+        if self.backends[name].version == version:
+            raise ValueError(f"version {version!r} is the one backend {name!r} serves: promote or roll back to "
+                             "another version before unloading it")
+        self.versions[name] = {v: b for v, b in self.versions[name].items() if v != version}
+        self.traffic.end(name, version)
+        if self.previous.get(name) == version:
+            del self.previous[name]
+        self.draining[version_key(name, version)] = backend
+        return backend
+
+    def drop(self, name: str, version: str) -> None:
+        """Forget a drained version (its memory goes with the last reference)."""
+        self.draining.pop(version_key(name, version), None)
 
     def why_not_loaded(self, name: str) -> str:
         """The one message for a backend this server does not serve, naming the ones it does."""
@@ -197,11 +296,14 @@ class ModelRegistry:
         return answers
 
     def info(self) -> dict[str, Any]:
-        """Per configured backend: loaded or not, device/providers, version, checksums, accuracy."""
+        """Per configured backend: loaded or not, device/providers, version, checksums, accuracy, and every loaded
+        version with its lineage."""
         backends = {}
         for name in self.config.backends:
             if name in self.backends:
-                backends[name] = self.backends[name].info()
+                backends[name] = {**self.backends[name].info(), "versions": self.loaded_versions(name),
+                                  "previous_version": self.previous.get(name),
+                                  "traffic": self.traffic.describe(name)}
             else:
                 backends[name] = {"loaded": False, "reason": self.skipped.get(name) or self.error or "loading"}
         return {"ready": self.ready, "default_backend": self.config.default_backend, "error": self.error,
@@ -210,3 +312,9 @@ class ModelRegistry:
                 # What this environment can run at all (the Bento's profile, docs/deploy.md), and why not the rest.
                 "installed_backends": list(self.config.installed),
                 "not_installed": {name: self.config.why_not_installed(name) for name, _ in self.config.not_installed}}
+
+    def loaded_versions(self, name: str) -> list[dict[str, Any]]:
+        """Every loaded version of backend ``name``, oldest first: its lineage and whether it serves."""
+        serving = self.backends[name].version
+        return [{**lineage(backend.manifest), "serving": version == serving, "sha256": backend.artifact["sha256"]}
+                for version, backend in self.versions.get(name, {}).items()]

@@ -52,6 +52,7 @@ from service.inputs import (
     PixelArray,
     RequestError,
 )
+from service.lifecycle import mirror
 from service.parity import check_loaded_backends
 from service.registry import ModelRegistry
 from service.seams import JSONAnswer
@@ -187,9 +188,10 @@ class FashionClassifier:
             outputs = await self.batcher.predict(backend, pixels, score=answer != NPY)
         except OverloadedError as exc:
             return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
+        mirror(self.registry, self.batcher, backend, pixels, outputs.logits)  # shadow traffic (service.shadow)
         if answer == NPY:
             loaded = self.registry.get(backend)
-            return records_response(outputs.logits, backend, loaded.manifest["version"],
+            return records_response(outputs.logits, loaded.name, loaded.manifest["version"],
                                     temperature=loaded.temperature)
         return self.registry.describe(backend, outputs.logits, top_k, pixels if return_input else None,
                                       outputs.scores)

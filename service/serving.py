@@ -9,6 +9,7 @@ routes and the task routes take it from there (:func:`serving_of`) rather than l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from service.auth import KeyRing
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
+from service.lifecycle import Lifecycle
 from service.registry import ModelRegistry
 from service.task_board import TaskBoard
 
@@ -80,6 +82,16 @@ class Serving:
         """``None`` once every configured backend has loaded and warmed up; else why not (loading, or the error
         that stopped loading)."""
         return None if self.registry.ready else self.registry.error or "loading"
+
+    @functools.cached_property
+    def lifecycle(self) -> Lifecycle:
+        """Loads, promotions and unloads of model versions (service.lifecycle), made on first use."""
+        return Lifecycle(self.config, self.registry, self.batcher)
+
+    @property
+    def management_open(self) -> bool:
+        """The management routes exist only when a key with the ``admin`` scope is configured (SECURITY.md)."""
+        return self.keys is not None and any("admin" in entry.scopes for entry in self.keys.entries.values())
 
 
 def attach(scope: dict[str, Any], serving: Serving) -> None:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import struct
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -57,15 +58,18 @@ from fashion.contract import (
     check_pixel_values,
     softmax,
 )
+from service import repository
 from service.batcher import Outputs, OverloadedError
 from service.inputs import RequestError, read_body
-from service.registry import LoadedBackend, ModelRegistry
+from service.lifecycle import mirror
+from service.registry import LoadedBackend, ModelRegistry, lineage, version_key
 from service.serving import Serving, serving_of
+from service.stats import RequestTiming
 
 log = logging.getLogger("bentoml.fashion_serve")
 
 SERVER_NAME = "fashion-serve"
-EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics")
 PROBABILITIES = "probabilities"
 # "Not clothing" (fashion.ood): a 0-1 score per image and whether it reaches the model's validated threshold.
 OOD_SCORE, IN_DISTRIBUTION = "ood_score", "in_distribution"
@@ -158,11 +162,12 @@ def find_model(registry: ModelRegistry, name: str, version: str | None) -> Loade
         raise V2Error(f"unknown model {name[:64]!r}; models here: {sorted(registry.backends)}", 404)
     if name not in registry.backends:  # one of ours this server does not serve: say why, as the native routes do
         raise V2Error(registry.why_not_loaded(name), 404)
-    backend = registry.backends[name]
-    if version is not None and version != backend.manifest["version"]:
-        raise V2Error(f"model {name!r} has no version {version[:64]!r}; "
-                      f"it serves version {backend.manifest['version']!r}", 404)
-    return backend
+    if version is None:  # the serving version, or the canary for its share of requests (service.shadow)
+        return registry.get(registry.pin(name))
+    try:
+        return registry.get(version_key(name, version))
+    except KeyError as exc:
+        raise V2Error(str(exc.args[0]), 404) from None
 
 
 async def server_live(request: Request) -> Response:
@@ -191,7 +196,7 @@ async def list_models(request: Request) -> Response:
 
 
 def index_models(registry: ModelRegistry) -> list[dict[str, str]]:
-    """One repository index entry per known backend, the loaded ones first."""
+    """One repository index entry per known backend (its serving version), the loaded ones first."""
     ready = [{"name": name, "version": backend.manifest["version"], "state": "READY", "reason": ""}
              for name, backend in registry.backends.items()]
     return ready + [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": registry.why_not_loaded(name)}
@@ -208,7 +213,13 @@ async def model_ready(request: Request) -> Response:
 @answers_errors
 async def model_metadata(request: Request) -> Response:
     """The model's version, platform, input and outputs."""
-    return JSONResponse(describe_model(resolve_model(request)))
+    registry = serving(request).registry
+    backend = resolve_model(request)
+    versions = registry.versions.get(backend.name, {backend.version: backend})
+    return JSONResponse({**describe_model(backend), "versions": list(versions),
+                         # Not in the specification: where each loaded version comes from, and which one serves.
+                         "lineage": [{**lineage(v.manifest), "serving": v is registry.backends[backend.name]}
+                                     for v in versions.values()]})
 
 
 @answers_errors
@@ -248,9 +259,12 @@ def describe_model(backend: LoadedBackend) -> dict[str, Any]:
 
 @answers_errors
 async def infer(request: Request) -> Response:
-    """Run the batch through the shared batcher and answer the outputs asked for."""
+    """Run the batch through the shared batcher and answer the outputs asked for, on the version resolved when the
+    request started (a promotion meanwhile does not change it); its times go to the statistics (service.stats)."""
+    started = time.perf_counter()
     backend = resolve_model(request)
-    config = serving(request).config
+    found = serving(request)
+    config = found.config
     header, binary = split_body(await read_request(request, config.max_body_bytes), request.headers.get(HEADER_LENGTH))
     payload = parse_header(header)
     pixels = read_input(payload["inputs"], binary, config.max_images)
@@ -258,17 +272,28 @@ async def infer(request: Request) -> Response:
     if backend.detector is None and "outputs" not in payload:  # a model exported before the detector existed
         outputs = [o for o in outputs if o.name not in (OOD_SCORE, IN_DISTRIBUTION)]
     scored = backend.detector is not None and any(o.name in (OOD_SCORE, IN_DISTRIBUTION) for o in outputs)
+    parsed = time.perf_counter()
+    stats = found.registry.stats
     try:
-        result = await serving(request).batcher.predict(backend.name, pixels, score=scored)
+        result = await found.batcher.predict(version_key(backend.name, backend.version), pixels, score=scored)
     except OverloadedError as exc:
+        stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
         raise V2Error(str(exc), 503) from None
     except Exception:  # a model failure: JSON like every other error, the details in the log
         log.exception("v2 inference on %s failed", backend.name)
+        stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
         raise V2Error("inference failed; the server log has the details", 500) from None
+    answered = time.perf_counter()
+    mirror(found.registry, found.batcher, version_key(backend.name, backend.version), pixels, result.logits)
     answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
     if "id" in payload:
         answer["id"] = payload["id"]
-    return encode_response(answer, [output_tensor(output, result, backend) for output in outputs])
+    response = encode_response(answer, [output_tensor(output, result, backend) for output in outputs])
+    done = time.perf_counter()
+    stats.record_success(backend.name, backend.version, RequestTiming(
+        len(pixels), done - started, parsed - started, result.queue_s, result.compute_s, done - answered,
+        result.execution))
+    return response
 
 
 async def read_request(request: Request, limit: int) -> bytes:
@@ -490,6 +515,8 @@ VERSION = "/v2/models/{model}/versions/{version}"
 # Inference first: the router tries the routes in order, and nearly every request is an inference.
 app = Starlette(routes=[
     *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (MODEL, VERSION)),
+    # Before the model routes: "/v2/models/stats" would otherwise name a model called "stats".
+    *repository.ROUTES,
     Route("/v2", server_metadata),
     Route("/v2/health/live", server_live),
     Route("/v2/health/ready", server_ready),

@@ -71,6 +71,20 @@ def exported(quick_runs, dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def weak_export(dataset, tmp_path_factory):
+    """Another version of the PyTorch model (600 images, 1 epoch, seed 1, no int8): it passes its checksums, warm-up
+    and parity, and is less accurate than the quick run's; for loading versions at runtime (service.lifecycle)."""
+    from export.pipeline import ExportConfig, export_run
+    from training.config import get_preset
+    from training.run import train_run
+
+    out = tmp_path_factory.mktemp("weak")
+    run = train_run("torch", "best", get_preset("best", epochs=1, limit=600, seed=1), out=out / "runs",
+                    data=dataset, progress=False)
+    return export_run(run, dataset, out / "artifacts", ExportConfig(quantize=False))
+
+
+@pytest.fixture(scope="session")
 def batch_hold(tmp_path_factory):
     """The session server's batcher gate (FASHION_BATCH_HOLD_FILE): see tests.helpers.held_batcher."""
     return tmp_path_factory.mktemp("batch-gate") / "hold"

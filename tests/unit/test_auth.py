@@ -91,7 +91,9 @@ def test_keys_come_from_a_file_or_a_variable_and_a_set_but_empty_one_fails_close
     ("/classify", "inference"), ("/classify_array", "inference"), ("/parity", "inference"),
     ("/model_info", "inference"), ("/v2/models/onnx-torch/infer", "inference"), ("/v2", "inference"),
     ("/anything-new", "inference"), ("/classify_dataset/submit", "tasks"), ("/classify_dataset/get", "tasks"),
-    ("/metrics", "admin"), ("/livez", None), ("/readyz", None), ("/healthz", None), ("/v2/health/ready", None),
+    ("/metrics", "admin"), ("/v2/repository/index", "admin"), ("/v2/repository/models/onnx-torch/load", "admin"),
+    ("/v2/models/onnx-torch/stats", "inference"), ("/livez", None), ("/readyz", None), ("/healthz", None),
+    ("/v2/health/ready", None),
     ("/v2/health/live", None), ("/ui/", None), ("/ui/app.js", None), ("/docs.json", None), ("/", None),
 ])
 def test_each_route_needs_its_scope_and_the_probes_none(path, scope):
