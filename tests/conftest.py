@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def pytest_configure(config):
+    """One Prometheus metrics folder for the session, set before any test imports prometheus_client: the client
+    chooses at import whether values go to files (what BentoML's /metrics reads) or stay in memory, and a test that
+    records a metric first (the gRPC server's, say) would otherwise leave every later /metrics empty."""
+    if METRICS_DIR not in os.environ:
+        os.environ[METRICS_DIR] = config._fashion_metrics = tempfile.mkdtemp(prefix="fashion-test-metrics-")
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_fashion_metrics", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+        os.environ.pop(METRICS_DIR, None)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -108,7 +127,7 @@ def server(exported, bentoml_home, tmp_path_factory, batch_hold):
 
 
 @pytest.fixture(scope="session")
-def service_app(exported, bentoml_home, tmp_path_factory):
+def service_app(exported, bentoml_home):
     """The service's ASGI app (``FashionClassifier.to_asgi()``) over the quickly trained models, built once.
 
     BentoML registers its Prometheus metrics in the process-wide registry when an app first starts, so a second app
@@ -116,8 +135,7 @@ def service_app(exported, bentoml_home, tmp_path_factory):
     own (tests.asgi.in_process); every entry creates a new service instance, which reads its settings
     (``FASHION_*``) from the environment then.
 
-    The metrics folder that ``bentoml serve`` makes for its workers is one for the whole session: this process
-    writes its series to the folder set when it first records one, and /metrics reads the folder set now.
+    The metrics folder is the session's (:func:`pytest_configure`), as ``bentoml serve`` makes one for its workers.
     """
     from export.store import register_model
 
@@ -125,10 +143,4 @@ def service_app(exported, bentoml_home, tmp_path_factory):
         register_model(model_dir)
     from service.service import FashionClassifier
 
-    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path_factory.mktemp("metrics"))
-    yield FashionClassifier.to_asgi()
-    if previous is None:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+    return FashionClassifier.to_asgi()

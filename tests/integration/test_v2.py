@@ -285,7 +285,7 @@ def test_tritonclient_raises_with_the_server_message(http):
     assert caught.value.status() == "400" and "datatype UINT8" in caught.value.message()
     with pytest.raises(InferenceServerException) as caught:
         triton_get(http, model_path("onnx-torch", "0"))
-    assert caught.value.status() == "404" and "no version '0'" in caught.value.message()
+    assert caught.value.status() == "404" and "no loaded version '0'" in caught.value.message()
 
 
 def test_v2_and_native_requests_share_the_batcher(http, pixels, batch_gate):
