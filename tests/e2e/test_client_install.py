@@ -18,8 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMEWORKS = ("torch", "tensorflow", "onnxruntime", "bentoml")
-SOURCE_PARTS = ("pyproject.toml", "README.md", "fashion", "training", "export", "service", "clients", "benchmark",
-                "reliability")
+SOURCE_PARTS = ("pyproject.toml", "README.md", "fashion", "training", "export", "service", "clients", "benchmark")
 INSTALL_TIMEOUT_S = 900  # a cold pip cache downloads numpy, pillow and httpx: seconds, not minutes
 
 
