@@ -34,8 +34,8 @@ class OnnxPredictor:
 def onnx_schema():
     """ONNX's generated protobuf module (``ModelProto``, ``TensorProto``), without importing the ``onnx`` package.
 
-    The package's import loads ml_dtypes, which took longer than the rest of the ``onnx`` Bento's start put
-    together (results/bento-profiles-*.md); checking a model needs only the message schema. Protobuf keeps one
+    The package's import loads ml_dtypes, the slowest import of the ``onnx`` Bento's start (docs/deploy.md,
+    "Profiles"); checking a model needs only the message schema. Protobuf keeps one
     class per message type, so the ``onnx`` package, if imported later, shares these classes.
     """
     package = importlib.util.find_spec("onnx")
