@@ -13,6 +13,10 @@ from typing import TypeVar
 import numpy as np
 
 from benchmark.harness import Server, free_port, start
+from fashion.backends import BACKENDS, load_artifact
+from fashion.contract import preprocess, softmax, temperature_of
+from fashion.imaging import decode_image
+from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
 
 T = TypeVar("T")
@@ -67,6 +71,19 @@ def held_batcher(hold: Path) -> Iterator[None]:
         yield
     finally:
         hold.unlink(missing_ok=True)
+
+
+def model_dir(exported, backend: str) -> Path:
+    """The exported model folder that serves ``backend``."""
+    return exported["torch" if BACKENDS[backend].model.endswith("torch") else "tf"]
+
+
+def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
+    """The ten probabilities the exported artifact gives this image, computed here without the service."""
+    spec = BACKENDS[backend]
+    predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
+    temperature = temperature_of(read_manifest(model_dir(exported, backend)))  # served probabilities are calibrated
+    return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
 
 
 def npy(array, allow_pickle: bool = False) -> bytes:

@@ -13,27 +13,16 @@ import httpx
 import numpy as np
 import pytest
 
-from fashion.backends import BACKENDS, load_artifact
-from fashion.contract import CLASS_NAMES, preprocess, softmax, temperature_of
+from fashion.backends import BACKENDS
+from fashion.contract import CLASS_NAMES
 from fashion.imaging import decode_image
 from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
+from tests.helpers import model_dir, offline_probabilities
 from tests.screenshots import DESKTOP, PHONE, find_chromium, load, open_page, show_example
 
 REPO = Path(__file__).resolve().parents[2]
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]
-
-
-def model_dir(exported, backend: str) -> Path:
-    return exported["torch" if BACKENDS[backend].model.endswith("torch") else "tf"]
-
-
-def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
-    """The ten probabilities the exported artifact gives this image, computed here without the service."""
-    spec = BACKENDS[backend]
-    predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
-    temperature = temperature_of(read_manifest(model_dir(exported, backend)))  # served probabilities are calibrated
-    return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
 
 
 # ---------- the page in a real browser ----------

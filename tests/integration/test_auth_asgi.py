@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from service.auth import new_key
+from tests.asgi import in_process
 from tests.helpers import npy, wait_until
 
 # name: (scopes, rate, burst)
@@ -57,28 +58,9 @@ def keys():
 @pytest.fixture(scope="module")
 def client(service_app, keys):
     """The service with the keys of :data:`KEYS` (read when the TestClient starts it), the session's models."""
-    import os
-
-    from starlette.testclient import TestClient
-
-    # /metrics reads the session's metrics folder (tests/conftest.py's service_app).
     env = {"FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()), "FASHION_BACKENDS": "onnx-torch"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    from _bentoml_impl.tasks.result import Sqlite3Store
-
-    Sqlite3Store.init_db(str(store_path()))  # as `bentoml serve` does before it starts a worker
-    try:
-        with TestClient(service_app) as test_client:
-            wait_until(lambda: test_client.get("/readyz").status_code == 200, "the in-process service to be ready",
-                       300, interval=0.25)
-            yield test_client
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with in_process(service_app, env) as test_client:
+        yield test_client
 
 
 def store_path() -> Path:

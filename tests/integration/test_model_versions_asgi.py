@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.auth import new_key
+from tests.asgi import in_process
 from tests.helpers import held_batcher, npy, queued_jobs, wait_until
 
 MODEL = "onnx-torch"
@@ -48,31 +49,13 @@ def hold(tmp_path_factory):
     return tmp_path_factory.mktemp("hold") / "hold"
 
 
-def entered(service_app, env: dict[str, str]):
-    """The app entered with ``env`` set (the service reads it as it starts); the environment restored after."""
-    from starlette.testclient import TestClient
-
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        with TestClient(service_app) as client:
-            wait_until(lambda: client.get("/readyz").status_code == 200, "the in-process service to be ready", 300,
-                       interval=0.25)
-            yield client
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @pytest.fixture(scope="module")
 def client(service_app, keys, golden, hold):
     """The service with an admin key and an inference key, the golden set, and the batcher's test gate."""
-    yield from entered(service_app, {
-        "FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()), "FASHION_BACKENDS": MODEL,
-        "FASHION_GOLDEN_SET": str(golden), "FASHION_BATCH_HOLD_FILE": str(hold)})
+    with in_process(service_app, {
+            "FASHION_API_KEYS": "\n".join(entry.line() for _, entry in keys.values()), "FASHION_BACKENDS": MODEL,
+            "FASHION_GOLDEN_SET": str(golden), "FASHION_BATCH_HOLD_FILE": str(hold)}) as found:
+        yield found
 
 
 def bearer(keys, name: str = "admin") -> dict[str, str]:
@@ -128,7 +111,7 @@ class Answering:
 
 
 def test_management_routes_do_not_exist_without_an_admin_key(service_app):
-    for client in entered(service_app, {"FASHION_BACKENDS": MODEL}):
+    with in_process(service_app, {"FASHION_BACKENDS": MODEL}) as client:
         for path in ("/v2/repository/index", f"{REPOSITORY}/load", f"{REPOSITORY}/unload", f"{REPOSITORY}/rollback"):
             reply = client.post(path, json={})
             assert reply.status_code == 404, (path, reply.text)

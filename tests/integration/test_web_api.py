@@ -5,31 +5,16 @@ route's safety and headers. The page itself in a real browser: tests/e2e/test_we
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fashion.backends import BACKENDS, load_artifact
-from fashion.contract import preprocess, softmax, temperature_of
 from fashion.imaging import decode_image
-from fashion.manifest import read_manifest
 from fashion.samples import sample_paths
 from tests.asgi import get_as_sent
+from tests.helpers import offline_probabilities
 
 TROUSER, ANKLE_BOOT = sample_paths()[1], sample_paths()[9]
-
-
-def model_dir(exported, backend: str) -> Path:
-    return exported["torch" if BACKENDS[backend].model.endswith("torch") else "tf"]
-
-
-def offline_probabilities(exported, backend: str, path: Path) -> np.ndarray:
-    """The ten probabilities the exported artifact gives this image, computed here without the service."""
-    spec = BACKENDS[backend]
-    predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
-    temperature = temperature_of(read_manifest(model_dir(exported, backend)))  # served probabilities are calibrated
-    return softmax(predictor.predict(preprocess(decode_image(path.read_bytes()))), temperature)[0]
 
 
 # ---------- the API options the page relies on ----------
