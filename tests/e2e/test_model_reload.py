@@ -21,8 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmark.bench_http import run_wrk
-from benchmark.harness import start
+from benchmark.harness import run_wrk, start
 from service.auth import new_key
 from tests.helpers import store_with
 
