@@ -96,11 +96,11 @@ class AdmissionMiddleware:
 
 
 class KeyGate:
-    """ASGI middleware: the API-key check (service.auth), first of all the layers (service.service).
+    """ASGI middleware: the API-key check (service.auth), in front of BentoML's own layers (service.seams).
 
-    BentoML adds it with ``add_asgi_middleware``; the service then moves it in front of BentoML's metrics, tracing
-    and error layers, which a refused key never reaches. The key id it lets in rides on the request's state, for
-    the task routes (service.auth.key_id_of).
+    BentoML adds it with ``add_asgi_middleware``; service.seams.put_first then moves it in front of BentoML's traffic
+    metrics, tracing and timeout layers, which a refused key never reaches (only Starlette's outermost error handler
+    wraps it). The key id it lets in rides on the request's state, for the task routes (service.auth.key_id_of).
     """
 
     def __init__(self, app: ASGIApp, current: Callable[[], Serving | None], retry_after_s: int = 1) -> None:
