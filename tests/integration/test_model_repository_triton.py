@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+from benchmark.harness import free_port
 from service.auth import new_key
 from tests.helpers import wait_until
 
@@ -18,7 +19,6 @@ triton = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (de
 from tritonclient.utils import InferenceServerException  # noqa: E402 (after the skip above)
 
 MODEL = "onnx-torch"
-PORT = 3151
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def url(service_app, key, dataset, tmp_path_factory):
     env = {"FASHION_API_KEYS": key[1].line(), "FASHION_BACKENDS": MODEL, "FASHION_GOLDEN_SET": str(golden)}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
-    server = uvicorn.Server(uvicorn.Config(service_app, host="127.0.0.1", port=PORT, log_level="warning",
+    port = free_port()  # not a fixed one: another run of the suite may be listening on it
+    server = uvicorn.Server(uvicorn.Config(service_app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -45,9 +46,9 @@ def url(service_app, key, dataset, tmp_path_factory):
         wait_until(lambda: server.started, "uvicorn to listen", 120)
         import httpx
 
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{PORT}/readyz").status_code == 200, "the service to be ready",
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, "the service to be ready",
                    300, interval=0.25)
-        yield f"127.0.0.1:{PORT}"
+        yield f"127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(60)
