@@ -241,12 +241,15 @@ def multipart_body(image: bytes, boundary: str) -> bytes:
 
 
 def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundary: str = "",
-            content_type: str | None = None, timeout: float = 10.0, threads: int = 1, header: str = "") -> dict:
+            content_type: str | None = None, timeout: float = 10.0, threads: int = 1, header: str = "",
+            per_s: float = 0.0) -> dict:
     """One closed-loop wrk run (needs ``wrk``); its counts, latency percentiles and wrk's own CPU use (cores).
 
-    ``header``: one more request header, ``"Name: value"``.
+    ``header``: one more request header, ``"Name: value"``. ``per_s`` > 0 paces the load: each connection pauses
+    before each request so that, while answers are quick, the run sends about ``per_s`` requests per second.
     """
-    env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary, "WRK_HEADER": header}
+    env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary, "WRK_HEADER": header,
+           "WRK_DELAY_MS": f"{connections * 1000 / per_s:g}" if per_s > 0 else ""}
     if content_type:
         env["WRK_CONTENT_TYPE"] = content_type
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -6,7 +6,9 @@ key), and a baseline revision from before keys existed, which git extracts into 
 ``results/keys-cost-<machine>.{md,json}``.
 
 ``isolation``: one server with two keys. The calm key's latency (wrk, one connection) alone, while the other key
-floods open-loop far past its rate, and while it floods at line rate (wrk); repeated, in alternating order.
+floods at a fixed rate far past its limit (wrk, paced), and while it floods at line rate (wrk); repeated, in
+alternating order. Both generators are wrk, the cheapest client at hand: on a small host they share the server's
+cores, and a costly generator would be measured as the server's unfairness.
 Written to ``results/keys-isolation-<machine>.{md,json}``.
 """
 
@@ -24,7 +26,6 @@ from pathlib import Path
 
 from benchmark import peers
 from benchmark.harness import REPO, command_line, machine_name, multipart_body, run_wrk, served, write_results
-from benchmark.openloop import open_loop
 from fashion.env import environment_stamp
 from service.auth import new_key
 
@@ -32,7 +33,7 @@ from service.auth import new_key
 BEFORE_KEYS = "31ca1b29c4e39f81069a668545f874b7950123b2"
 # Routes without a header of their own (wrk sends one extra header: here, the key).
 COST_ROUTES = ("native multipart", "v2 JSON")
-CONDITIONS = ("alone", "open-loop flood", "line-rate flood")
+CONDITIONS = ("alone", "paced flood", "line-rate flood")
 
 
 def extract(revision: str, folder: Path) -> tuple[Path, str]:
@@ -109,20 +110,20 @@ def spreads(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def measure_isolation(url: str, calm: str, flood: str, body: bytes, body_file: Path,
+def measure_isolation(url: str, calm: str, flood: str, body_file: Path,
                       args: argparse.Namespace) -> list[dict]:
     """Per repetition and condition (order alternating): the calm key's latency (wrk, one connection: a client that
-    waits for each answer), alone or while the other key floods, either open-loop at ``--flood-per-s`` (from this
-    process) or closed-loop at line rate (a second wrk). Each generator is a process of its own, so neither holds
-    up the other's clock."""
+    waits for each answer), alone or while the other key floods, either paced at ``--flood-per-s`` or at line rate
+    (a second wrk). Each generator is a process of its own, so neither holds up the other's clock."""
     rows = []
     for rep in range(args.reps):
         for condition in CONDITIONS if rep % 2 == 0 else CONDITIONS[::-1]:
             with ThreadPoolExecutor(1) as pool:
                 flooding = None
-                if condition == "open-loop flood":
-                    flooding = pool.submit(open_loop, f"{url}/classify", body, peers.MULTIPART, args.flood_per_s,
-                                           args.seconds + 1, 64, {"Authorization": f"Bearer {flood}"})
+                if condition == "paced flood":
+                    flooding = pool.submit(run_wrk, f"{url}/classify", args.flood_connections, args.seconds + 2,
+                                           body_file, boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}",
+                                           per_s=args.flood_per_s)
                 elif condition == "line-rate flood":
                     flooding = pool.submit(run_wrk, f"{url}/classify", args.flood_connections, args.seconds + 2,
                                            body_file, boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}")
@@ -139,10 +140,8 @@ def isolation_row(rep: int, condition: str, calm: dict, flood: dict | None) -> d
     out = {"rep": rep, "condition": condition, "calm_rps": calm["rps"], "calm_p50_ms": calm["p50_us"] / 1e3,
            "calm_p99_ms": calm["p99_us"] / 1e3, "calm_statuses": calm["statuses"]}
     if flood:
-        seconds = flood["duration_us"] / 1e6 if "duration_us" in flood else flood["seconds"]
-        sent = flood["requests"] if "requests" in flood else flood["sent"]
-        out |= {"flood_per_s": sent / seconds, "flood_statuses": flood["statuses"],
-                "flood_429_without_retry_after": flood.get("no_retry_after", 0)}
+        out |= {"flood_per_s": flood["rps"], "flood_statuses": flood["statuses"],
+                "flood_429_without_retry_after": flood["retry_after_missing"]}
     return out
 
 
@@ -156,7 +155,7 @@ def run_isolation(args: argparse.Namespace) -> dict:
         body_file.write_bytes(body)
         run_wrk(f"{server.url}/classify", 4, 2, body_file, boundary=peers.BOUNDARY,
                 header=f"Authorization: Bearer {calm_key}")  # warm-up
-        rows = measure_isolation(server.url, calm_key, flood_key, body, body_file, args)
+        rows = measure_isolation(server.url, calm_key, flood_key, body_file, args)
     p99 = {c: statistics.median(r["calm_p99_ms"] for r in rows if r["condition"] == c) for c in CONDITIONS}
     return {"flood_rate": args.flood_rate, "flood_per_s": args.flood_per_s,
             "flood_connections": args.flood_connections, "rows": rows, "calm_p99_ms": p99,
@@ -169,11 +168,12 @@ def render_isolation(report: dict) -> str:
              f"Written by `{report['command']}` at {report['when']}. One server (onnx-torch), two keys. The calm "
              f"key: wrk, one connection (each request waits for the answer before it), one image per request to "
              f"/classify, {report['seconds']:g} s: alone; while the flooding key (rate {report['flood_rate']}) sends "
-             f"{report['flood_per_s']:g} requests/s open-loop; and while it floods at line rate (wrk, "
+             f"{report['flood_per_s']:g} requests/s (wrk, {report['flood_connections']} connections, each pausing "
+             f"between requests); and while it floods at line rate (wrk, "
              f"{report['flood_connections']} connections, no pause). {report['reps']} repetitions, the conditions in "
              f"alternating order. {report['note']}", "",
              f"Calm key's p99, median over repetitions: {p99['alone']:.2f} ms alone; "
-             f"{p99['open-loop flood']:.2f} ms during the open-loop flood (**{ratios['open-loop flood']:.2f}x**); "
+             f"{p99['paced flood']:.2f} ms during the paced flood (**{ratios['paced flood']:.2f}x**); "
              f"{p99['line-rate flood']:.2f} ms during the line-rate flood (**{ratios['line-rate flood']:.2f}x**).", "",
              "| rep | condition | calm req/s | calm p50 (ms) | calm p99 (ms) | calm statuses | flood req/s | "
              "flood statuses | 429 without Retry-After |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                         "last commit before keys)")
     parser.add_argument("--flood-rate", default="50/s", help="isolation: the flooding key's rate (default: 50/s)")
     parser.add_argument("--flood-per-s", type=float, default=1000.0,
-                        help="isolation: the open-loop flood's requests per second (default: 1000)")
+                        help="isolation: the paced flood's requests per second (default: 1000)")
     parser.add_argument("--flood-connections", type=int, default=16,
-                        help="isolation: the line-rate flood's wrk connections (default: 16)")
+                        help="isolation: each flood's wrk connections (default: 16)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. that the machine was busy")
     args = parser.parse_args(argv)
     args.cache = peers.CACHE

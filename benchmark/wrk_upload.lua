@@ -15,6 +15,15 @@ if extra and extra ~= "" then
   wrk.headers[name] = value
 end
 
+-- Paced load if asked: each connection waits WRK_DELAY_MS before each request, so c connections send about
+-- c * 1000 / WRK_DELAY_MS requests per second while answers are quick (wrk's own delay() hook).
+local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "")
+if delay_ms and delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end
+
 local threads = {}
 function setup(thread)
   table.insert(threads, thread)
