@@ -43,7 +43,7 @@ from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
 from service.config import STOPPED_LINE, ServiceConfig
 from service.datasets import Upload
-from service.gcstats import GCRecorder, census, settle_heap
+from service.gcstats import GCRecorder, census, freeze_imports, settle_heap
 from service.health import Heartbeat, start_health_server
 from service.inputs import (
     ImageUpload,
@@ -128,6 +128,8 @@ class FashionClassifier:
         # Once warm, and before the first request is let in, what is alive lives as long as the worker:
         # freeze it out of the collector's reach (service.gcstats).
         settle = functools.partial(settle_heap, self.gc, self.config.gc_freeze)
+        if self.config.gc_freeze:
+            freeze_imports()
         threading.Thread(target=self.registry.load_all, args=(model_dirs, settle), name="load-models",
                          daemon=True).start()
 

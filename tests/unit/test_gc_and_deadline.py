@@ -128,3 +128,29 @@ def test_health_port_serves_the_gc_pages():
     assert snap["generations"][2]["passes"] >= 1 and "frozen_objects" in snap
     assert counted["tracked_objects"] > 0 and counted["by_type"]
     assert missing.status_code == 404 and "/gcz" in missing.json()["error"]
+
+
+class Cyclic:
+    """Garbage only the collector frees: it refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_second_freeze_sweeps_what_came_after_the_first():
+    import weakref
+
+    from service.gcstats import freeze_heap, freeze_imports
+
+    try:
+        freeze_imports()
+        imported = gc.get_freeze_count()
+        garbage = Cyclic()
+        gone = weakref.ref(garbage)
+        del garbage
+        kept = [Cyclic()]
+        frozen = freeze_heap()
+        assert gone() is None  # made after the first freeze: swept before the second
+        assert frozen == gc.get_freeze_count() > imported and kept
+    finally:
+        gc.unfreeze()
