@@ -20,7 +20,7 @@ from fashion.servable import Servable, load_servable
 from service.batcher import Outputs
 from service.config import ServiceConfig
 from service.shadow import Traffic
-from service.stats import ModelStats
+from service.stats import ModelStats, triton_version
 
 log = logging.getLogger("bentoml.fashion_serve")
 
@@ -185,6 +185,9 @@ class ModelRegistry:
         if not version:
             return self.backends[name]
         found = self.versions.get(name, {}).get(version) or self.draining.get(version_key(name, version))
+        if found is None and version.isdigit():  # Triton's name for it (triton_version)
+            found = next((b for b in [*self.versions.get(name, {}).values(), *self.draining.values()]
+                          if b.name == name and triton_version(b.version) == version), None)
         if found is None:
             raise KeyError(self.why_no_version(name, version))
         return found

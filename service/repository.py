@@ -205,10 +205,10 @@ async def statistics(request: Request) -> Response:
     else:
         name, chosen = request.path_params["model"], request.path_params.get("version")
         try:
-            registry.get(version_key(name, chosen) if chosen else name)
+            found = registry.get(version_key(name, chosen) if chosen else name)
         except KeyError as exc:
             raise RefusedError(404, "model", str(exc.args[0])) from None
-        versions = {name: [chosen] if chosen else list(registry.versions[name])}
+        versions = {name: [found.version] if chosen else list(registry.versions[name])}
     return JSONResponse(registry.stats.model_stats(versions))
 
 

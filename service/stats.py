@@ -4,6 +4,7 @@
 ``get_inference_statistics`` and perf_analyzer read them to split the server's time into queue and compute.
 They count the Open Inference Protocol's inference requests (service.v2), each with what it measured:
 
+* ``version``: each version by its Triton name (:func:`triton_version`), a number, as perf_analyzer expects;
 * ``success`` / ``fail``: requests answered or failed, and their time from the handler's start to the answer;
 * ``queue``: the wait for the model call (service.batcher);
 * ``compute_input``: reading the request's tensors; ``compute_infer``: the model call that answered it (shared by
@@ -25,6 +26,16 @@ STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute
 # Model calls remembered per version to count each once (a call answers the requests batched into it, which
 # finish within a moment of each other).
 RECENT_EXECUTIONS = 4096
+
+
+def triton_version(version: str) -> str:
+    """A version's name as Triton names versions, a decimal integer: the first 15 hex digits of its content hash.
+
+    perf_analyzer parses the version names in the statistics as integers, and a content hash is not one. This
+    number is the same in every worker and after every restart, and fits Triton's signed 64-bit version numbers;
+    every route that takes a version accepts it as well as the hash.
+    """
+    return str(int(version[:15], 16))
 
 
 @dataclass
@@ -105,7 +116,7 @@ class ModelStats:
 
     def describe(self, name: str, version: str) -> dict[str, Any]:
         stats = self.table.get((name, version)) or VersionStats()
-        return {"name": name, "version": version, "last_inference": stats.last_inference_ms,
+        return {"name": name, "version": triton_version(version), "last_inference": stats.last_inference_ms,
                 "inference_count": stats.inference_count, "execution_count": stats.execution_count,
                 "inference_stats": {stage: {"count": t.count, "ns": t.ns} for stage, t in stats.stages.items()},
                 "batch_stats": [], "memory_usage": []}
