@@ -26,6 +26,10 @@ from fashion.env import environment_stamp
 
 MODEL = "onnx-torch"
 PROTOCOLS = ("http", "grpc")
+# The server's own times per request (microseconds), which perf_analyzer reads from the statistics extension
+# (service.stats) before and after each window.
+SERVER_COLUMNS = {"server_queue_us": "Server Queue", "server_input_us": "Server Compute Input",
+                  "server_infer_us": "Server Compute Infer", "server_output_us": "Server Compute Output"}
 
 
 def run_perf_analyzer(binary: Path, env: dict[str, str], target: str, protocol: str, level: int, seconds: float,
@@ -45,7 +49,8 @@ def run_perf_analyzer(binary: Path, env: dict[str, str], target: str, protocol: 
                            f"{' / '.join(last)}")
     [row] = list(csv.DictReader(out.open()))
     return {"infer_per_s": float(row["Inferences/Second"]), "p50_ms": float(row["p50 latency"]) / 1e3,
-            "p99_ms": float(row["p99 latency"]) / 1e3}
+            "p99_ms": float(row["p99 latency"]) / 1e3,
+            **{key: float(row[column]) for key, column in SERVER_COLUMNS.items()}}
 
 
 def measure(seconds: float, reps: int, cache: Path, workdir: Path) -> list[dict]:
@@ -81,7 +86,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         line: dict = {"connections": level}
         for protocol in PROTOCOLS:
             mine = [r for r in rows if r["protocol"] == protocol and r["connections"] == level]
-            for key in ("infer_per_s", "p50_ms", "p99_ms"):
+            for key in ("infer_per_s", "p50_ms", "p99_ms", *SERVER_COLUMNS):
                 line[f"{protocol}_{key}"] = statistics.median(r[key] for r in mine)
         line["grpc_over_http"] = line["grpc_infer_per_s"] / line["http_infer_per_s"]
         table.append(line)
@@ -103,6 +108,15 @@ def report(table: list[dict], args: argparse.Namespace, stamp: dict) -> str:
         lines.append(f"| {row['connections']} | {row['http_infer_per_s']:,.0f} | {row['http_p50_ms']:.2f} / "
                      f"{row['http_p99_ms']:.2f} | {row['grpc_infer_per_s']:,.0f} | {row['grpc_p50_ms']:.2f} / "
                      f"{row['grpc_p99_ms']:.2f} | {row['grpc_over_http']:.2f} |")
+    lines += ["", "The server's own times, as perf_analyzer reads them from the statistics extension before and after "
+              "each window (mean per request, microseconds; medians over the repetitions): the wait for the model "
+              "call, reading the request's tensors, the model call, and building the outputs.", "",
+              "| concurrency | protocol | queue | compute input | compute infer | compute output |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for row in table:
+        for protocol in PROTOCOLS:
+            lines.append(f"| {row['connections']} | {'REST' if protocol == 'http' else 'gRPC'} | " + " | ".join(
+                f"{row[f'{protocol}_{key}']:,.0f}" for key in SERVER_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
 """The Open Inference Protocol (KServe v2) over gRPC, beside REST, in the same worker.
 
 ``inference.GRPCInferenceService`` (service/protocol/open_inference.proto) on ``FASHION_GRPC_PORT``: ServerLive,
-ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and Triton's ModelConfig, so tritonclient's gRPC
-client and perf_analyzer work unchanged; and gRPC's health checking service (``grpc.health.v1.Health``) for probes.
+ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and Triton's ModelConfig and ModelStatistics,
+so tritonclient's gRPC client and perf_analyzer work unchanged; and gRPC's health checking service
+(``grpc.health.v1.Health``) for probes.
 The service starts it on the worker's own event loop (service.service) and hands it the same :class:`Serving` as the
 REST routes: one batcher, one registry, one in-flight count, the same API keys. The models, versions, metadata and
 outputs (the "not clothing" ones included) are service.v2's, so the two protocols cannot drift.
@@ -42,6 +43,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -49,7 +51,9 @@ from fashion.contract import INPUT_NAME, NUM_CLASSES, ContractError, check_pixel
 from service.batcher import OverloadedError
 from service.protocol import open_inference_pb2 as pb
 from service.registry import version_key
+from service.repository import model_statistics
 from service.serving import Serving
+from service.stats import RequestTiming
 from service.v2 import (
     EXTENSIONS,
     IN_DISTRIBUTION,
@@ -282,6 +286,16 @@ class InferenceServicer:
             dynamic_batching=pb.ModelDynamicBatching(), **tensors))
 
     @answers_status
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
+        """Triton's statistics, the same as REST's (service.repository.model_statistics); NOT_FOUND for a model or
+        version not loaded here."""
+        try:
+            answer = model_statistics(self.serving.registry, request.name, request.version)
+        except KeyError as exc:
+            raise StatusError("NOT_FOUND", str(exc.args[0])) from None
+        return json_format.ParseDict(answer, pb.ModelStatisticsResponse())
+
+    @answers_status
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         """Admit the call (in-flight limit, readiness), then run it through the shared batcher."""
         serving = self.serving
@@ -305,20 +319,37 @@ class InferenceServicer:
             self.drain.leave()
 
     async def infer(self, request: Any) -> Any:
-        """The inference itself: check the request, wait for the batch, encode the outputs."""
+        """The inference itself: check the request, wait for the batch, encode the outputs; its times go to the
+        statistics (service.stats), as REST's do."""
+        started = time.perf_counter()
         backend = find_model(self.serving.registry, request.model_name, request.model_version or None)
         refuse_shared_memory(request.parameters, "the request")
         pixels = read_images(request, self.serving.config.max_images)
         outputs = requested_outputs(request, backend.detector is not None)
         scored = backend.detector is not None and any(name in (OOD_SCORE, IN_DISTRIBUTION) for name, _ in outputs)
+        parsed = time.perf_counter()
+        stats = self.serving.registry.stats
         try:
             result = await self.serving.batcher.predict(version_key(backend.name, backend.version), pixels,
                                                         score=scored)
         except OverloadedError as exc:
+            stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
             raise StatusError("RESOURCE_EXHAUSTED", str(exc), RETRY_AFTER_S) from None
         except Exception:  # a model failure: the server's fault, the details in the log
             log.exception("gRPC inference on %s failed", backend.name)
+            stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
             raise StatusError("INTERNAL", "inference failed; the server log has the details") from None
+        answered = time.perf_counter()
+        response = self.encode(request, backend, outputs, result)
+        done = time.perf_counter()
+        stats.record_success(backend.name, backend.version, RequestTiming(
+            len(pixels), done - started, parsed - started, result.queue_s, result.compute_s, done - answered,
+            result.execution))
+        return response
+
+    @staticmethod
+    def encode(request: Any, backend: Any, outputs: list[tuple[str, int]], result: Any) -> Any:
+        """The response: every requested output as raw little-endian bytes, as Triton answers."""
         response = pb.ModelInferResponse(model_name=backend.name, model_version=backend.version,
                                          id=request.id)
         for name, class_count in outputs:

@@ -199,17 +199,25 @@ async def set_mode(request: Request) -> Response:
 @answers_refusals
 async def statistics(request: Request) -> Response:
     """Triton's statistics: every loaded version of every model, of one model, or of one version."""
-    registry = serving(request).registry
-    if "model" not in request.path_params:
-        versions = {name: list(registry.versions[name]) for name in registry.backends}
-    else:
-        name, chosen = request.path_params["model"], request.path_params.get("version")
-        try:
-            found = registry.get(version_key(name, chosen) if chosen else name)
-        except KeyError as exc:
-            raise RefusedError(404, "model", str(exc.args[0])) from None
-        versions = {name: [found.version] if chosen else list(registry.versions[name])}
-    return JSONResponse(registry.stats.model_stats(versions))
+    try:
+        answer = model_statistics(serving(request).registry, request.path_params.get("model"),
+                                  request.path_params.get("version"))
+    except KeyError as exc:
+        raise RefusedError(404, "model", str(exc.args[0])) from None
+    return JSONResponse(answer)
+
+
+def model_statistics(registry: ModelRegistry, name: str | None, version: str | None) -> dict[str, Any]:
+    """The statistics answer, for REST and gRPC alike: of every loaded version of every model (no ``name``), of
+    one model, or of one ``version`` of it (its hash or Triton's integer name).
+
+    Raises:
+        KeyError: with the reason, for a model or version not loaded here.
+    """
+    if not name:
+        return registry.stats.model_stats({n: list(registry.versions[n]) for n in registry.backends})
+    found = registry.get(version_key(name, version) if version else name)
+    return registry.stats.model_stats({name: [found.version] if version else list(registry.versions[name])})
 
 
 REPOSITORY = "/v2/repository/models/{model}"

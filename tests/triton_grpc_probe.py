@@ -62,6 +62,7 @@ def probe(url: str, model: str, images: np.ndarray) -> dict:
         "binary": infer(client, model, images, typed=False),
         "typed": infer(client, model, images, typed=True),
         "classification": classify(client, model, images),
+        "statistics": client.get_inference_statistics(model, as_json=True),  # after the inferences above
     }
 
 

@@ -108,6 +108,19 @@ def test_tritonclient_drives_every_call(server, registry, dataset, tmp_path):
         assert answer["in_distribution"] == backend.detector.in_distribution(expected.scores[:, None]).tolist()
     best = [row[0].split(":") for row in seen["classification"]]
     assert [int(index) for _, index, _ in best] == probabilities.argmax(axis=1).tolist()
+    [stats] = seen["statistics"]["model_stats"]  # Triton's integer name for the version (service.stats)
+    assert (stats["name"], stats["version"]) == (MODEL, str(int(backend.version[:15], 16)))
+    timings = stats["inference_stats"]
+    assert int(timings["success"]["count"]) >= 3 and int(stats["inference_count"]) >= 3 * len(images)
+    assert timings["queue"]["count"] == timings["compute_infer"]["count"] == timings["success"]["count"]
+    assert int(timings["compute_infer"]["ns"]) > 0
+
+
+def test_statistics_of_an_unknown_model_or_version_are_not_found(stub):
+    assert code_of(stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    request = pb.ModelStatisticsRequest(name=MODEL, version="123")
+    assert code_of(stub.ModelStatistics, request)[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(stub.ModelStatistics, pb.ModelStatisticsRequest())[0] == grpc.StatusCode.OK
 
 
 def test_health_checking_says_serving_and_refuses_unknown_services(channel):

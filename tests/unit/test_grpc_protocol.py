@@ -38,12 +38,15 @@ def test_the_service_is_the_specifications_inference_service():
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
     assert {m.name for m in service.methods} == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
-                                                 "ModelMetadata", "ModelInfer", "ModelConfig"}
+                                                 "ModelMetadata", "ModelInfer", "ModelConfig", "ModelStatistics"}
     request = pb.ModelInferRequest.DESCRIPTOR.fields_by_name
     assert (request["inputs"].number, request["raw_input_contents"].number) == (5, 7)
     assert pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number == 6
     assert pb.ModelConfig.DESCRIPTOR.fields_by_name["dynamic_batching"].number == 11
     assert pb.DataType.Value("TYPE_UINT8") == 2 and pb.DataType.Value("TYPE_FP32") == 11
+    stats = pb.ModelStatistics.DESCRIPTOR.fields_by_name
+    assert (stats["inference_count"].number, stats["inference_stats"].number) == (4, 6)
+    assert pb.InferStatistics.DESCRIPTOR.fields_by_name["compute_infer"].number == 5
 
 
 @pytest.mark.parametrize(("value", "port"), [("", 0), ("0", 0), ("3001", 3001)])
