@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.offline_install", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--extra", choices=["client", "serve"], default="client", help="default: client")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the timings (default: results/)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="offline-install-") as tmp:
         times = check_install(args.extra, Path(tmp))
     lines = [f"Offline install of fashion-serve[{args.extra}] ({platform.node()}, Python "
              f"{platform.python_version()}), written by `python -m tests.offline_install --extra {args.extra}`:"]
     lines += [f"{step}: {seconds:.1f} s" for step, seconds in times.items()]
-    print(write_results(f"offline-install-{args.extra}.txt", "\n".join(lines)).read_text())
+    print(write_results(f"offline-install-{args.extra}.txt", "\n".join(lines), folder=args.out).read_text())
     return 0
 
 
