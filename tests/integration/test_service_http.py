@@ -15,27 +15,13 @@ from fashion.contract import preprocess
 from fashion.imaging import encode_png
 from fashion.manifest import read_manifest
 from fashion.samples import sample_images, sample_paths
-from tests.asgi import batch_histogram, in_process
-from tests.helpers import held_batcher, queued_jobs, wait_until
-
-
-@pytest.fixture(scope="module")
-def batch_gate(tmp_path_factory):
-    """This module's batcher gate (FASHION_BATCH_HOLD_FILE): see tests.helpers.held_batcher."""
-    return tmp_path_factory.mktemp("batch-gate") / "hold"
-
-
-@pytest.fixture(scope="module")
-def http(service_app, batch_gate):
-    """A TestClient on the in-process service over the session's quick models."""
-    with in_process(service_app, {"FASHION_BATCH_HOLD_FILE": str(batch_gate)}) as client:
-        yield client
+from tests.asgi import batch_histogram
+from tests.helpers import held_batcher, model_dir, queued_jobs, wait_until
 
 
 def offline_labels(exported, backend: str, pixels: np.ndarray) -> list[int]:
     spec = BACKENDS[backend]
-    model_dir = exported["torch" if spec.model.endswith("torch") else "tf"]
-    predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device="cpu")
+    predictor = load_artifact(model_dir(exported, backend), spec.artifact, spec.runtime, device="cpu")
     return predictor.predict(preprocess(pixels)).argmax(1).tolist()
 
 

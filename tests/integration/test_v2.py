@@ -17,8 +17,8 @@ import pytest
 from fashion.backends import BACKENDS
 from fashion.contract import CLASS_NAMES, softmax, temperature_of
 from fashion.manifest import read_manifest
-from tests.asgi import batch_histogram, in_process
-from tests.helpers import held_batcher, queued_jobs, wait_until
+from tests.asgi import batch_histogram
+from tests.helpers import held_batcher, model_dir, queued_jobs, wait_until
 
 triton = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra) is not installed")
 from tritonclient.http._utils import _raise_if_error  # noqa: E402 (after the skip above)
@@ -30,20 +30,7 @@ COMPRESS = {"gzip": gzip.compress, "deflate": zlib.compress}  # as tritonclient'
 
 def version_of(exported, backend: str) -> str:
     """The content version of the exported model a backend loads."""
-    return read_manifest(exported["torch" if BACKENDS[backend].model.endswith("torch") else "tf"])["version"]
-
-
-@pytest.fixture(scope="module")
-def batch_gate(tmp_path_factory):
-    """This module's batcher gate (FASHION_BATCH_HOLD_FILE): see tests.helpers.held_batcher."""
-    return tmp_path_factory.mktemp("batch-gate") / "hold"
-
-
-@pytest.fixture(scope="module")
-def http(service_app, batch_gate):
-    """A TestClient on the in-process service over the session's quick models."""
-    with in_process(service_app, {"FASHION_BATCH_HOLD_FILE": str(batch_gate)}) as client:
-        yield client
+    return read_manifest(model_dir(exported, backend))["version"]
 
 
 def model_path(model: str, version: str = "") -> str:
