@@ -2,8 +2,8 @@
 
 ``make wheelhouse`` for this machine's Python, then a clean venv, then ``pip install --no-index --find-links``
 of the extra (no index reachable), then: with the ``client`` extra, the client's command answers ``--help``;
-with the ``serve`` extra, ``bentoml serve`` of the service from that venv, outside the checkout, until
-``/readyz`` answers 200. Writes ``results/offline-install-<extra>.txt`` with the time of each step.
+with a ``serve`` extra (``serve``, ``serve-onnx``), ``bentoml serve`` of the service from that venv, outside the
+checkout, until ``/readyz`` answers 200. Writes ``results/offline-install-<extra>.txt`` with the time of each step.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def check_install(extra: str, work: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.offline_install", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--extra", choices=["client", "serve"], default="client", help="default: client")
+    parser.add_argument("--extra", choices=["client", "serve", "serve-onnx"], default="client", help="default: client")
     parser.add_argument("--out", type=Path, default=None, help="folder for the timings (default: results/)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="offline-install-") as tmp:
