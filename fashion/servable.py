@@ -86,3 +86,12 @@ def load_servable(model_dir: Path, backend: str, device: str = "auto", **options
     start = time.perf_counter()
     predictor = load_artifact(model_dir, spec.artifact, spec.runtime, device, **options)
     return Servable(backend, predictor, manifest, time.perf_counter() - start, load_ood(model_dir, manifest))
+
+
+def artifact_logits(model_dir: Path, backend: str, device: str, pixels: np.ndarray) -> np.ndarray:
+    """``backend``'s logits for ``pixels``, loading its artifact (checksums verified) just for them.
+
+    A top-level function so that a child process can run it: a caller serving requests loads another framework's
+    artifact there (service.lifecycle), away from its own interpreter lock.
+    """
+    return load_servable(model_dir, backend, device, threads=1).logits(pixels)

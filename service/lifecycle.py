@@ -7,7 +7,9 @@ from a path, and keeps the version beside the serving one only once it has passe
    that backend's model, and the runtime loads it;
 2. **warm-up**: it reproduces the labels its export recorded for the bundled sample images;
 3. **parity**: its other artifacts that this environment can run (same model, float32) agree with it on the
-   samples within the parity tolerance (fashion.metrics.parity_report, as /parity judges);
+   samples within the parity tolerance (fashion.metrics.parity_report, as /parity judges). Those artifacts
+   load in a child process: they need another framework (torch, TensorFlow), whose import holds the interpreter
+   lock for seconds, and the event loop answering requests meanwhile would wait on it;
 4. **accuracy**: on the golden set (``FASHION_GOLDEN_SET``; default: the bundled samples) it is at most the
    margin (``FASHION_GATE_MARGIN``) below the version serving now.
 
@@ -24,7 +26,9 @@ import asyncio
 import functools
 import gc
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ from fashion.env import has_nvidia_gpu
 from fashion.manifest import IntegrityError, read_manifest, verify_artifact
 from fashion.metrics import Identity, parity_failures, parity_report
 from fashion.samples import sample_images
-from fashion.servable import load_servable
+from fashion.servable import artifact_logits, load_servable
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
 from service.registry import LoadedBackend, ModelRegistry, WarmupError, place_backends, version_key
@@ -194,7 +198,7 @@ class Lifecycle:
         outputs = {candidate.name: logits}
         identities = {candidate.name: Identity.of(candidate.name, candidate.manifest)}
         for sibling in siblings:
-            outputs[sibling] = self.load_checked(sibling, model_dir).logits(samples)
+            outputs[sibling] = self.sibling_logits(sibling, model_dir, samples)
             identities[sibling] = Identity.of(sibling, candidate.manifest)
         report = parity_report(outputs, identities, self.config.parity_tolerance)
         if not report["consistent"]:
@@ -202,6 +206,18 @@ class Lifecycle:
                               + "; ".join(parity_failures(report)))
         return {"compared": sorted(outputs), "tolerance": report["tolerance"],
                 "max_abs_prob_diff": max((p["max_abs_prob_diff"] for p in report["pairs"]), default=0.0)}
+
+    def sibling_logits(self, name: str, model_dir: Path, samples: np.ndarray) -> np.ndarray:
+        """Backend ``name``'s logits for ``samples`` from ``model_dir``, computed in a child process (see the
+        module's docstring); RefusedError 422 when its checksums or its runtime refuse it."""
+        devices, _ = place_backends({name: self.config.device_for(name)}, has_nvidia_gpu())
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            try:
+                return child.submit(artifact_logits, model_dir, name, devices[name], samples).result()
+            except IntegrityError as exc:
+                raise RefusedError(422, "checksum", str(exc)) from None
+            except Exception as exc:  # a file that passes its checksum but is no model: the runtime's own error
+                raise RefusedError(422, "load", f"{name}: {type(exc).__name__}: {exc}") from None
 
     def check_accuracy(self, candidate: LoadedBackend, margin: float | None) -> dict[str, Any]:
         """The candidate's golden-set accuracy must be at most ``margin`` below the serving version's."""

@@ -255,7 +255,8 @@ def test_statistics_count_each_request_in_tritons_format(client, keys):
     for _ in range(5):
         assert infer(client, keys).status_code == 200
     after = stats()
-    assert after["name"] == MODEL and after["version"] == version
+    number = str(int(version[:15], 16))  # Triton's integer name for the version, which perf_analyzer parses
+    assert after["name"] == MODEL and after["version"] == number
     done = {stage: after["inference_stats"][stage]["count"] - before["inference_stats"][stage]["count"]
             for stage in after["inference_stats"]}
     assert done == {"success": 5, "fail": 0, "queue": 5, "compute_input": 5, "compute_infer": 5, "compute_output": 5,
@@ -268,7 +269,9 @@ def test_statistics_count_each_request_in_tritons_format(client, keys):
     assert spent["success"] >= spent["queue"] + spent["compute_input"] + spent["compute_infer"] + spent[
         "compute_output"]
     every = client.get("/v2/models/stats", headers=bearer(keys, "infer")).json()["model_stats"]
-    assert [(m["name"], m["version"]) for m in every] == [(MODEL, version)]
+    assert [(m["name"], m["version"]) for m in every] == [(MODEL, number)]
+    by_number = client.get(f"/v2/models/{MODEL}/versions/{number}/stats", headers=bearer(keys, "infer"))
+    assert by_number.json()["model_stats"][0]["inference_count"] == after["inference_count"]
 
 
 def resident_bytes() -> int:
