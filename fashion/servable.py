@@ -7,6 +7,7 @@ classification without a server (clients.local).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from fashion.backends import BACKENDS, Predictor, load_artifact
 from fashion.contract import preprocess, softmax, temperature_of
-from fashion.manifest import read_manifest, verify_artifact
+from fashion.manifest import IntegrityError, read_manifest, verify_artifact
 from fashion.ood import OodDetector, load_detector
 
 
@@ -89,9 +90,27 @@ def load_servable(model_dir: Path, backend: str, device: str = "auto", **options
 
 
 def artifact_logits(model_dir: Path, backend: str, device: str, pixels: np.ndarray) -> np.ndarray:
-    """``backend``'s logits for ``pixels``, loading its artifact (checksums verified) just for them.
-
-    A top-level function so that a child process can run it: a caller serving requests loads another framework's
-    artifact there (service.lifecycle), away from its own interpreter lock.
-    """
+    """``backend``'s logits for ``pixels``, loading its artifact (checksums verified) just for them."""
     return load_servable(model_dir, backend, device, threads=1).logits(pixels)
+
+
+# The exit status of :func:`main` for an artifact that fails its checksums (1 is any other failure).
+INTEGRITY_EXIT = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fashion.servable MODEL_DIR BACKEND DEVICE FOLDER``: ``FOLDER/logits.npy`` for the pixels in
+    ``FOLDER/pixels.npy`` (:func:`artifact_logits`). A process serving requests runs it as a child to use another
+    framework's artifact away from its own interpreter lock (service.lifecycle)."""
+    model_dir, backend, device, folder = sys.argv[1:] if argv is None else argv
+    try:
+        logits = artifact_logits(Path(model_dir), backend, device, np.load(Path(folder) / "pixels.npy"))
+    except IntegrityError as exc:
+        print(exc, file=sys.stderr)
+        return INTEGRITY_EXIT
+    np.save(Path(folder) / "logits.npy", logits)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

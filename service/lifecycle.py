@@ -26,21 +26,24 @@ import asyncio
 import functools
 import gc
 import logging
-import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import fashion
 from fashion.backends import BACKENDS
 from fashion.env import has_nvidia_gpu
 from fashion.manifest import IntegrityError, read_manifest, verify_artifact
 from fashion.metrics import Identity, parity_failures, parity_report
 from fashion.samples import sample_images
-from fashion.servable import artifact_logits, load_servable
+from fashion.servable import INTEGRITY_EXIT, load_servable
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
 from service.registry import LoadedBackend, ModelRegistry, WarmupError, place_backends, version_key
@@ -208,16 +211,21 @@ class Lifecycle:
                 "max_abs_prob_diff": max((p["max_abs_prob_diff"] for p in report["pairs"]), default=0.0)}
 
     def sibling_logits(self, name: str, model_dir: Path, samples: np.ndarray) -> np.ndarray:
-        """Backend ``name``'s logits for ``samples`` from ``model_dir``, computed in a child process (see the
-        module's docstring); RefusedError 422 when its checksums or its runtime refuse it."""
+        """Backend ``name``'s logits for ``samples`` from ``model_dir``, computed by a child process (see the
+        module's docstring; ``python -m fashion.servable``); RefusedError 422 when its checksums or its runtime
+        refuse it."""
         devices, _ = place_backends({name: self.config.device_for(name)}, has_nvidia_gpu())
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-            try:
-                return child.submit(artifact_logits, model_dir, name, devices[name], samples).result()
-            except IntegrityError as exc:
-                raise RefusedError(422, "checksum", str(exc)) from None
-            except Exception as exc:  # a file that passes its checksum but is no model: the runtime's own error
-                raise RefusedError(422, "load", f"{name}: {type(exc).__name__}: {exc}") from None
+        code = Path(fashion.__file__).resolve().parents[1]  # where this process found the fashion package
+        with tempfile.TemporaryDirectory(prefix="fashion-parity-") as folder:
+            np.save(Path(folder) / "pixels.npy", samples)
+            done = subprocess.run([sys.executable, "-m", "fashion.servable", str(model_dir), name, devices[name],
+                                   folder], capture_output=True, text=True, cwd=code, check=False,
+                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                      filter(None, (str(code), os.environ.get("PYTHONPATH"))))})
+            if done.returncode == 0:
+                return np.load(Path(folder) / "logits.npy")
+        reason = (done.stderr.strip().splitlines() or [f"exited with {done.returncode}"])[-1]
+        raise RefusedError(422, "checksum" if done.returncode == INTEGRITY_EXIT else "load", f"{name}: {reason}")
 
     def check_accuracy(self, candidate: LoadedBackend, margin: float | None) -> dict[str, Any]:
         """The candidate's golden-set accuracy must be at most ``margin`` below the serving version's."""

@@ -180,6 +180,17 @@ def test_a_version_whose_artifacts_disagree_is_refused(client, keys, weak, tmp_p
     assert "torch" in refuse(client, keys, drifted, 422, "parity")["error"]
 
 
+def test_a_version_whose_sibling_artifact_fails_its_checksum_is_refused(client, keys, weak, tmp_path):
+    """The parity gate loads the state dict in a child process (python -m fashion.servable): its refusal comes
+    back as the checksum refusal it is, naming the backend and the file."""
+    tampered = copy_of(weak, tmp_path)
+    payload = bytearray((tampered / "model.pt").read_bytes())
+    payload[-100] ^= 0xFF
+    (tampered / "model.pt").write_bytes(bytes(payload))
+    error = refuse(client, keys, tampered, 422, "checksum")["error"]
+    assert "torch" in error and "model.pt" in error
+
+
 def test_a_version_less_accurate_than_the_serving_one_is_refused(client, keys, weak):
     error = refuse(client, keys, weak, 409, "accuracy")["error"]
     assert f"{GOLDEN_IMAGES} images" in error
