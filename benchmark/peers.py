@@ -446,10 +446,11 @@ def render(report: dict) -> str:
              f"{report['seconds']} s per run, {report['reps']} repetition(s), medians, one image per request, "
              f"one server at a time, in alternating order. {report['note']}", "",
              *render_table(report["medians"], report["cores"]), "",
-             *render_comparison(report["medians"]),
-             "## perf_analyzer (tritonclient 2.51) against the v2 servers", "",
-             "| server | " + " | ".join(f"c={c} infer/s, p50, p99" for c in LEVELS) + " |",
-             "| --- | " + " | ".join("---" for _ in LEVELS) + " |"]
+             *render_comparison(report["medians"])]
+    if report["perf_analyzer"]:
+        lines += ["## perf_analyzer (tritonclient 2.51) against the v2 servers", "",
+                  "| server | " + " | ".join(f"c={c} infer/s, p50, p99" for c in LEVELS) + " |",
+                  "| --- | " + " | ".join("---" for _ in LEVELS) + " |"]
     for name, result in report["perf_analyzer"].items():
         cells = {r["connections"]: f"{r['infer_per_s']:,.0f}, {r['p50_ms']:.1f} ms, {r['p99_ms']:.1f} ms"
                  for r in result.get("rows", [])}
