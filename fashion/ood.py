@@ -50,6 +50,10 @@ def energy(logits: np.ndarray, temperature: float) -> np.ndarray:
 # chunks of this size the float32 rows stay in the core's cache (results/ood-cost-<machine>.md).
 SCORE_CHUNK = 256
 SIDE = 28  # images are SIDE x SIDE (fashion.contract); rows are flattened row by row
+# Rows per matrix product of the pixels while serving: few enough that OpenBLAS computes the product in the calling
+# thread. For larger ones it starts its own threads, which compete with ONNX Runtime's for the same cores: on a busy
+# machine a batch's score then cost many times more per image (results/ood-cost-<machine>.md).
+BLAS_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class OodDetector:
         fitted = self._float32
         stats = PixelStats.of(pixels)
         c, size, k = stats.centred, stats.centred.shape[1], COMPONENTS
-        sums = c @ fitted["linear"]
+        sums = _product_by_rows(c, fitted["linear"])
         unit = np.float32(1.0 / 255.0)
         m = stats.means * unit
         coeffs = sums[:, :k] * unit + m[:, None] * fitted["component_sums"] - fitted["mean_coeffs"]
@@ -251,6 +255,14 @@ def _pixel_matrices(components: np.ndarray, mean: np.ndarray) -> dict[str, np.nd
     linear = np.empty((size, k + 2), dtype=np.float32)
     linear[:, :k], linear[:, k], linear[:, k + 1] = components.T, mean, 1.0
     return {"linear": linear, "lines": np.stack([index[:, -1], index[-1], index[:, 0], index[0]])}
+
+
+def _product_by_rows(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``rows @ matrix`` in float32, :data:`BLAS_ROWS` rows per product."""
+    out = np.empty((len(rows), matrix.shape[1]), dtype=np.float32)
+    for i in range(0, len(rows), BLAS_ROWS):
+        np.matmul(rows[i:i + BLAS_ROWS], matrix, out=out[i:i + BLAS_ROWS])
+    return out
 
 
 def _rank(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
