@@ -566,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(chosen, args, Path(tmp))
     report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine, "environment": stamp,
               "cores": os.cpu_count(), "argv": list(argv if argv is not None else sys.argv[1:]),
-              "seconds": args.seconds, "reps": args.reps, "note": args.note, **results}
+              "seconds": args.seconds, "reps": args.reps, "note": args.note, **results,
+              "same_work": compare(results["medians"])}
     stem = write_results(f"{args.stem}-{machine}", render(report), report, args.out).with_suffix("")
     plot(report, stem.with_suffix(".png"))
     print(f"wrote {stem}.md, .json and .png")

@@ -56,7 +56,7 @@ def render_ood(report: dict) -> str:
              f"Written by `python -m benchmark.work_cost {shlex.join(report['argv'])}` on {env['cpu']} "
              f"({env['cores']} cores); model {report['model']}, model threads 1, real test images, medians of "
              f"repeated calls. The score is computed once per batch in the model's thread; budget: {TARGET_US:g} µs "
-             "per image in a batch.", "",
+             f"per image in a batch. {report['note']}", "",
              "| batch | score µs/call | score µs/image | model µs/call | model µs/image | score / model |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['batch']} | {1e6 * r['score_s']:.1f} | {r['score_us_per_image']:.2f} | {1e6 * r['model_s']:.1f} "
@@ -152,7 +152,8 @@ def render_upload(report: dict) -> str:
              f"Written by `python -m benchmark.work_cost {shlex.join(report['argv'])}` on {env['cpu']} "
              f"({env['cores']} cores); image {report['image']}; medians of repeated calls, both ways in one run. "
              "Before: Starlette's `Request.form` (spooled upload files, then `read`) and the full decoding path; "
-             "after: `service.inputs.split_form` and `decode_image` with its early exit for the dataset's format.",
+             "after: `service.inputs.split_form` and `decode_image` with its early exit for the dataset's format. "
+             f"{report['note']}",
              "", "| stage | before µs | after µs | after / before |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['stage']} | {1e6 * r['before_s']:.1f} | {1e6 * r['after_s']:.1f} | "
               f"{r['after_s'] / r['before_s']:.2f} |" for r in report["rows"]]
@@ -169,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="ood: exported folder or BentoML tag (default: the store's "
                                                       "latest onnx-torch model)")
     parser.add_argument("--quick", action="store_true", help="short timing budget (a smoke run)")
+    parser.add_argument("--note", default="", help="a line for the report, e.g. that the machine was busy")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"folder for the report (default: {RESULTS})")
     args = parser.parse_args(argv)
     run, render, stem = WHAT[args.what]
     env = environment_stamp()
-    report = {"environment": env, "argv": list(argv if argv is not None else sys.argv[1:]),
+    report = {"environment": env, "argv": list(argv if argv is not None else sys.argv[1:]), "note": args.note,
               **run(args, QUICK if args.quick else FULL)}
     path = write_results(f"{stem}-{machine_name(env)}", render(report), report, args.out)
     print(render(report), f"wrote {path}", sep="\n")
