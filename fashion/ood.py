@@ -226,13 +226,24 @@ class OodDetector:
         if len(logits) > SCORE_CHUNK:  # a whole dataset: bounded temporaries, the same scores
             return np.concatenate([self.score(logits[i:i + SCORE_CHUNK], pixels[i:i + SCORE_CHUNK])
                                    for i in range(0, len(logits), SCORE_CHUNK)])
-        fitted = self._float32
-        ranks = np.empty((len(WEIGHTS), len(logits)))
-        for i, (name, values) in enumerate(self.batch_views(logits, pixels).items()):
-            ranks[i] = _rank(getattr(self, f"ref_{name}"), values)
-        tails = fitted["tails"]
-        ranks[tails] = np.minimum(1.0, TAIL_WEIGHT * ranks[tails])
-        return np.exp(fitted["weights"] @ np.log(ranks + fitted["floors"][:, None])).astype(np.float32)
+        total = np.zeros(len(logits))
+        for name, values in self.batch_views(logits, pixels).items():
+            total += self._rank_terms[name][np.searchsorted(getattr(self, f"ref_{name}"), values)]
+        return np.exp(total).astype(np.float32)
+
+    @cached_property
+    def _rank_terms(self) -> dict[str, np.ndarray]:
+        """Per view, its term of the score's logarithm for each possible rank: entry ``j`` is the weighted log of
+        ``j / n`` (the share of the ``n`` references below a value; in the tails, ``min(1, TAIL_WEIGHT * j / n)``)
+        plus the floor ``1 / n``. Scoring is then one look-up per view and image, with the same values."""
+        fitted, terms = self._float32, {}
+        for i, name in enumerate(WEIGHTS):
+            count = len(getattr(self, f"ref_{name}"))
+            ranks = np.arange(count + 1) / count
+            if fitted["tails"][i]:
+                ranks = np.minimum(1.0, TAIL_WEIGHT * ranks)
+            terms[name] = fitted["weights"][i] * np.log(ranks + fitted["floors"][i])
+        return terms
 
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         """True where the score reaches the validated threshold."""
@@ -263,11 +274,6 @@ def _product_by_rows(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     for i in range(0, len(rows), BLAS_ROWS):
         np.matmul(rows[i:i + BLAS_ROWS], matrix, out=out[i:i + BLAS_ROWS])
     return out
-
-
-def _rank(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Share of the (sorted) reference values below each value."""
-    return np.searchsorted(reference, values) / len(reference)
 
 
 def load_detector(path: Path) -> OodDetector:
