@@ -16,7 +16,7 @@ WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys reliability bento-check bento-profiles \
 	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness calibration ood \
-	scale-out wheelhouse protos grpc-vs-rest
+	scale-out wheelhouse protos grpc-vs-rest costs
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -94,6 +94,10 @@ bench: export ## Side-by-side benchmark of every backend -> results/benchmark-<m
 
 peers: export ## Side by side with BentoML, LitServe, Ray Serve, MLServer, KServe, bare app; perf_analyzer -> results/peers-<machine>.md (needs wrk; venvs cached)
 	$(PY) -m benchmark.peers
+
+costs: export ## The work around the model, in process: "not clothing" score per batch, a /classify upload before/after -> results/{ood,upload}-cost-<machine>.md
+	$(PY) -m benchmark.work_cost ood
+	$(PY) -m benchmark.work_cost upload
 
 bench-batch: export ## Batch throughput over 1M images vs bare session.run -> results/batch-bench-<machine>.md
 	$(PY) -m benchmark.batch

@@ -2,9 +2,11 @@
 
 Every server runs the same ONNX model (the PyTorch export's ``model.onnx`` in the BentoML store),
 with ONNX Runtime, on the same image, on loopback: fashion-serve on every payload shape it answers
-(native multipart, native JSON, v2 JSON, v2 binary), the bare Starlette app (``benchmark.bare_app``),
-and BentoML with defaults, LitServe, Ray Serve, MLServer and KServe (v1 and v2), each configured as
-its docs recommend for throughput (``benchmark/peer_servers/``, one file each).
+(native multipart, native JSON, v2 JSON, v2 binary), the bare apps doing the same work on each payload kind
+(raw uint8 body, JSON pixels, a multipart PNG: ``benchmark.bare_app``), the HTTP stack's ceiling (a fixed
+answer under the same uvicorn), and BentoML with defaults, LitServe, Ray Serve, MLServer and KServe (v1 and
+v2), each configured as its docs recommend for throughput (``benchmark/peer_servers/``, one file each). The
+report sets each of our routes beside the bare app that reads the same payload (:data:`SAME_WORK`).
 
 Each peer framework is installed from the package index into its own venv under ``--cache``
 (created on first use, reused after; the same onnxruntime and numpy as ours). Only one server runs
@@ -67,6 +69,15 @@ PERF_ANALYZER = ("tritonclient[http]==2.51.0", "nvidia-cuda-runtime-cu12")
 # jobs its default (10) rarely settles, so accept windows that differ up to 3x and report their figures.
 PERF_STABILITY_PERCENT = 200
 START_TIMEOUT_S = 300.0  # Ray and MLServer start several processes; the machine may be busy
+# Our route and the bare app that does the same work on the same payload ((peer, route) each): the report gives
+# ours as a multiple of it (req/s) and the difference of p99. The last row: the HTTP stack's ceiling.
+SAME_WORK = (
+    (("fashion-serve", "v2 binary"), ("bare raw body", "raw uint8")),
+    (("fashion-serve", "v2 binary, probabilities"), ("bare raw body", "raw uint8")),
+    (("fashion-serve", "native JSON"), ("bare JSON pixels", "JSON pixels")),
+    (("fashion-serve", "native multipart"), ("bare multipart PNG", "multipart PNG")),
+    (("fashion-serve", "v2 binary, probabilities"), ("HTTP ceiling", "fixed answer")),
+)
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,32 @@ def peer_module(name: str) -> Callable[[Path, int, Path], list[str]]:
     return lambda bin_dir, port, workdir: [str(bin_dir / "python"), "-m", f"benchmark.peer_servers.{name}"]
 
 
+def uvicorn_app(app: str) -> Callable[[Path, int, Path], list[str]]:
+    """The command that serves ``benchmark.bare_app:<app>`` with uvicorn: one worker, httptools, no access log."""
+    return lambda bin_dir, port, workdir: [str(bin_dir / "uvicorn"), f"benchmark.bare_app:{app}", "--host",
+                                           "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "httptools",
+                                           "--no-access-log", "--log-level", "warning"]
+
+
+def bare_peers(png: bytes, pixels: np.ndarray) -> list[Peer]:
+    """The bare apps (benchmark.bare_app), one per payload kind, each doing our work and nothing else, and the
+    HTTP stack's ceiling (a fixed answer); each is compared with our route that reads the same payload."""
+    batch = pixels[None].astype(np.uint8)
+    configuration = "Starlette under uvicorn (httptools), one worker, no access log; decode, session.run, " \
+                    "label and probabilities as JSON (benchmark/bare_app.py)"
+    return [
+        Peer("bare raw body", configuration, uvicorn_app("raw_app"), "/livez",
+             (Route("raw uint8", "/classify", batch.tobytes(), "application/octet-stream"),)),
+        Peer("bare JSON pixels", configuration, uvicorn_app("json_app"), "/livez",
+             (Route("JSON pixels", "/classify", json.dumps({"pixels": batch.tolist()}).encode(), JSON),)),
+        Peer("bare multipart PNG", configuration, uvicorn_app("multipart_app"), "/livez",
+             (Route("multipart PNG", "/classify", multipart_body(png, BOUNDARY), MULTIPART),)),
+        Peer("HTTP ceiling", "a plain ASGI app answering a fixed JSON body under uvicorn (httptools), one worker, "
+             "no access log (benchmark/bare_app.py)", uvicorn_app("ceiling_app"), "/livez",
+             (Route("fixed answer", "/classify", batch.tobytes(), "application/octet-stream"),)),
+    ]
+
+
 def peers(png: bytes, pixels: np.ndarray) -> list[Peer]:
     """Every server, each configured as its docs recommend for throughput on a small CPU model."""
     image = pixels.tolist()
@@ -164,11 +201,7 @@ def peers(png: bytes, pixels: np.ndarray) -> list[Peer]:
              lambda bin_dir, port, workdir: [str(bin_dir / "bentoml"), "serve", "service.service:FashionClassifier",
                                              "--host", "127.0.0.1", "--port", str(port)],
              "/readyz", our_routes(png, pixels), env={"TF_CPP_MIN_LOG_LEVEL": "3"}, v2_model="onnx-torch"),
-        Peer("bare Starlette", "uvicorn, one worker, no access log (benchmark/bare_app.py)",
-             lambda bin_dir, port, workdir: [str(bin_dir / "uvicorn"), "benchmark.bare_app:app", "--host", "127.0.0.1",
-                                             "--port", str(port), "--workers", "1", "--no-access-log",
-                                             "--log-level", "warning"],
-             "/livez", (Route("multipart", "/classify", multipart_body(png, BOUNDARY), MULTIPART),)),
+        *bare_peers(png, pixels),
         Peer("BentoML", "defaults (1 worker), @bentoml.api(batchable=True): adaptive batching",
              lambda bin_dir, port, workdir: [str(bin_dir / "bentoml"), "serve",
                                              "benchmark.peer_servers.bentoml_peer:Classifier",
@@ -376,6 +409,36 @@ def render_table(table: list[dict], cores: int) -> list[str]:
     return lines
 
 
+def compare(table: list[dict]) -> list[dict]:
+    """Each :data:`SAME_WORK` pair that ran, per level: ours over the bare app (req/s) and ours less it (p99 ms)."""
+    cells = {(r["peer"], r["route"], r["connections"]): r for r in table}
+    out = []
+    for ours, bare in SAME_WORK:
+        for level in LEVELS:
+            a, b = cells.get((*ours, level)), cells.get((*bare, level))
+            if a and b:
+                out.append({"ours": ", ".join(ours), "bare": ", ".join(bare), "connections": level,
+                            "ratio": a["rps"] / b["rps"], "p99_delta_ms": a["p99_ms"] - b["p99_ms"]})
+    return out
+
+
+def render_comparison(table: list[dict]) -> list[str]:
+    """The same-work table: one line per pair, ours as a multiple of the bare app and the p99 difference."""
+    pairs = compare(table)
+    if not pairs:
+        return []
+    lines = ["## Same work, side by side", "",
+             "Our route's req/s as a multiple of the bare app reading the same payload, and our p99 less its p99.", "",
+             "| ours | against | " + " | ".join(f"c={c}" for c in LEVELS) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in LEVELS) + " |"]
+    for ours, bare in dict.fromkeys((p["ours"], p["bare"]) for p in pairs):
+        found = {p["connections"]: p for p in pairs if (p["ours"], p["bare"]) == (ours, bare)}
+        lines.append(f"| {ours} | {bare} | " + " | ".join(
+            f"{found[c]['ratio']:.2f}x, p99 {found[c]['p99_delta_ms']:+.1f} ms" if c in found else "-"
+            for c in LEVELS) + " |")
+    return [*lines, ""]
+
+
 def render(report: dict) -> str:
     """The Markdown report: conditions, the wrk table, perf_analyzer, the peers, what failed."""
     lines = [f"# Peer servers, {report['machine']}", "",
@@ -383,9 +446,11 @@ def render(report: dict) -> str:
              f"{report['seconds']} s per run, {report['reps']} repetition(s), medians, one image per request, "
              f"one server at a time, in alternating order. {report['note']}", "",
              *render_table(report["medians"], report["cores"]), "",
-             "## perf_analyzer (tritonclient 2.51) against the v2 servers", "",
-             "| server | " + " | ".join(f"c={c} infer/s, p50, p99" for c in LEVELS) + " |",
-             "| --- | " + " | ".join("---" for _ in LEVELS) + " |"]
+             *render_comparison(report["medians"])]
+    if report["perf_analyzer"]:
+        lines += ["## perf_analyzer (tritonclient 2.51) against the v2 servers", "",
+                  "| server | " + " | ".join(f"c={c} infer/s, p50, p99" for c in LEVELS) + " |",
+                  "| --- | " + " | ".join("---" for _ in LEVELS) + " |"]
     for name, result in report["perf_analyzer"].items():
         cells = {r["connections"]: f"{r['infer_per_s']:,.0f}, {r['p50_ms']:.1f} ms, {r['p99_ms']:.1f} ms"
                  for r in result.get("rows", [])}
@@ -501,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(chosen, args, Path(tmp))
     report = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine, "environment": stamp,
               "cores": os.cpu_count(), "argv": list(argv if argv is not None else sys.argv[1:]),
-              "seconds": args.seconds, "reps": args.reps, "note": args.note, **results}
+              "seconds": args.seconds, "reps": args.reps, "note": args.note, **results,
+              "same_work": compare(results["medians"])}
     stem = write_results(f"{args.stem}-{machine}", render(report), report, args.out).with_suffix("")
     plot(report, stem.with_suffix(".png"))
     print(f"wrote {stem}.md, .json and .png")

@@ -50,6 +50,10 @@ def energy(logits: np.ndarray, temperature: float) -> np.ndarray:
 # chunks of this size the float32 rows stay in the core's cache (results/ood-cost-<machine>.md).
 SCORE_CHUNK = 256
 SIDE = 28  # images are SIDE x SIDE (fashion.contract); rows are flattened row by row
+# Rows per matrix product of the pixels while serving: few enough that OpenBLAS computes the product in the calling
+# thread. For larger ones it starts its own threads, which compete with ONNX Runtime's for the same cores: on a busy
+# machine a batch's score then cost many times more per image (results/ood-cost-<machine>.md).
+BLAS_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class OodDetector:
                 "mean_sum": np.float32(self.mean.sum()), "mean_norm": np.float32(self.mean @ self.mean),
                 "inverse_variances": (1.0 / self.variances).astype(np.float32), "whiten": whiten.astype(np.float32),
                 "white_means": means.astype(np.float32), "white_norms": (means ** 2).sum(axis=1).astype(np.float32),
+                **_pixel_matrices(self.components, self.mean),
                 "floors": 1.0 / np.array([max(len(getattr(self, f"ref_{name}")), 1) for name in WEIGHTS]),
                 "tails": np.array([name in TAILS for name in WEIGHTS]),
                 "weights": np.array(list(WEIGHTS.values())) / sum(WEIGHTS.values())}
@@ -176,6 +181,42 @@ class OodDetector:
         return {"energy": energy(logits, self.temperature), "logit_distance": self.logit_distance(logits),
                 "likelihood": self.likelihood(stats), "spread": spread(stats), "smoothness": smoothness(stats)}
 
+    def batch_views(self, logits: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The same five statistics as :meth:`views` (equal within float32 rounding), in a fixed number of numpy
+        calls whatever the batch: what serving pays per batch is mostly per call, not per image.
+
+        One matrix product of the centred rows gives the PCA coefficients, the dot product with the training mean
+        and each image's total; one gather gives the four lines the neighbour correlations leave out (last and
+        first column, last and first row), whose sums and squares are two calls; the horizontal and vertical
+        correlations are then computed side by side as one ``[N, 2]`` array.
+        """
+        fitted = self._float32
+        stats = PixelStats.of(pixels)
+        c, size, k = stats.centred, stats.centred.shape[1], COMPONENTS
+        sums = _product_by_rows(c, fitted["linear"])
+        unit = np.float32(1.0 / 255.0)
+        m = stats.means * unit
+        coeffs = sums[:, :k] * unit + m[:, None] * fitted["component_sums"] - fitted["mean_coeffs"]
+        norms = (stats.squares * unit * unit - 2 * unit * sums[:, k]
+                 + (np.float32(size) * m - 2 * fitted["mean_sum"]) * m + fitted["mean_norm"])
+        residual = np.maximum(norms - np.vecdot(coeffs, coeffs), 0)
+        likelihood = -((coeffs * coeffs) @ fitted["inverse_variances"] + residual / np.float32(self.noise_variance))
+        # Lines 0-1 (last column, last row) are left out of side a, lines 2-3 (first column, first row) of side b.
+        lines = c[:, fitted["lines"]]
+        line_sums, line_squares = lines.sum(axis=2), np.vecdot(lines, lines)
+        horizontal = np.vecdot(c[:, :-1], c[:, 1:]) - np.vecdot(c[:, SIDE - 1:-1:SIDE], c[:, SIDE::SIDE])
+        products = np.stack([horizontal, np.vecdot(c[:, :-SIDE], c[:, SIDE:])], axis=1)
+        total, squares, count = sums[:, k + 1:], stats.squares[:, None], np.float32(size - SIDE)
+        sum_a, sum_b = total - line_sums[:, :2], total - line_sums[:, 2:]
+        var_a = squares - line_squares[:, :2] - sum_a * sum_a / count
+        var_b = squares - line_squares[:, 2:] - sum_b * sum_b / count
+        cov = products - sum_a * sum_b / count
+        flat = np.float32(1e-6) * count  # as in _correlation
+        norm = np.sqrt(np.maximum(var_a, 0) * np.maximum(var_b, 0))
+        correlations = np.where((var_a > flat) & (var_b > flat), cov / np.maximum(norm, flat), np.float32(0.0))
+        return {"energy": energy(logits, self.temperature), "logit_distance": self.logit_distance(logits),
+                "likelihood": likelihood, "spread": spread(stats), "smoothness": correlations.sum(axis=1) / 2}
+
     def score(self, logits: np.ndarray, pixels: np.ndarray) -> np.ndarray:
         """Per image, 0-1: how typical of the validation images it is (see the module docs); ``float32[N]``.
 
@@ -185,13 +226,24 @@ class OodDetector:
         if len(logits) > SCORE_CHUNK:  # a whole dataset: bounded temporaries, the same scores
             return np.concatenate([self.score(logits[i:i + SCORE_CHUNK], pixels[i:i + SCORE_CHUNK])
                                    for i in range(0, len(logits), SCORE_CHUNK)])
-        fitted = self._float32
-        ranks = np.empty((len(WEIGHTS), len(logits)))
-        for i, (name, values) in enumerate(self.views(logits, pixels).items()):
-            ranks[i] = _rank(getattr(self, f"ref_{name}"), values)
-        tails = fitted["tails"]
-        ranks[tails] = np.minimum(1.0, TAIL_WEIGHT * ranks[tails])
-        return np.exp(fitted["weights"] @ np.log(ranks + fitted["floors"][:, None])).astype(np.float32)
+        total = np.zeros(len(logits))
+        for name, values in self.batch_views(logits, pixels).items():
+            total += self._rank_terms[name][np.searchsorted(getattr(self, f"ref_{name}"), values)]
+        return np.exp(total).astype(np.float32)
+
+    @cached_property
+    def _rank_terms(self) -> dict[str, np.ndarray]:
+        """Per view, its term of the score's logarithm for each possible rank: entry ``j`` is the weighted log of
+        ``j / n`` (the share of the ``n`` references below a value; in the tails, ``min(1, TAIL_WEIGHT * j / n)``)
+        plus the floor ``1 / n``. Scoring is then one look-up per view and image, with the same values."""
+        fitted, terms = self._float32, {}
+        for i, name in enumerate(WEIGHTS):
+            count = len(getattr(self, f"ref_{name}"))
+            ranks = np.arange(count + 1) / count
+            if fitted["tails"][i]:
+                ranks = np.minimum(1.0, TAIL_WEIGHT * ranks)
+            terms[name] = fitted["weights"][i] * np.log(ranks + fitted["floors"][i])
+        return terms
 
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         """True where the score reaches the validated threshold."""
@@ -202,9 +254,26 @@ class OodDetector:
         np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
-def _rank(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Share of the (sorted) reference values below each value."""
-    return np.searchsorted(reference, values) / len(reference)
+def _pixel_matrices(components: np.ndarray, mean: np.ndarray) -> dict[str, np.ndarray]:
+    """What :meth:`OodDetector.batch_views` needs beside the fitted arrays.
+
+    ``linear`` (``784 x (COMPONENTS + 2)``, float32) takes a centred row to its PCA coefficients (in grey levels),
+    its dot product with the training mean and its total; ``lines`` (``4 x 28``) indexes the last column, the last
+    row, the first column and the first row of a flattened image.
+    """
+    size, k = SIDE * SIDE, COMPONENTS
+    index = np.arange(size).reshape(SIDE, SIDE)
+    linear = np.empty((size, k + 2), dtype=np.float32)
+    linear[:, :k], linear[:, k], linear[:, k + 1] = components.T, mean, 1.0
+    return {"linear": linear, "lines": np.stack([index[:, -1], index[-1], index[:, 0], index[0]])}
+
+
+def _product_by_rows(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``rows @ matrix`` in float32, :data:`BLAS_ROWS` rows per product."""
+    out = np.empty((len(rows), matrix.shape[1]), dtype=np.float32)
+    for i in range(0, len(rows), BLAS_ROWS):
+        np.matmul(rows[i:i + BLAS_ROWS], matrix, out=out[i:i + BLAS_ROWS])
+    return out
 
 
 def load_detector(path: Path) -> OodDetector:

@@ -41,7 +41,7 @@ from fashion.contract import (
     check_label_header,
     check_labels,
 )
-from service.inputs import RequestError, form_value
+from service.inputs import RequestError, form_value, split_form
 
 IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE
 # How a task answers a broken contract (fashion.contract.ContractError.reason); anything else is 422.
@@ -82,49 +82,10 @@ class Dataset:
 
 
 def split_multipart(body: bytes, content_type: str) -> dict[str, list[bytes]]:
-    """Every part of a multipart/form-data body by field name, in order (python-multipart's streaming parser)."""
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    boundary = parse_options_header(content_type)[1].get(b"boundary")
-    if not boundary:
-        raise RequestError("multipart/form-data body without a boundary", 400)
-    parts: list[tuple[list[str], list[bytes]]] = []
-    header: dict[str, bytes] = {"field": b"", "value": b""}
-    ended: list[bool] = []
-
-    def on_part_begin() -> None:
-        parts.append(([], []))
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        if header["field"].strip().lower() == b"content-disposition":
-            name = parse_options_header(header["value"])[1].get(b"name", b"")
-            parts[-1][0].append(name.decode("latin-1"))
-        header["field"] = header["value"] = b""
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1][1].append(data[start:end])
-
-    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                 "on_header_value": on_header_value, "on_header_end": on_header_end,
-                 "on_part_data": on_part_data, "on_end": lambda: ended.append(True)}
-    try:
-        parser = MultipartParser(boundary, callbacks)
-        parser.write(body)
-        parser.finalize()
-    except (FormParserError, ValueError) as exc:
-        raise RequestError(f"malformed multipart/form-data body: {exc}", 400) from None
-    if not ended:
-        raise RequestError("malformed multipart/form-data body: it ends before the closing boundary", 400)
+    """Every part of a multipart/form-data body by field name, in order (service.inputs.split_form)."""
     fields: dict[str, list[bytes]] = {}
-    for names, chunks in parts:
-        fields.setdefault(names[0] if names else "", []).append(b"".join(chunks))
+    for part in split_form(body, content_type):
+        fields.setdefault(part.name, []).append(part.data)
     return fields
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,6 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import DType, Shape
 from pydantic import Field, PlainSerializer, SerializationInfo
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from fashion.arrays import read_npy, sniff
@@ -37,6 +37,7 @@ NPY_CONTENT_TYPES = ("application/x-npy", "application/octet-stream")
 INLINE_DECODE_BYTES = 64 * 1024
 # Form fields (or query parameters) an image upload may carry besides its files.
 UPLOAD_OPTIONS = ("backend", "top_k", "return_input", "framing")
+MAX_FORM_FIELDS = 16  # plain (non-file) fields in one upload form; more is a malformed request
 
 
 class RequestError(BentoMLException):
@@ -155,21 +156,79 @@ async def read_body(request: Request, limit: int, allow_empty: bool = False) -> 
     return body
 
 
-async def _parse_form(request: Request, body: bytes, max_files: int):
-    """Multipart form from an already size-checked body."""
-    sent = False
+@dataclass(frozen=True)
+class FormPart:
+    """One part of a multipart/form-data body: its field name, its file name (``None`` for a plain field) and its
+    bytes."""
 
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    name: str
+    filename: str | None
+    data: bytes
 
+
+def split_form(body: bytes, content_type: str, max_files: int | None = None,
+               max_fields: int | None = None) -> list[FormPart]:
+    """Every part of a multipart/form-data ``body``, in order, by python-multipart's parser over the body as read.
+
+    Each part's bytes are one slice of the body (a part the parser sees in one piece is never copied again): no
+    spooled temporary files, no upload objects. Refuses (413) more than ``max_files`` parts with a file name and
+    (400) more than ``max_fields`` without one as soon as the part that crosses the limit starts, and (400) a
+    malformed body or one that ends before its closing boundary.
+    """
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise RequestError("multipart/form-data body without a boundary", 400)
+    parts: list[tuple[list[bytes], list[bytes]]] = []  # (content-disposition, data pieces)
+    header = {"field": b"", "value": b""}
+    counts = {"files": 0, "fields": 0}
+    ended: list[bool] = []
+
+    def on_header_end() -> None:
+        if header["field"].strip().lower() == b"content-disposition":
+            parts[-1][0].append(header["value"])
+        header["field"] = header["value"] = b""
+
+    def on_headers_finished() -> None:
+        options = parse_options_header(parts[-1][0][0] if parts[-1][0] else b"")[1]
+        kind, limit = ("files", max_files) if b"filename" in options else ("fields", max_fields)
+        counts[kind] += 1
+        if limit is not None and counts[kind] > limit:
+            raise RequestError(f"more than {limit} {'images' if kind == 'files' else 'form fields'} in one request",
+                               413 if kind == "files" else 400)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    callbacks = {"on_part_begin": lambda: parts.append(([], [])),
+                 "on_header_field": on_header_field, "on_header_value": on_header_value,
+                 "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+                 "on_part_data": lambda data, start, end: parts[-1][1].append(data[start:end]),
+                 "on_end": lambda: ended.append(True)}
     try:
-        return await Request(request.scope, replay).form(max_files=max_files + 1, max_fields=16)
-    except Exception as exc:  # starlette raises HTTPException / MultiPartException for malformed forms
-        raise RequestError(f"malformed multipart/form-data body: {getattr(exc, 'detail', exc)}", 400) from None
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, ValueError) as exc:
+        raise RequestError(f"malformed multipart/form-data body: {exc}", 400) from None
+    if not ended:
+        raise RequestError("malformed multipart/form-data body: it ends before the closing boundary", 400)
+    return [_form_part(disposition, pieces) for disposition, pieces in parts]
+
+
+def _form_part(disposition: list[bytes], pieces: list[bytes]) -> FormPart:
+    """A part from its Content-Disposition header (if any) and its data pieces (joined: one piece stays as it is)."""
+    from python_multipart.multipart import parse_options_header
+
+    options = parse_options_header(disposition[0])[1] if disposition else {}
+    filename = options.get(b"filename")
+    return FormPart(options.get(b"name", b"").decode("utf-8", "replace"),
+                    None if filename is None else filename.decode("utf-8", "replace"), b"".join(pieces))
 
 
 async def read_image_files(request: Request, config: ServiceConfig) -> tuple[list[bytes], dict[str, str]]:
@@ -182,21 +241,18 @@ async def read_image_files(request: Request, config: ServiceConfig) -> tuple[lis
         raise RequestError(
             f"unsupported Content-Type {content_type or '(none)'!r}: send multipart/form-data with files in "
             "the 'images' field, or one raw image body (image/png, image/jpeg, ...)", 415)
-    form = await _parse_form(request, body, config.max_images)
-    unknown = sorted(set(form) - {"images", *UPLOAD_OPTIONS})
+    parts = split_form(body, request.headers.get("content-type", ""), config.max_images, MAX_FORM_FIELDS)
+    unknown = sorted({p.name for p in parts} - {"images", *UPLOAD_OPTIONS})
     if unknown:
         raise RequestError(f"unknown form field(s) {unknown}; expected 'images' (files) and optional "
                            f"{', '.join(repr(o) for o in UPLOAD_OPTIONS)}")
-    values = form.getlist("images")
-    if not values:
+    images = [p for p in parts if p.name == "images"]
+    if not images:
         raise RequestError("no files in the 'images' field", 400)
-    if not all(isinstance(v, UploadFile) for v in values):
+    if any(p.filename is None for p in images):
         raise RequestError("'images' must be uploaded files; the service does not fetch URLs or read paths", 400)
-    if len(values) > config.max_images:
-        raise RequestError(f"{len(values)} images in one request; at most {config.max_images}", 413)
-    files = [await v.read() for v in values]
-    fields = {k: v for k, v in form.items() if k != "images" and isinstance(v, str)}
-    return files, fields
+    fields = {p.name: p.data.decode("utf-8", "replace") for p in parts if p.name != "images" and p.filename is None}
+    return [p.data for p in images], fields
 
 
 def decode_all(files: list[bytes], framing: str = "dataset") -> np.ndarray:

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.benchmark]  # it times the peers harn
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")
 def test_peers_smoke_run_writes_table_json_and_plot(server, bentoml_home, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "benchmark.peers", "--only", "bare Starlette", "--seconds", "1",
+    result = subprocess.run([sys.executable, "-m", "benchmark.peers", "--only", "bare multipart PNG", "--seconds", "1",
                              "--reps", "2", "--no-perf-analyzer", "--cache", str(tmp_path / "venvs"),
                              "--out", str(tmp_path), "--note", "smoke"], cwd=REPO,
                             env={**os.environ, "BENTOML_HOME": str(bentoml_home)},
@@ -36,4 +36,4 @@ def test_peers_smoke_run_writes_table_json_and_plot(server, bentoml_home, tmp_pa
     assert data["peers"][0]["venv_mb"] > 0 and data["failures"] == {}
     assert not (tmp_path / "venvs").exists()  # the bare app needs no venv of its own
     table = report.with_suffix(".md").read_text()
-    assert "| bare Starlette | multipart |" in table and report.with_suffix(".png").stat().st_size > 0
+    assert "| bare multipart PNG | multipart PNG |" in table and report.with_suffix(".png").stat().st_size > 0

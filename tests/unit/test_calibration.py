@@ -174,3 +174,25 @@ def test_the_batch_score_is_the_documented_score_and_does_not_depend_on_the_batc
         reference_score(detector, batch_logits, pixels))).mean() >= 0.99
     alone = np.concatenate([detector.score(batch_logits[i:i + 1], pixels[i:i + 1]) for i in range(0, 503, 50)])
     assert alone == pytest.approx(scores[::50], abs=1e-5)
+
+
+def test_the_batch_views_are_the_views_image_by_image():
+    """The serving path's fused statistics (few numpy calls per batch) equal the per-statistic functions computed
+    one image at a time (the score's earlier per-request computation), within float32 rounding, blank, constant
+    and noise images included."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 10, 3000)
+    logits = (rng.normal(0, 1, (3000, 10)) + 6 * np.eye(10)[labels]).astype(np.float32)
+    detector = fit_detector(blobs(rng, 2000), logits[:2000], labels[:2000], blobs(rng, 1000), logits[2000:], 1.3)
+    junk = np.stack([np.zeros((28, 28)), np.full((28, 28), 200), rng.integers(0, 256, (28, 28)),
+                     np.tile(np.arange(28) * 9, (28, 1))]).astype(np.uint8)
+    pixels, batch_logits = np.concatenate([blobs(rng, 60), junk]), logits[:64]
+    fused, views = detector.batch_views(batch_logits, pixels), detector.views(batch_logits, pixels)
+    # The PCA likelihood's residual cancels (a norm less the coefficients' norm): float32 keeps about three digits.
+    for name in WEIGHTS:
+        assert fused[name].dtype == np.float32
+        assert fused[name] == pytest.approx(views[name], rel=1e-3, abs=1e-4), name
+    for i in range(len(pixels)):
+        alone = detector.views(batch_logits[i:i + 1], pixels[i:i + 1])
+        for name in WEIGHTS:
+            assert fused[name][i] == pytest.approx(alone[name][0], rel=1e-3, abs=1e-4), (name, i)

@@ -51,7 +51,7 @@ def test_each_framework_has_its_own_pinned_venv_and_ours_runs_in_this_one(tmp_pa
     servers = {p.name: p for p in peers.peers(PNG, PIXELS)}
     assert servers["Ray Serve"].venv(tmp_path) == tmp_path / "ray-2.60.0"
     assert servers["MLServer"].venv(tmp_path) == tmp_path / "mlserver-1.7.1"
-    assert servers["fashion-serve"].packages == () and servers["bare Starlette"].packages == ()
+    assert servers["fashion-serve"].packages == () and servers["bare raw body"].packages == ()
     assert len({p.venv(tmp_path) for p in servers.values() if p.packages}) == 5
     assert {p.v2_model for p in servers.values() if p.v2_model} == {"onnx-torch", "fashion"}
 
