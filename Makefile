@@ -15,7 +15,7 @@ PLATFORM ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux2014_x86_64 lin
 WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys reliability bento-check bento-profiles \
-	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness calibration ood \
+	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness tilt-choice calibration ood \
 	scale-out wheelhouse protos grpc-vs-rest
 
 help: ## Show the targets
@@ -79,6 +79,9 @@ calibration: export ## ECE before/after temperature scaling per exported model -
 
 robustness: export ## MNIST-C corruptions, delivery and capture variants via HTTP, both frameworks -> results/robustness.md
 	$(PY) -m benchmark.quality.robustness --limit 1000
+
+tilt-choice: data ## Tilt: deskew against training both frameworks on turned images (short runs) -> results/tilt-choice.md
+	OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 $(PY) -m benchmark.quality.tilt_choice --epochs 6 --train-limit 12000
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
 	$(PY) -m benchmark.quality.ood
