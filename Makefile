@@ -81,7 +81,7 @@ robustness: export ## MNIST-C corruptions, delivery and capture variants via HTT
 	$(PY) -m benchmark.quality.robustness --limit 1000
 
 tilt-choice: data ## Tilt: deskew against training both frameworks on turned images (short runs) -> results/tilt-choice.md
-	OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 $(PY) -m benchmark.quality.tilt_choice --epochs 6 --train-limit 12000
+	OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 $(PY) -m benchmark.quality.tilt_choice --epochs 6 --train-limit 12000 --turns 25:25:0.5 10:10:0.5
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
 	$(PY) -m benchmark.quality.ood

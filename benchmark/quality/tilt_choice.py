@@ -1,11 +1,11 @@
 """Tilt: correct it (deskew) or learn it (train on turned images)? Both measured on the same models and images.
 
-``python -m benchmark.quality.tilt_choice`` trains each framework twice through the one shared loader
+``python -m benchmark.quality.tilt_choice`` trains each framework once per arm through the one shared loader
 (``training.loop.fit`` on ``training.run.make_train_data``), from the ``best`` preset with ``--epochs`` epochs:
 
 * ``plain``: the preset as it is;
-* ``turned``: the same, plus the loop's turn augmentation (``--rotate`` and ``--shear`` degrees, on a share
-  ``--share`` of the images), so both frameworks still see the same augmented batches.
+* ``turned R:S:P``, one per ``--turns``: the same, plus the loop's turn augmentation (a rotation of up to R and a
+  shear of up to S degrees, on a share P of the images), so both frameworks still see the same augmented batches.
 
 Each model is then scored on the clean test set, on MNIST-C's rotate and shear families (:mod:`benchmark.quality.
 corruptions`, five severities) and on the robustness benchmark's tilted product photos (8 and 15 degrees), every
@@ -75,11 +75,16 @@ def accuracy(trainer, pixels: np.ndarray, labels: np.ndarray) -> float:
 
 
 def arms(args) -> dict[str, object]:
+    """``plain`` (the preset) and one ``turned`` arm per ``ROTATE:SHEAR:SHARE`` in ``args.turns``."""
     from training.config import get_preset
 
     plain = get_preset("best", epochs=args.epochs, seed=args.seed, limit=args.train_limit)
-    turn = dataclasses.replace(plain.augment, max_rotate=args.rotate, max_shear=args.shear, affine_share=args.share)
-    return {"plain": plain, "turned": dataclasses.replace(plain, augment=turn)}
+    out = {"plain": plain}
+    for spec in args.turns:
+        rotate, shear, share = (float(part) for part in spec.split(":"))
+        turn = dataclasses.replace(plain.augment, max_rotate=rotate, max_shear=shear, affine_share=share)
+        out[f"turned {spec}"] = dataclasses.replace(plain, augment=turn)
+    return out
 
 
 def markdown(data: dict) -> str:
@@ -87,10 +92,11 @@ def markdown(data: dict) -> str:
     cases = list(rows[0]["accuracy"])
     lines = ["# Tilt: deskew or training on turned images", "",
              f"Written by `{data['command']}` (benchmark/quality/tilt_choice.py) on {data['machine']}. Each framework "
-             f"is trained twice from the `best` preset for {data['epochs']} epochs on "
+             f"is trained from the `best` preset for {data['epochs']} epochs on "
              f"{data['train_limit'] or 48000} images of the shared training split, through the one shared loader: "
-             "`plain` (the preset) and `turned` (plus the loop's turn augmentation: "
-             f"`{data['turn']}`). Clean accuracy is on the 10,000 test images; the other columns on the first "
+             "`plain` (the preset) and `turned R:S:P` (plus the loop's turn augmentation: a rotation of up to R "
+             "degrees and a horizontal shear of up to S degrees on a share P of the images). Clean accuracy is on "
+             "the 10,000 test images; the other columns on the first "
              f"{data['n']} test images, each file decoded by `fashion.imaging.decode_image` as the service decodes "
              "it. Rotate and shear are MNIST-C's families (severity 3 is MNIST-C's parameter); tilt-8 and "
              "tilt-15 are the robustness benchmark's tilted product photos, with the deskew on (as served) or off.",
@@ -106,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frameworks", nargs="+", default=["torch", "tf"], help="default: torch tf")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run (default 15)")
-    parser.add_argument("--rotate", type=float, default=25.0, help="turn bound, degrees (default 25)")
-    parser.add_argument("--shear", type=float, default=25.0, help="shear bound, degrees (default 25)")
-    parser.add_argument("--share", type=float, default=0.5, help="share of images turned (default 0.5)")
+    parser.add_argument("--turns", nargs="+", default=["25:25:0.5", "10:10:0.5"],
+                        help="one turned arm per ROTATE:SHEAR:SHARE (degrees, degrees, share of images turned; "
+                             "default 25:25:0.5 10:10:0.5)")
     parser.add_argument("--train-limit", type=int, default=None,
                         help="train on this many images of the shared training split (default: all 48,000)")
     parser.add_argument("--limit", type=int, default=1000, help="test images per turned case (default 1000)")
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     sets = evaluation_sets(images, args.seed)
     result = {"command": command_line("benchmark.quality.tilt_choice", argv), "machine": machine_name(
         environment_stamp()), "epochs": args.epochs, "train_limit": args.train_limit, "n": args.limit, "rows": [],
-        "turn": f"max_rotate={args.rotate}, max_shear={args.shear}, affine_share={args.share}"}
+        "turns": args.turns}
     for framework in args.frameworks:
         for arm, config in arms(args).items():
             trainer, seconds = train(framework, config, data)

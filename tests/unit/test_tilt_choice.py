@@ -16,7 +16,8 @@ pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, no
 
 
 def test_the_arms_differ_only_in_the_turn():
-    args = argparse.Namespace(epochs=3, seed=1, train_limit=500, rotate=20.0, shear=10.0, share=0.5)
+    args = argparse.Namespace(epochs=3, seed=1, train_limit=500, turns=["20:10:0.5"])
+    assert list(arms(args)) == ["plain", "turned 20:10:0.5"]
     plain, turned = arms(args).values()
     assert dataclasses.replace(turned, augment=plain.augment) == plain
     assert (turned.augment.max_rotate, turned.augment.max_shear, turned.augment.affine_share) == (20.0, 10.0, 0.5)
@@ -37,7 +38,7 @@ def test_the_report_has_a_line_per_model_and_a_column_per_case():
     row = {"framework": "torch", "arm": "plain", "train_seconds": 1.0, "clean": 0.9,
            "accuracy": {"rotate 3": 0.5, "tilt-15 deskew on": 0.8}}
     text = markdown({"command": "python -m benchmark.quality.tilt_choice", "machine": "m", "epochs": 1,
-                     "train_limit": None, "n": 10, "turn": "t", "rows": [row, {**row, "arm": "turned"}]})
+                     "train_limit": None, "n": 10, "turns": ["1:1:1"], "rows": [row, {**row, "arm": "turned"}]})
     table = [line for line in text.splitlines() if line.startswith("| torch")]
     assert len(table) == 2 and all(line.count("|") == 7 for line in table)
     assert "| rotate 3 | tilt-15 deskew on |" in text
