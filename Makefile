@@ -15,8 +15,8 @@ PLATFORM ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux2014_x86_64 lin
 WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys reliability bento-check bento-profiles \
-	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness calibration ood \
-	scale-out wheelhouse protos grpc-vs-rest costs
+	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness tilt-choice \
+	calibration ood scale-out wheelhouse protos grpc-vs-rest costs
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ calibration: export ## ECE before/after temperature scaling per exported model -
 
 robustness: export ## MNIST-C corruptions, delivery and capture variants via HTTP, both frameworks -> results/robustness.md
 	$(PY) -m benchmark.quality.robustness --limit 1000
+
+tilt-choice: data ## Tilt: deskew against training both frameworks on turned images (short runs) -> results/tilt-choice.md
+	OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 $(PY) -m benchmark.quality.tilt_choice --epochs 6 --train-limit 12000 --turns 25:25:0.5 10:10:0.5
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
 	$(PY) -m benchmark.quality.ood

@@ -50,10 +50,18 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random shift of up to ``max_shift`` pixels and horizontal flip, per image."""
+    """Per image: a random shift of up to ``max_shift`` pixels, a horizontal flip, and a random turn.
+
+    ``max_rotate`` and ``max_shear`` (degrees) draw a rotation and a horizontal shear uniformly within
+    +-the bound, about the image centre, for a share ``affine_share`` of the images; zero leaves the turn out
+    (and the batches exactly as they were without these fields).
+    """
 
     max_shift: int = 0
     flip: bool = False
+    max_rotate: float = 0.0
+    max_shear: float = 0.0
+    affine_share: float = 1.0
 
 
 @dataclass(frozen=True)

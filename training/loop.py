@@ -89,12 +89,13 @@ def fold_batch_norm(
 
 
 def augment_batch(images: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Shift each image by up to ``max_shift`` pixels (zero fill) and flip half horizontally.
+    """Shift each image by up to ``max_shift`` pixels (zero fill), flip half horizontally, then turn (see
+    :func:`turn_batch`).
 
     One vectorised gather per batch; no per-image Python loop.
     """
     if not config.max_shift and not config.flip:
-        return images
+        return turn_batch(images, config, rng)
     n, pad = len(images), config.max_shift
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad))) if pad else images
     offsets = rng.integers(0, 2 * pad + 1, size=(n, 2)) if pad else np.zeros((n, 2), dtype=np.int64)
@@ -104,7 +105,48 @@ def augment_batch(images: np.ndarray, config: AugmentConfig, rng: np.random.Gene
     if config.flip:
         flip = rng.random(n) < 0.5
         cols = np.where(flip[:, None], cols[:, ::-1], cols)
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return turn_batch(padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]], config, rng)
+
+
+def turn_batch(images: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """A share ``affine_share`` of ``images`` rotated and sheared by angles drawn within the config's bounds
+    (:func:`turn_images`); the batch itself, without drawing from ``rng``, when the config asks for no turn."""
+    if not config.max_rotate and not config.max_shear:
+        return images
+    n = len(images)
+    rotate = rng.uniform(-config.max_rotate, config.max_rotate, n)
+    shear = rng.uniform(-config.max_shear, config.max_shear, n)
+    chosen = rng.random(n) < config.affine_share
+    return turn_images(images, np.where(chosen, rotate, 0.0), np.where(chosen, shear, 0.0))
+
+
+def turn_images(images: np.ndarray, rotate: np.ndarray, shear: np.ndarray) -> np.ndarray:
+    """``images[i]`` rotated clockwise by ``rotate[i]`` degrees after a horizontal shear of ``shear[i]`` degrees,
+    about the image centre (bilinear, zero fill), in one gather for the batch.
+
+    Output pixel ``p`` takes the input at ``A^-1 (p - c) + c``, ``A`` the rotation times the shear in (x, y)
+    order with y down, as MNIST-C's rotate and shear families (and a tilted photo) move the object.
+    """
+    n = len(images)
+    angle, slope = np.radians(rotate), np.tan(np.radians(shear))
+    cos, sin = np.cos(angle), np.sin(angle)
+    # A = [[cos, -sin], [sin, cos]] @ [[1, slope], [0, 1]]; its inverse is [[1, -slope], [0, 1]] @ R^T.
+    inverse = np.stack([np.stack([cos + slope * sin, sin - slope * cos], -1), np.stack([-sin, cos], -1)], -2)
+    centre = (IMAGE_SIZE - 1) / 2
+    out_x, out_y = np.meshgrid(np.arange(IMAGE_SIZE) - centre, np.arange(IMAGE_SIZE) - centre)
+    source = inverse @ np.stack([out_x.ravel(), out_y.ravel()]) + centre  # [n, 2, 784], (x, y)
+    x, y = source[:, 0], source[:, 1]
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+    # A zero border one pixel wide: every source outside the image reads it, so no mask is needed.
+    side = IMAGE_SIZE + 2
+    flat = np.pad(images.astype(np.float32), ((0, 0), (1, 1), (1, 1))).reshape(n, -1)
+    x0, y0 = np.clip(x0 + 1, 0, side - 1), np.clip(y0 + 1, 0, side - 1)
+    x1, y1 = np.minimum(x0 + 1, side - 1), np.minimum(y0 + 1, side - 1)
+    index = np.arange(n)[:, None]
+    top = flat[index, y0 * side + x0] * (1 - fx) + flat[index, y0 * side + x1] * fx
+    bottom = flat[index, y1 * side + x0] * (1 - fx) + flat[index, y1 * side + x1] * fx
+    return (top * (1 - fy) + bottom * fy).reshape(images.shape).astype(images.dtype)
 
 
 def iterate_batches(

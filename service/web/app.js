@@ -176,11 +176,13 @@ function useImage(blob, name, trueLabel) {
 }
 
 function setUpInputs() {
-  $("file").addEventListener("change", (event) => {
-    const [file] = event.target.files;
-    if (file) useImage(file, file.name);
-    event.target.value = "";  // choosing the same file again still triggers a change
-  });
+  for (const id of ["file", "camera"]) {
+    $(id).addEventListener("change", (event) => {
+      const [file] = event.target.files;
+      if (file) useImage(file, file.name);
+      event.target.value = "";  // choosing the same file again still triggers a change
+    });
+  }
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (event) => {

@@ -105,6 +105,24 @@ def test_a_phone_photo_shows_the_28_by_28_view_the_model_saw(page):
     assert np.abs(shown.astype(int) - upright).mean() < 4
 
 
+def test_a_touch_phone_offers_a_camera_button_that_classifies(browser, server, page):
+    """On a touch screen a "Take a photo" button opens the back camera (``capture``); a desktop does not show it.
+    What it sends is classified like a chosen file."""
+    assert not page.is_visible("label.camera")
+    phone = load(browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True), server)
+    try:
+        assert phone.is_visible("label.camera")
+        assert phone.get_attribute("#camera", "capture") == "environment"
+        assert phone.get_attribute("#camera", "accept") == "image/*"
+        phone.set_input_files("#camera", str(ANKLE_BOOT))
+        phone.wait_for_selector("#result:not([hidden])")
+        page.set_input_files("#file", str(ANKLE_BOOT))
+        page.wait_for_selector("#result:not([hidden])")
+        assert phone.inner_text("#label") == page.inner_text("#label") in CLASS_NAMES
+    finally:
+        phone.close()
+
+
 def encode_upright(rgb: np.ndarray) -> bytes:
     import io
 
