@@ -72,7 +72,8 @@ class PredictionLog:
     def __init__(self, config: PredictionLogConfig) -> None:
         self.config = config
         self.random = random.Random(config.seed).random
-        self.queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        # Records; a threading.Event to set once everything before it is written (flush); None to stop.
+        self.queue: queue.SimpleQueue[tuple[Any, ...] | threading.Event | None] = queue.SimpleQueue()
         self.handler = logging.handlers.RotatingFileHandler(config.path, maxBytes=config.max_bytes,
                                                             backupCount=config.backups, encoding="utf-8")
         self.sampled = 0  # requests sampled (the writer's count of what it wrote is in /metrics)
@@ -95,14 +96,24 @@ class PredictionLog:
             while len(items) < WRITE_BATCH and not self.queue.empty():
                 items.append(self.queue.get())
             done = items[-1] is None
-            lines = [line for item in items if item is not None for line in format_records(*item)]
+            lines = [line for item in items if isinstance(item, tuple) for line in format_records(*item)]
             for line in lines:
                 self.handler.emit(logging.makeLogRecord({"msg": line}))
+            self.handler.flush()
             series["written"].inc(len(lines))
             series["backlog"].set(self.queue.qsize())
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
             if done:
                 self.handler.close()
                 return
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every record queued so far is written; False if that took over ``timeout_s``."""
+        written = threading.Event()
+        self.queue.put(written)
+        return written.wait(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write everything queued so far, then stop the writer (waits up to ``timeout_s``)."""

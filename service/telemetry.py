@@ -202,15 +202,17 @@ class RequestTelemetry:
                 return await send(message)
             if message["type"] != "http.response.body":
                 return await send(message)
+            last = not message.get("more_body")
+            # The request's end is when its last byte is handed to the server (where BentoML's duration ends too).
+            ended = time.perf_counter() if last else 0.0
             if held is not None:
                 chunks.append(message.get("body", b""))
-                if message.get("more_body"):
+                if not last:
                     return
                 await send_error(send, held, b"".join(chunks), request_id)
             else:
                 await send(message)
-            if not message.get("more_body"):
-                ended = time.perf_counter()
+            if last:
                 observe(ctx, status, ended)
                 if ctx.tracer is not None:
                     ctx.tracer.export(ctx, status, ended)
