@@ -14,9 +14,9 @@ EXTRA ?= serve
 PLATFORM ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux2014_x86_64 linux_x86_64
 WHEELHOUSE ?= wheelhouse
 
-.PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys reliability bento-check bento-profiles \
-	reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs robustness tilt-choice \
-	calibration ood scale-out wheelhouse protos grpc-vs-rest costs
+.PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys telemetry-cost reliability \
+	bento-check bento-profiles reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs \
+	robustness tilt-choice calibration ood scale-out wheelhouse protos grpc-vs-rest costs
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -111,6 +111,9 @@ scale-out: export ## PostgreSQL tuning + haproxy replica tests (the engines a cl
 keys: export ## API keys: cost with and without keys against the last commit before them, and one key's flood beside another key -> results/keys-{cost,isolation}-<machine>.md (needs wrk)
 	$(PY) -m benchmark.keys cost
 	$(PY) -m benchmark.keys isolation
+
+telemetry-cost: export ## Request telemetry and OTLP tracing: cost against the last commit before them -> results/telemetry-cost-<machine>.md (needs wrk)
+	$(PY) -m benchmark.telemetry_cost
 
 reliability: export ## Overload (30 s flood), SIGTERM, SIGKILL, hostile clients -> results/reliability.md (needs wrk)
 	$(PY) -m benchmark.reliability

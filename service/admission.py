@@ -22,6 +22,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from service import telemetry
 from service.serving import InFlight, Serving, attach
 
 Scope = dict[str, Any]
@@ -66,10 +67,12 @@ class AdmissionMiddleware:
         counter = serving.in_flight if serving else self.before_start
         max_in_flight = serving.config.max_in_flight if serving else counter.count + 1
         if counter.count >= max_in_flight:
+            telemetry.refused("in_flight_limit")
             return await self.refuse(send, 429, f"over {max_in_flight} requests in progress; retry shortly")
         gated = scope["method"] == "POST" and scope["path"] not in ANSWERS_BEFORE_READY
         not_ready = (serving.not_ready_reason() if serving else "starting") if gated else None
         if not_ready:
+            telemetry.refused("not_ready")
             return await self.refuse(send, 503, f"models are not ready yet ({not_ready})")
 
         answered = False
@@ -120,6 +123,7 @@ class KeyGate:
         if serving is not None and serving.keys is not None:
             refused = serving.keys.check(scope)
             if refused is not None:
+                telemetry.refused("key_rate" if refused.status == 429 else "key")
                 return await refuse(send, refused.status, refused.message, refused.headers, self.retry_after)
         await self.app(scope, receive, send)
 

@@ -29,6 +29,7 @@ is dropped before it reaches the model.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import os
@@ -68,7 +69,12 @@ class Outputs:
 
 
 class OverloadedError(RuntimeError):
-    """The queue is full; the request was refused before it could wait."""
+    """The queue is full, or the request waited past the budget; ``reason`` says which (service.telemetry counts
+    refusals by it)."""
+
+    def __init__(self, message: str, reason: str = "queue_full") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -85,10 +91,14 @@ class Job:
 @functools.cache
 def metrics() -> dict[str, Any]:
     """Prometheus series for the batcher, created once per process (BentoML serves them on /metrics)."""
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     return {
         "batch": Histogram("fashion_batch_size", "Images per model call", buckets=BATCH_BUCKETS),
+        "queued_images": Gauge("fashion_queued_images", "Images waiting for a model call",
+                               multiprocess_mode="livesum"),
+        "queued_requests": Gauge("fashion_queued_requests", "Requests waiting for a model call",
+                                 multiprocess_mode="livesum"),
         "wait": Histogram("fashion_queue_wait_seconds", "Time from queueing to the model call",
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)),
         "refused": Counter("fashion_queue_refused", "Requests refused: queue full or wait budget spent"),
@@ -151,6 +161,7 @@ class MicroBatcher:
         job = Job(backend, pixels, asyncio.get_running_loop().create_future(), self.clock(), score)
         self.queue.append(job)
         self.queued_images += len(pixels)
+        self._count_queued()
         self._wake.set()
         # A cancelled wait (client gone, server timeout) cancels the job; the worker then skips it.
         return await job.future
@@ -174,7 +185,10 @@ class MicroBatcher:
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher")
+            # A context of its own: the worker serves every request, so it must not keep the first one's (its
+            # request id, service.telemetry).
+            self._worker = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher",
+                                                                  context=contextvars.Context())
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -218,11 +232,18 @@ class MicroBatcher:
             if oldest is not None and job.enqueued < oldest:
                 metrics()["refused"].inc()
                 job.future.set_exception(OverloadedError(
-                    f"waited over the {self.max_wait_s * 1000:.0f} ms budget for the model; try again shortly"))
+                    f"waited over the {self.max_wait_s * 1000:.0f} ms budget for the model; try again shortly",
+                    "wait_budget"))
                 continue
             jobs.append(job)
             images += len(job.pixels)
+        self._count_queued()
         return jobs
+
+    def _count_queued(self) -> None:
+        series = metrics()
+        series["queued_images"].set(self.queued_images)
+        series["queued_requests"].set(len(self.queue))
 
     async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         now = self.clock()

@@ -12,6 +12,7 @@ from fashion.env import available_cpus
 from fashion.imaging import DEFAULT_FRAMING, FRAMINGS
 from fashion.metrics import PARITY_TOLERANCE
 from service.auth import KeyEntry, parse_keys
+from service.predictions import PredictionLogConfig
 
 # The fastest backend on the CPU here (see the benchmark); the default for requests naming none.
 DEFAULT_BACKEND = "onnx-torch"
@@ -83,7 +84,10 @@ class ServiceConfig:
     ``FASHION_PARITY_TOLERANCE`` (largest probability difference between same-model backends, fashion.metrics),
     ``FASHION_API_KEYS_FILE`` or ``FASHION_API_KEYS`` (API key lines, service.auth; neither: no keys, every route
     open, as before keys existed), ``FASHION_GOLDEN_SET`` and ``FASHION_GATE_MARGIN`` (the accuracy gate of a
-    version loaded at runtime, service.lifecycle), and the task limits of :class:`TaskLimits`.
+    version loaded at runtime, service.lifecycle), ``FASHION_DRIFT_WINDOW`` (images per drift window, service.drift;
+    0: off) and ``FASHION_DRIFT_INTERVAL_S``, ``FASHION_PREDICTION_LOG`` and its options (service.predictions; unset:
+    off), ``FASHION_OTLP_ENDPOINT`` (an OTLP/HTTP traces URL, service.tracing; unset: off), and the task limits of
+    :class:`TaskLimits`.
     ``threads`` defaults to the container's CPU quota (:func:`available_cpus`), not the host's cores.
     """
 
@@ -124,6 +128,13 @@ class ServiceConfig:
     # the serving version's accuracy it may be (FASHION_GATE_MARGIN, a fraction: 0.01 is one point).
     golden_set: str | None = None
     gate_margin: float = 0.01
+    # Observability (docs/observability.md): drift gauges over the last drift_window images per backend version,
+    # refreshed every drift_interval_s (service.drift; a window of 0 turns them off); the sampled prediction log
+    # (service.predictions; None: off); OTLP traces (service.tracing; None: off).
+    drift_window: int = 1000
+    drift_interval_s: float = 5.0
+    prediction_log: PredictionLogConfig | None = None
+    otlp_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -152,6 +163,8 @@ class ServiceConfig:
             raise ConfigError("the queue budget must be 0 (no limit) or positive")
         if not 0 <= self.gate_margin <= 1:
             raise ConfigError(f"FASHION_GATE_MARGIN must be a fraction from 0 to 1, not {self.gate_margin}")
+        if self.drift_window < 0 or not self.drift_interval_s > 0:
+            raise ConfigError("FASHION_DRIFT_WINDOW must be 0 (off) or positive, FASHION_DRIFT_INTERVAL_S positive")
         if not self.parity_tolerance >= 0:
             raise ConfigError(f"the parity tolerance must be 0 or positive, not {self.parity_tolerance}")
 
@@ -213,6 +226,10 @@ class ServiceConfig:
                 api_keys=read_api_keys(env),
                 golden_set=env.get("FASHION_GOLDEN_SET") or None,
                 gate_margin=float(env.get("FASHION_GATE_MARGIN", cls.gate_margin)),
+                drift_window=int(env.get("FASHION_DRIFT_WINDOW", cls.drift_window)),
+                drift_interval_s=float(env.get("FASHION_DRIFT_INTERVAL_S", cls.drift_interval_s)),
+                prediction_log=read_prediction_log(env),
+                otlp_endpoint=env.get("FASHION_OTLP_ENDPOINT") or None,
             )
         except ValueError as exc:
             raise ConfigError(f"bad FASHION_* setting: {exc}") from exc
@@ -237,6 +254,19 @@ def read_api_keys(env: Mapping[str, str]) -> tuple[KeyEntry, ...]:
     if not keys:
         raise ConfigError("FASHION_API_KEYS_FILE or FASHION_API_KEYS is set but holds no key line")
     return keys
+
+
+def read_prediction_log(env: Mapping[str, str]) -> PredictionLogConfig | None:
+    """The prediction log's settings (``FASHION_PREDICTION_LOG*``); ``None`` when no file is named."""
+    path = env.get("FASHION_PREDICTION_LOG")
+    if not path:
+        return None
+    defaults = PredictionLogConfig(path)
+    return PredictionLogConfig(
+        path, sample=float(env.get("FASHION_PREDICTION_LOG_SAMPLE", defaults.sample)),
+        pixels=parse_switch(env.get("FASHION_PREDICTION_LOG_PIXELS", "0")),
+        max_bytes=int(env.get("FASHION_PREDICTION_LOG_MAX_BYTES", defaults.max_bytes)),
+        backups=int(env.get("FASHION_PREDICTION_LOG_BACKUPS", defaults.backups)))
 
 
 def parse_devices(text: str) -> dict[str, str]:

@@ -24,6 +24,8 @@ version, so an upgrade has one module to read and one test file to run. The seam
    timeout layers. :func:`put_first` moves service.admission.KeyGate in front of them, so a request with a wrong
    key, or one over its key's rate, costs the server only the gate: one key's flood takes little from the others
    (SECURITY.md). BentoML's request metrics then never count those refusals.
+7. **Request telemetry outermost.** service.telemetry.RequestTelemetry goes in front of the key gate, so every
+   answer, a refused key's included, carries the request id and is counted (docs/observability.md).
 
 Admission control (service.admission) and the web page (service.web) use BentoML's public API only; they are
 added here so that the order of everything in front of BentoML's router is written in one place.
@@ -43,6 +45,7 @@ from _bentoml_sdk.io_models import IORootModel
 from service.admission import AdmissionMiddleware, KeyGate
 from service.serving import Serving
 from service.task_routes import TaskMiddleware
+from service.telemetry import RequestTelemetry
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -75,18 +78,20 @@ def install(service: Any, current: Callable[[], Serving | None], v2_app: ASGIApp
         raise RuntimeError("BentoML's TimeoutMiddleware was not found: check service.seams against this BentoML")
     choose_event_loop(event_loop)
     service.mount_asgi_app(v2_app, path="/", name="v2")
-    # The key gate in front of every layer (put_first); then, outermost first, all inside BentoML's metrics and
-    # the deadline: admission, the task routes, v2.
+    # Request telemetry, then the key gate, in front of every layer (put_first); then, outermost first, all inside
+    # BentoML's metrics and the deadline: admission, the task routes, v2.
+    service.add_asgi_middleware(RequestTelemetry)
     service.add_asgi_middleware(KeyGate, current=current)
-    put_first(KeyGate)
+    put_first(RequestTelemetry, KeyGate)
     service.add_asgi_middleware(AdmissionMiddleware, current=current)
     service.add_asgi_middleware(TaskMiddleware, current=current)
     service.add_asgi_middleware(V2Shortcut, v2=v2_app)
     service.mount_asgi_app(web_app, path="/ui", name="web")
 
 
-def put_first(middleware: type) -> None:
-    """Make ``middleware`` (added with ``add_asgi_middleware``) the outermost of the layers BentoML builds.
+def put_first(*middleware: type) -> None:
+    """Make ``middleware`` (added with ``add_asgi_middleware``) the outermost of the layers BentoML builds, in the
+    order given.
 
     BentoML 1.4's ``Service.to_asgi`` lists the app's layers (Starlette's ``user_middleware``) as its traffic
     metrics, tracing and timeout, then the service's own; Starlette turns the list into the stack on the first
@@ -97,18 +102,21 @@ def put_first(middleware: type) -> None:
     from _bentoml_sdk.service.factory import Service
 
     build = Service.to_asgi
-    if getattr(build, "first", None) is middleware:
+    if getattr(build, "first", None) == middleware:
         return
+    build = getattr(build, "unwrapped", build)
+    rank = {cls: i for i, cls in enumerate(middleware)}
 
     @functools.wraps(build)
     def to_asgi(service: Any, *args: Any, **kwargs: Any) -> Any:
         app = build(service, *args, **kwargs)
         if app.middleware_stack is not None:
             raise RuntimeError("BentoML built the app's middleware stack early: check service.seams.put_first")
-        app.user_middleware.sort(key=lambda layer: layer.cls is not middleware)  # stable: the rest keep their order
+        app.user_middleware.sort(key=lambda layer: rank.get(layer.cls, len(rank)))  # stable: the rest keep their order
         return app
 
     to_asgi.first = middleware
+    to_asgi.unwrapped = build
     Service.to_asgi = to_asgi
 
 

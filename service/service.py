@@ -28,6 +28,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse, Response
 
 from fashion.backends import MODEL_NAMES
-from service import seams
+from service import seams, telemetry
 from service.answers import NPY, negotiate, records_response
 from service.auth import KeyRing
 from service.batcher import MicroBatcher, OverloadedError
@@ -116,7 +117,9 @@ class FashionClassifier:
         self.tasks = TaskBoard(self.config.tasks)
         # Handed to every request by admission control (service.serving): the parsers, v2 and the task routes.
         self.serving = Serving(self.config, self.registry, self.batcher, self.tasks, in_flight,
-                               keys=KeyRing(self.config.api_keys) if self.config.api_keys else None)
+                               keys=KeyRing(self.config.api_keys) if self.config.api_keys else None,
+                               **start_watchers(self.config))
+        telemetry.install_log_filter()  # every log line of a request ends with its id
         model_dirs = {MODEL_NAMES["torch"]: Path(self.torch_model.path), MODEL_NAMES["tf"]: Path(self.tf_model.path)}
         self.gc = GCRecorder().install()
         self.heartbeat = Heartbeat(self.config.liveness_stale_s)
@@ -160,6 +163,13 @@ class FashionClassifier:
             await server.stop(GRPC_GRACE_S)
 
     @bentoml.on_shutdown
+    def stop_watchers(self) -> None:
+        """Write what the prediction log has queued and export the buffered spans (both off by default)."""
+        for watcher in (self.serving.drift, self.serving.predictions, self.serving.tracer):
+            if watcher is not None:
+                watcher.close()
+
+    @bentoml.on_shutdown
     def report_requests(self) -> None:
         """Log whether every request let in was answered. BentoML calls this once uvicorn has finished the
         requests in progress, after ``SIGTERM``. A client whose connection was closed sees only an error, and
@@ -180,6 +190,7 @@ class FashionClassifier:
         """Answers from the batcher (with the input pixels if asked), as JSON or compact rows as ``Accept`` asks
         (service.answers; 406 before any model runs when neither is acceptable), or 503 with ``Retry-After``
         when the batcher's queue is full."""
+        decoded = time.perf_counter()  # the end of the request's decode stage (service.telemetry)
         try:
             answer = negotiate(ctx.request.headers.get("accept"))
             if answer == NPY and return_input:
@@ -189,10 +200,12 @@ class FashionClassifier:
         try:
             outputs = await self.batcher.predict(backend, pixels, score=answer != NPY)
         except OverloadedError as exc:
+            telemetry.refused(exc.reason)
             return refusal(ctx, 503, str(exc), {"Retry-After": "1"})
+        loaded = self.registry.get(backend)
+        self.serving.answered(loaded, decoded, pixels, outputs)
         mirror(self.registry, self.batcher, backend, pixels, outputs.logits)  # shadow traffic (service.shadow)
         if answer == NPY:
-            loaded = self.registry.get(backend)
             return records_response(outputs.logits, loaded.name, loaded.manifest["version"],
                                     temperature=loaded.temperature)
         return self.registry.describe(backend, outputs.logits, top_k, pixels if return_input else None,
@@ -243,6 +256,24 @@ class FashionClassifier:
     def model_info(self) -> dict[str, Any]:
         """Which backends are loaded, on which device, with which model version and accuracy."""
         return self.registry.info()
+
+
+def start_watchers(config: ServiceConfig) -> dict[str, Any]:
+    """The drift gauges, prediction log and tracer that ``config`` turns on (docs/observability.md), started."""
+    from service.drift import DriftMonitor
+
+    watchers: dict[str, Any] = {}
+    if config.drift_window:
+        watchers["drift"] = DriftMonitor(config.drift_window, config.drift_interval_s).start()
+    if config.prediction_log is not None:
+        from service.predictions import PredictionLog
+
+        watchers["predictions"] = PredictionLog(config.prediction_log)
+    if config.otlp_endpoint:
+        from service.tracing import otlp_tracer
+
+        watchers["tracer"] = otlp_tracer(config.otlp_endpoint)
+    return watchers
 
 
 def current_serving() -> Serving | None:

@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from service import telemetry
 from service.auth import KeyRing
-from service.batcher import MicroBatcher
+from service.batcher import MicroBatcher, Outputs
 from service.config import ServiceConfig
 from service.lifecycle import Lifecycle
 from service.registry import ModelRegistry
@@ -77,6 +80,28 @@ class Serving:
     in_flight: InFlight = field(default_factory=InFlight)
     # API keys (service.auth); None when none are configured, and then admission checks nothing.
     keys: KeyRing | None = None
+    # What is watched (docs/observability.md), each None when off: drift gauges (service.drift.DriftMonitor), the
+    # prediction log (service.predictions.PredictionLog), traces (service.tracing.Tracer).
+    drift: Any = None
+    predictions: Any = None
+    tracer: Any = None
+
+    def answered(self, backend: Any, decoded: float, pixels: np.ndarray, outputs: Outputs) -> None:
+        """What every answered classification tells the watchers: its stages to the request's telemetry, its
+        outputs to the drift gauges and the prediction log (each skipped when off).
+
+        Args:
+            backend: the fashion.servable.Servable (registry.LoadedBackend) that answered.
+            decoded: when the input was decoded (``time.perf_counter()``), the end of the decode stage.
+            pixels: the request's ``uint8[N, 28, 28]`` input.
+            outputs: the batcher's answer (logits, scores, wait and model call).
+        """
+        telemetry.answered(backend.name, backend.version, decoded, outputs.queue_s, outputs.compute_s, self.tracer)
+        if self.drift is not None:
+            self.drift.record(backend, outputs.logits, outputs.scores)
+        if self.predictions is not None:
+            ctx = telemetry.current()
+            self.predictions.record(ctx.id if ctx else "-", backend, outputs.logits, outputs.scores, pixels)
 
     def not_ready_reason(self) -> str | None:
         """``None`` once every configured backend has loaded and warmed up; else why not (loading, or the error

@@ -58,7 +58,7 @@ from fashion.contract import (
     check_pixel_values,
     softmax,
 )
-from service import repository
+from service import repository, telemetry
 from service.batcher import Outputs, OverloadedError
 from service.inputs import RequestError, read_body
 from service.lifecycle import mirror
@@ -278,12 +278,14 @@ async def infer(request: Request) -> Response:
         result = await found.batcher.predict(version_key(backend.name, backend.version), pixels, score=scored)
     except OverloadedError as exc:
         stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
+        telemetry.refused(exc.reason)
         raise V2Error(str(exc), 503) from None
     except Exception:  # a model failure: JSON like every other error, the details in the log
         log.exception("v2 inference on %s failed", backend.name)
         stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
         raise V2Error("inference failed; the server log has the details", 500) from None
     answered = time.perf_counter()
+    found.answered(backend, parsed, pixels, result)
     mirror(found.registry, found.batcher, version_key(backend.name, backend.version), pixels, result.logits)
     answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
     if "id" in payload:

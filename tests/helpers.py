@@ -44,6 +44,11 @@ def wait_until(probe: Callable[[], T], what: str, timeout: float, interval: floa
     return result
 
 
+def error_body(reply) -> dict:
+    """A JSON error answer without its ``request_id`` (each request's own, service.telemetry)."""
+    return {key: value for key, value in reply.json().items() if key != "request_id"}
+
+
 def batch_histogram(url: str) -> tuple[float, float]:
     """(model calls, images) so far, from the server's ``fashion_batch_size`` histogram on /metrics."""
     import httpx

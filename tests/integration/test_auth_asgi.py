@@ -14,7 +14,7 @@ import pytest
 
 from service.auth import new_key
 from tests.asgi import in_process
-from tests.helpers import npy, wait_until
+from tests.helpers import error_body, npy, wait_until
 
 # name: (scopes, rate, burst)
 KEYS = {"infer": (["inference"], None, None), "tasks_a": (["tasks"], None, None), "tasks_b": (["tasks"], None, None),
@@ -130,7 +130,7 @@ def test_a_task_is_seen_only_by_the_key_that_submitted_it_and_its_key_is_not_sto
     for route, reply in unknown.items():
         foreign = task_route(client, route, task_id, other)
         assert foreign.status_code == reply.status_code == 404, route
-        assert foreign.json() == reply.json() == {"error": "task_id not found"}, route
+        assert error_body(foreign) == error_body(reply) == {"error": "task_id not found"}, route
     assert task_route(client, "progress", task_id, owner).json()["status"] == "completed"  # the cancel did nothing
     stored = task_store()
     assert task_id.encode() in stored  # the store is the one the service wrote

@@ -62,9 +62,9 @@ def test_installing_the_seams_leaves_the_app_builder_unimported():
     """``bentoml serve`` imports the service only to start a worker: the module that builds the app (heavy) is the
     worker's to import, so the seams must not pull it in (seam 6 wraps ``Service.to_asgi`` for that reason)."""
     code = ("import sys, service.service\nfrom _bentoml_sdk.service.factory import Service\n"
-            "print(Service.to_asgi.first.__name__, '_bentoml_impl.server.app' in sys.modules)")
+            "print(*(cls.__name__ for cls in Service.to_asgi.first), '_bentoml_impl.server.app' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.stdout.split()[-2:] == ["KeyGate", "False"], out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["RequestTelemetry", "KeyGate", "False"], out.stderr[-2000:]
 
 
 # 1. The deadline.
@@ -85,10 +85,11 @@ def test_bentoml_builds_the_deadline_with_the_traffic_timeout(app):
 
 
 def test_the_front_of_the_app_is_in_order(app):
-    """The key gate first of all (seam 6); metrics and the deadline outside, then admission, the task routes and the
-    v2 shortcut, then BentoML's context middleware and router: the order service.seams.install writes."""
+    """Request telemetry (seam 7), then the key gate (seam 6) first of all; metrics and the deadline outside, then
+    admission, the task routes and the v2 shortcut, then BentoML's context middleware and router: the order
+    service.seams.install writes."""
     names = front(app)
-    assert names[0] == "KeyGate" and names.count("KeyGate") == 1
+    assert names[:2] == ["RequestTelemetry", "KeyGate"] and names.count("KeyGate") == 1
     start = names.index("DeadlineMiddleware")
     assert names[start:start + 5] == ["DeadlineMiddleware", "AdmissionMiddleware", "TaskMiddleware", "V2Shortcut",
                                       "ContextMiddleware"]
@@ -99,8 +100,9 @@ def test_putting_the_key_gate_first_twice_changes_nothing(app):
     from service.admission import KeyGate
     from service.seams import put_first
     from service.service import FashionClassifier
+    from service.telemetry import RequestTelemetry
 
-    put_first(KeyGate)
+    put_first(RequestTelemetry, KeyGate)
     assert front(FashionClassifier.to_asgi()) == front(app)
 
 
