@@ -144,21 +144,36 @@ class DriftMonitor:
         self.pending.append((backend, logits, scores))
 
     def refresh(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Fold the queued answers into the windows and set the gauges of those that changed; their summaries."""
+        """Fold the queued answers into the windows and set the gauges of those that changed; their summaries.
+
+        The answers of one backend version are folded in one step, not one batch at a time: the thread holds the
+        interpreter lock while it works, and thousands of small steps would stall the event loop that answers
+        requests (its tail latency grew by the length of a refresh).
+        """
         with self.lock:
-            touched = set()
+            grouped: dict[tuple[str, str], list[tuple[Any, np.ndarray, np.ndarray | None]]] = {}
             while self.pending:
-                backend, logits, scores = self.pending.popleft()
-                key = (backend.name, backend.version)
+                answer = self.pending.popleft()
+                grouped.setdefault((answer[0].name, answer[0].version), []).append(answer)
+            for key, answers in grouped.items():
+                backend = answers[0][0]
                 if key not in self.windows:
                     self.windows[key] = (Window(self.window), Reference.of(backend.manifest))
-                probabilities = softmax(logits, backend.temperature)
-                flagged = (np.full(len(logits), -1, np.int8) if scores is None or backend.detector is None
-                           else (scores < backend.detector.threshold).astype(np.int8))
-                self.windows[key][0].add(probabilities.argmax(axis=1).astype(np.int8), probabilities.max(axis=1),
-                                         flagged)
-                touched.add(key)
-            return {key: self.publish(key) for key in touched}
+                self.fold(self.windows[key][0], backend, answers)
+            return {key: self.publish(key) for key in grouped}
+
+    @staticmethod
+    def fold(window: Window, backend: Any, answers: list[tuple[Any, np.ndarray, np.ndarray | None]]) -> None:
+        """Add one backend version's queued answers to its window, newest last (-1: an image not scored)."""
+        logits = np.concatenate([a[1] for a in answers])
+        probabilities = softmax(logits, backend.temperature)
+        if backend.detector is None:
+            flagged = np.full(len(logits), -1, np.int8)
+        else:
+            scores = np.concatenate([np.full(len(a[1]), np.nan, np.float32) if a[2] is None
+                                     else np.asarray(a[2], np.float32).reshape(-1) for a in answers])
+            flagged = np.where(np.isnan(scores), -1, scores < backend.detector.threshold).astype(np.int8)
+        window.add(probabilities.argmax(axis=1).astype(np.int8), probabilities.max(axis=1), flagged)
 
     def publish(self, key: tuple[str, str]) -> dict[str, Any]:
         """Set one window's gauges; its summary with the divergences."""

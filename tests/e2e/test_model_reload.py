@@ -117,7 +117,8 @@ def test_promote_and_roll_back_under_load_drop_nothing(exported, weak_export, da
 
 
 def record(steady: dict, switching: dict, timeline: list[dict], seen: list, old: str, new: str) -> None:
-    """The run's figures and timeline, when ``FASHION_RELOAD_RESULTS`` names a file."""
+    """The run's figures and timeline, when ``FASHION_RELOAD_RESULTS`` names a file (``FASHION_RELOAD_NOTE``: a
+    line about the machine during the run)."""
     path = os.environ.get("FASHION_RELOAD_RESULTS")
     if not path:
         return
@@ -126,7 +127,7 @@ def record(steady: dict, switching: dict, timeline: list[dict], seen: list, old:
     Path(path).write_text(json.dumps({
         "command": "FASHION_RELOAD_RESULTS=results/model-reload.json pytest tests/e2e/test_model_reload.py",
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "note": "a shared machine: other work ran on its cores during the run"},
+                    "note": os.environ.get("FASHION_RELOAD_NOTE", "")},  # e.g. whether other work shared the cores
         "load": {"connections": CONNECTIONS, "seconds": SECONDS, "route": f"/v2/models/{MODEL}/infer"},
         "versions": {"old": old, "new": new},
         "steady": steady, "switching": switching, "timeline": timeline,

@@ -147,6 +147,22 @@ def test_unscored_answers_leave_the_not_clothing_share_alone():
     assert summary["not_clothing"] is None and "not_clothing_shift" not in summary
 
 
+def test_many_small_answers_fold_in_as_one_in_their_order():
+    """Thousands of one-image answers queued between two refreshes, scored and not, newest last."""
+    monitor = DriftMonitor(window=1000, interval_s=60)
+    model = backend()
+    for i in range(3000):
+        scores = None if i % 3 == 0 else np.array([0.1 if i % 2 else 0.9], np.float32)
+        monitor.record(model, logits_for(np.array([i % NUM_CLASSES])), scores)
+    summary = monitor.refresh()[("onnx", "v1")]
+    window = monitor.windows[("onnx", "v1")][0]
+    last = np.arange(2000, 3000)
+    expected_flags = np.where(last % 3 == 0, -1, last % 2)
+    assert summary["images"] == 1000 and np.roll(window.flagged, -window.next).tolist() == expected_flags.tolist()
+    assert np.roll(window.classes, -window.next).tolist() == (last % NUM_CLASSES).tolist()
+    assert summary["not_clothing"] == pytest.approx(expected_flags[expected_flags >= 0].mean())
+
+
 # The prediction log.
 
 def read_lines(path) -> list[dict]:
