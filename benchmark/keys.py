@@ -82,12 +82,20 @@ def render_cost(report: dict) -> str:
              f"{report['reps']} repetitions, medians, one image per request, one server at a time, the three in "
              f"alternating order. {report['note']}", "", *peers.render_table(report["medians"], report["cores"]), ""]
     lines += [f"- {p['name']}: {p['configuration']}" for p in report["peers"]]
-    lines += ["", "Requests/s, keys on / keys off and keys off / baseline, per route and level (medians):", "",
-              "| route | connections | on / off | off / baseline |", "| --- | --- | --- | --- |"]
+    lines += switch_cost_lines(report, "keys", ("keys off", "keys on", "baseline"))
+    return "\n".join(lines) + "\n"
+
+
+def switch_cost_lines(report: dict, what: str, names: tuple[str, str, str]) -> list[str]:
+    """The part of a cost report shared by every on/off switch (keys, tracing): per route and level, requests/s
+    on / off and off / baseline; the spread between repetitions; the servers that did not run. ``names``: the
+    servers off, on and the baseline."""
+    lines = ["", f"Requests/s, {what} on / {what} off and {what} off / baseline, per route and level (medians):", "",
+             "| route | connections | on / off | off / baseline |", "| --- | --- | --- | --- |"]
     table = {(r["peer"], r["route"], r["connections"]): r["rps"] for r in report["medians"]}
     for route in COST_ROUTES:
         for level in peers.LEVELS:
-            off, on, base = (table.get((name, route, level)) for name in ("keys off", "keys on", "baseline"))
+            off, on, base = (table.get((name, route, level)) for name in names)
             if off and on and base:
                 lines.append(f"| {route} | {level} | {on / off:.3f} | {off / base:.3f} |")
     spread = spreads(report["runs"])
@@ -95,7 +103,7 @@ def render_cost(report: dict) -> str:
               f"routes and levels): {', '.join(f'{name} {value:.2f}' for name, value in spread.items())}."]
     if report["failures"]:
         lines += ["", "## Did not run", ""] + [f"- {name}: {why}" for name, why in report["failures"].items()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def spreads(rows: list[dict]) -> dict[str, float]:

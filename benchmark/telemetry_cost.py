@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmark import peers
 from benchmark.harness import REPO, command_line, machine_name, write_results
-from benchmark.keys import COST_ROUTES, extract, serve_command, spreads
+from benchmark.keys import COST_ROUTES, extract, serve_command, switch_cost_lines
 from fashion.env import environment_stamp
 
 # The last commit before request telemetry (service/telemetry.py) existed.
@@ -78,19 +78,7 @@ def render(report: dict) -> str:
              f"alternating order; the OTLP sink received {report['otlp_exports']} exports. {report['note']}", "",
              *peers.render_table(report["medians"], report["cores"]), ""]
     lines += [f"- {p['name']}: {p['configuration']}" for p in report["peers"]]
-    lines += ["", "Requests/s, tracing on / off and tracing off / baseline, per route and level (medians):", "",
-              "| route | connections | on / off | off / baseline |", "| --- | --- | --- | --- |"]
-    table = {(r["peer"], r["route"], r["connections"]): r["rps"] for r in report["medians"]}
-    for route in COST_ROUTES:
-        for level in peers.LEVELS:
-            off, on, base = (table.get((name, route, level)) for name in NAMES)
-            if off and on and base:
-                lines.append(f"| {route} | {level} | {on / off:.3f} | {off / base:.3f} |")
-    spread = spreads(report["runs"])
-    lines += ["", "Spread between repetitions of the same server (largest / smallest requests/s, median over "
-              f"routes and levels): {', '.join(f'{name} {value:.2f}' for name, value in spread.items())}."]
-    if report["failures"]:
-        lines += ["", "## Did not run", ""] + [f"- {name}: {why}" for name, why in report["failures"].items()]
+    lines += switch_cost_lines(report, "tracing", NAMES)
     return "\n".join(lines) + "\n"
 
 
