@@ -49,6 +49,9 @@ from service.config import ServiceConfig
 from service.registry import LoadedBackend, ModelRegistry, WarmupError, place_backends, version_key
 from service.shadow import MODES, Mode
 
+# A hang guard for a parity sibling's child process; a framework's import and one small model take seconds.
+SIBLING_TIMEOUT_S = 300
+
 log = logging.getLogger("bentoml.fashion_serve")
 
 # A request is pinned to its version when it is parsed and queued for the model a moment later; an unloaded
@@ -218,10 +221,13 @@ class Lifecycle:
         code = Path(fashion.__file__).resolve().parents[1]  # where this process found the fashion package
         with tempfile.TemporaryDirectory(prefix="fashion-parity-") as folder:
             np.save(Path(folder) / "pixels.npy", samples)
-            done = subprocess.run([sys.executable, "-m", "fashion.servable", str(model_dir), name, devices[name],
-                                   folder], capture_output=True, text=True, cwd=code, check=False,
-                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                      filter(None, (str(code), os.environ.get("PYTHONPATH"))))})
+            try:
+                done = subprocess.run([sys.executable, "-m", "fashion.servable", str(model_dir), name,
+                                       devices[name], folder], capture_output=True, text=True, cwd=code, check=False,
+                                      timeout=SIBLING_TIMEOUT_S, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                          filter(None, (str(code), os.environ.get("PYTHONPATH"))))})
+            except subprocess.TimeoutExpired:  # the load holds the lifecycle lock: never wait forever
+                raise RefusedError(422, "load", f"{name}: not loaded within {SIBLING_TIMEOUT_S} s") from None
             if done.returncode == 0:
                 return np.load(Path(folder) / "logits.npy")
         reason = (done.stderr.strip().splitlines() or [f"exited with {done.returncode}"])[-1]

@@ -191,6 +191,13 @@ def test_a_version_whose_sibling_artifact_fails_its_checksum_is_refused(client, 
     assert "torch" in error and "model.pt" in error
 
 
+def test_a_parity_sibling_that_does_not_answer_in_time_is_refused(client, keys, weak, monkeypatch):
+    import service.lifecycle
+
+    monkeypatch.setattr(service.lifecycle, "SIBLING_TIMEOUT_S", 0.001)  # no child process starts that fast
+    assert "not loaded within" in refuse(client, keys, weak, 422, "load")["error"]
+
+
 def test_a_version_less_accurate_than_the_serving_one_is_refused(client, keys, weak):
     error = refuse(client, keys, weak, 409, "accuracy")["error"]
     assert f"{GOLDEN_IMAGES} images" in error
