@@ -18,7 +18,7 @@ import yaml
 
 from benchmark.harness import free_port, start
 from fashion.imaging import encode_png
-from tests.helpers import store_with, wait_until
+from tests.helpers import answers_ok, store_with, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ALERT = "FashionClassMixDrift"  # the quick test models' detector flags too few digits for the "not clothing" one
@@ -86,8 +86,7 @@ def test_the_drift_alert_fires_on_digits_and_clears_on_clothing(exported, datase
                                         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                         f"--web.listen-address=127.0.0.1:{prometheus_port}"],
                                        stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: httpx.get(f"{prometheus}/-/ready", timeout=2).status_code == 200, "Prometheus ready",
-                   HANG_GUARD_S, interval=0.2)
+        wait_until(lambda: answers_ok(f"{prometheus}/-/ready"), "Prometheus ready", HANG_GUARD_S, interval=0.2)
 
         upload(server.url, dataset.test_images[:WINDOW])
         (calm,) = wait_until(lambda: window_divergence(prometheus), "a full window of clothing scraped",
