@@ -11,7 +11,9 @@ bentofiles), in one run:
   backend, wrk at 1, 16 and 64 connections: benchmark.peers).
 
 Starts alternate between the profiles (``--reps`` each, one server at a time, wrk after every start once its
-worker's memory is read); the tables show medians.
+worker's memory is read); the tables show medians. Among them, BentoML's own floor: in the onnx profile's venv, a
+service with one endpoint and no model (:data:`FLOOR_SERVICE`), started the same way; no profile of this service can
+be ready sooner.
 Writes ``results/bento-profiles-<machine>.{json,md}``.
 """
 
@@ -36,6 +38,16 @@ from tests.bento_check import PROFILES, READY_TIMEOUT_S, build_bento, make_venv,
 READY_POLL_S = 0.05
 # The GPU variant runs on the CPU where there is no GPU: beside the CPU variant it shows what the wheel changes.
 PROFILE_NAMES = ("full", "onnx", "onnx-gpu")
+FLOOR = "bentoml floor"
+FLOOR_SERVICE = '''import bentoml
+
+
+@bentoml.service(name="floor", workers=1, logging={"access": {"enabled": False}})
+class Floor:
+    @bentoml.api
+    def ping(self) -> str:
+        return "ok"
+'''
 
 
 def process_tree(root: int) -> list[int]:
@@ -84,9 +96,18 @@ def prepare(profile: str, home: Path, work: Path) -> dict:
             "venv_mb": venv_size_mb(python.parent.parent), "python": python, "path": bento}
 
 
+def prepare_floor(onnx: dict, work: Path) -> dict:
+    """BentoML's floor (module docstring), served from a folder with the onnx profile's venv."""
+    folder = work / "floor"
+    folder.mkdir(exist_ok=True)
+    (folder / "floor.py").write_text(FLOOR_SERVICE)
+    return {"profile": FLOOR, "python": onnx["python"], "path": "floor:Floor", "cwd": folder}
+
+
 def start_once(built: dict, home: Path, work: Path, rep: int, seconds: float, body: Path) -> dict:
-    """One start of a profile's Bento: seconds to ready, the worker's memory, and (``seconds`` > 0) wrk rows."""
-    outside = work / f"outside-{built['profile']}-{rep}"
+    """One start of a profile's Bento: seconds to ready, the worker's memory, and (``seconds`` > 0 and a Bento of
+    this service) wrk rows."""
+    outside = built.get("cwd") or work / f"outside-{built['profile']}-{rep}"
     outside.mkdir(exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -100,7 +121,7 @@ def start_once(built: dict, home: Path, work: Path, rep: int, seconds: float, bo
         ready_s = time.monotonic() - started
         worker = worker_pid(proc.pid)
         row = {"profile": built["profile"], "rep": rep, "ready_s": ready_s, "rss_ready_mb": rss_mb(worker)}
-        row["wrk"] = drive_default_route(url, body, seconds, rep) if seconds else []
+        row["wrk"] = drive_default_route(url, body, seconds, rep) if seconds and built["profile"] != FLOOR else []
         row["rss_after_load_mb"] = rss_mb(worker)
     finally:
         proc.terminate()
@@ -145,7 +166,12 @@ def summarise(built: list[dict], starts: list[dict]) -> list[dict]:
             **{f"{k}_range": [min(s[k] for s in mine), max(s[k] for s in mine)] for k in ("ready_s", "rss_ready_mb")},
             "default_route": medians(wrk),
         })
+    floor = [s["ready_s"] for s in starts if s["profile"] == FLOOR]
     full = next(s for s in summary if s["profile"] == "full")
+    if floor:
+        full["floor"] = {"ready_s_median": statistics.median(floor), "ready_s_range": [min(floor), max(floor)],
+                         "rss_ready_mb_median": statistics.median(s["rss_ready_mb"] for s in starts
+                                                                  if s["profile"] == FLOOR)}
     for other in summary:
         for key, name in (("venv_mb", "environment"), ("rss_ready_mb_median", "worker_rss"),
                           ("ready_s_median", "time_to_ready")):
@@ -172,6 +198,16 @@ def render(report: dict) -> str:
     lines += [""] + [f"The {s['profile']} profile against the full one: environment {s['environment_of_full']:.3f}, "
                      f"worker RSS once ready {s['worker_rss_of_full']:.3f}, time to ready "
                      f"{s['time_to_ready_of_full']:.3f}." for s in report["profiles"] if s["profile"] != "full"]
+    full = next(s for s in report["profiles"] if s["profile"] == "full")
+    if "floor" in full:
+        floor, onnx = full["floor"], next(s for s in report["profiles"] if s["profile"] == "onnx")
+        low, high = floor["ready_s_range"]
+        lines += ["", f"BentoML's own floor, in the onnx profile's venv (a service with one endpoint and no model, "
+                      f"`bentoml serve floor:Floor`, started the same way): ready in {floor['ready_s_median']:.2f} s "
+                      f"({low:.2f}-{high:.2f}), worker RSS {floor['rss_ready_mb_median']:,.0f} MB. The onnx "
+                      f"profile is ready {onnx['ready_s_median'] - floor['ready_s_median']:.2f} s after the floor; "
+                      f"the floor alone is {floor['ready_s_median'] / full['ready_s_median']:.3f} of the full "
+                      f"profile's time to ready."]
     lines += ["", "Targets for the onnx (CPU) profile: at most 0.1, 0.333 and 0.333.", "",
               f"## Default route (native multipart /classify, one image, {report['seconds']} s per level, the peers "
               "benchmark's route)", "",
@@ -210,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{item['venv_mb']:,.0f} MB", flush=True)
         body = work / "classify.body"
         body.write_bytes(our_routes(*one_image())[0].body)
+        servers = [*built, prepare_floor(next(b for b in built if b["profile"] == "onnx"), work)]
         starts = [start_once(item, home, work, rep, args.seconds, body)
-                  for rep in range(args.reps) for item in (built if rep % 2 == 0 else built[::-1])]
+                  for rep in range(args.reps) for item in (servers if rep % 2 == 0 else servers[::-1])]
     report = {"machine": machine_name(env, None), "when": datetime.now(UTC).isoformat(timespec="seconds"),
               "argv": argv if argv is not None else sys.argv[1:], "cores": env["cores"],
               "environment": env, "reps": args.reps, "seconds": args.seconds,

@@ -48,6 +48,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fashion.contract import INPUT_NAME, NUM_CLASSES, ContractError, check_pixel_values
+from service import telemetry
 from service.batcher import OverloadedError
 from service.protocol import open_inference_pb2 as pb
 from service.registry import version_key
@@ -319,9 +320,24 @@ class InferenceServicer:
             self.drain.leave()
 
     async def infer(self, request: Any) -> Any:
-        """The inference itself: check the request, wait for the batch, encode the outputs; its times go to the
-        statistics (service.stats), as REST's do."""
+        """The inference as one request of service.telemetry (its id the call's ``id``, or a new one, in its log
+        lines; its stages, drift and prediction-log rows as REST's), then :meth:`run`."""
         started = time.perf_counter()
+        ctx = telemetry.RequestContext(telemetry.id_or_new(request.id), started)
+        token = telemetry.CURRENT.set(ctx)
+        try:
+            response = await self.run(request, started)
+            ended = time.perf_counter()
+            telemetry.observe(ctx, 200, ended)
+            if ctx.tracer is not None:
+                ctx.tracer.export(ctx, 200, ended)
+            return response
+        finally:
+            telemetry.CURRENT.reset(token)
+
+    async def run(self, request: Any, started: float) -> Any:
+        """Check the request, wait for the batch, encode the outputs; its times go to the statistics
+        (service.stats), as REST's do."""
         backend = find_model(self.serving.registry, request.model_name, request.model_version or None)
         refuse_shared_memory(request.parameters, "the request")
         pixels = read_images(request, self.serving.config.max_images)
@@ -339,6 +355,7 @@ class InferenceServicer:
             log.exception("gRPC inference on %s failed", backend.name)
             stats.record_failure(backend.name, backend.version, time.perf_counter() - started)
             raise StatusError("INTERNAL", "inference failed; the server log has the details") from None
+        self.serving.answered(backend, parsed, pixels, result)
         answered = time.perf_counter()
         response = self.encode(request, backend, outputs, result)
         done = time.perf_counter()

@@ -76,6 +76,11 @@ def make_id() -> str:
     return os.urandom(16).hex()
 
 
+def id_or_new(sent: str) -> str:
+    """An id a client sent (a gRPC call's ``id``) when it is a safe one (:data:`VALID_ID`), else a new one."""
+    return sent if sent and VALID_ID.fullmatch(sent.encode()) else make_id()
+
+
 def read_ids(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes | None]:
     """The request id (``X-Request-ID``, else ``traceparent``'s trace id, else a new one) and a valid
     ``traceparent``, from an ASGI scope's headers."""

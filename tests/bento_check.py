@@ -103,15 +103,16 @@ def offline_labels(models: Path, backends: list[str]) -> dict[str, str]:
     return labels
 
 
-def serve(python: Path, bento: Path, home: Path, workdir: Path, port: int,
+def serve(python: Path, bento: Path | str, home: Path, workdir: Path, port: int,
           extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``bentoml serve`` of the built Bento from ``workdir``, with nothing of the checkout importable."""
+    """``bentoml serve`` of the built Bento (its folder in the store) from ``workdir``, with nothing of the checkout
+    importable; a ``"module:Class"`` string serves that service from ``workdir`` instead."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("FASHION_")}
     env.update(BENTOML_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3", PATH=f"{python.parent}:{env.get('PATH', '')}",
                **(extra_env or {}))
     log = open(workdir / "serve.log", "w")  # noqa: SIM115 (closed by the caller's process exit)
-    tag = f"{bento.parent.name}:{bento.name}"
+    tag = bento if isinstance(bento, str) else f"{bento.parent.name}:{bento.name}"
     return subprocess.Popen([str(python.parent / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port",
                              str(port)], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -407,3 +407,39 @@ def test_fuzzed_requests_never_end_internal_nor_hang(channel, stub):
         seen[code] = seen.get(code, 0) + 1
     # The generator reaches past the first check: more than one kind of refusal.
     assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > FUZZ_CASES // 4 and seen.get(grpc.StatusCode.NOT_FOUND), seen
+
+
+def test_an_answered_call_feeds_the_stage_histograms_drift_and_the_prediction_log(registry, dataset):
+    """What docs/observability.md promises for REST holds for gRPC: the call's stages, its answers in the drift
+    window, and a prediction-log row under the call's id (a new id when it sent none)."""
+    from service.drift import DriftMonitor
+    from service.telemetry import STAGES, metrics
+
+    def stage_counts(backend: str, version: str) -> dict[str, float]:
+        (family,) = metrics()["stage"].collect()
+        return {sample.labels["stage"]: sample.value for sample in family.samples
+                if sample.name.endswith("_count") and sample.labels["backend"] == backend
+                and sample.labels["version"] == version}
+
+    logged: list[str] = []
+
+    class Log:
+        def record(self, request_id, backend, logits, scores, pixels) -> None:
+            logged.append(request_id)
+
+    serving = dataclasses.replace(build_serving(CONFIG, registry), drift=DriftMonitor(100, 3600), predictions=Log())
+    loaded = registry.get(MODEL)
+    before = stage_counts(loaded.name, loaded.version)
+    server = GrpcServerThread(serving)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stub.ModelInfer(infer_request(dataset.test_images[:3], id="call-7"), timeout=CALL_TIMEOUT_S)
+            stub.ModelInfer(infer_request(dataset.test_images[3:5]), timeout=CALL_TIMEOUT_S)
+    finally:
+        server.stop()
+    after = stage_counts(loaded.name, loaded.version)
+    assert {stage: after[stage] - before.get(stage, 0) for stage in STAGES} == dict.fromkeys(STAGES, 2)
+    (window,) = serving.drift.refresh().values()
+    assert window["images"] == 5
+    assert logged[0] == "call-7" and len(logged) == 2 and len(logged[1]) == 32 and logged[1] != "call-7"

@@ -47,3 +47,20 @@ def test_a_server_without_a_worker_is_an_error_and_an_ended_process_has_no_memor
         lone.kill()
         lone.wait(10)
     assert rss_mb(lone.pid) == 0.0
+
+
+def test_the_floor_is_reported_beside_the_profiles_and_not_as_one():
+    from benchmark.profiles import FLOOR, render, summarise
+
+    built = [{"profile": name, "bentofile": f"{name}.yaml", "bento": f"b:{name}", "backends": ["onnx-torch"],
+              "requirements": 10, "venv_mb": size} for name, size in (("full", 1000.0), ("onnx", 50.0))]
+    starts = [{"profile": name, "rep": rep, "ready_s": ready + rep / 10, "rss_ready_mb": 100.0,
+               "rss_after_load_mb": 110.0, "wrk": []}
+              for rep in range(3) for name, ready in (("full", 6.0), ("onnx", 2.0), (FLOOR, 1.5))]
+    profiles = summarise(built, starts)
+    assert [p["profile"] for p in profiles] == ["full", "onnx"]
+    assert profiles[0]["floor"]["ready_s_median"] == 1.6 and profiles[0]["floor"]["ready_s_range"] == [1.5, 1.7]
+    text = render({"machine": "m", "argv": [], "when": "now", "reps": 3, "cores": 2, "seconds": 0,
+                   "profiles": profiles})
+    assert "ready in 1.60 s (1.50-1.70)" in text and "ready 0.50 s after the floor" in text
+    assert "the floor alone is 0.262 of the full" in text
