@@ -110,7 +110,7 @@ scale-out: export ## PostgreSQL tuning + haproxy replica tests (the engines a cl
 
 keys: export ## API keys: cost with and without keys against the last commit before them, and one key's flood beside another key -> results/keys-{cost,isolation}-<machine>.md (needs wrk)
 	$(PY) -m benchmark.keys cost
-	$(PY) -m benchmark.keys isolation
+	$(PY) -m benchmark.keys isolation --reps 7  # a p99 ratio: three repetitions proved too few to settle it
 
 telemetry-cost: export ## Request telemetry and OTLP tracing: cost against the last commit before them -> results/telemetry-cost-<machine>.md (needs wrk)
 	$(PY) -m benchmark.telemetry_cost

@@ -242,13 +242,11 @@ def multipart_body(image: bytes, boundary: str) -> bytes:
 
 def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundary: str = "",
             content_type: str | None = None, timeout: float = 10.0, threads: int = 1, header: str = "",
-            per_s: float = 0.0, nice: int = 0) -> dict:
+            per_s: float = 0.0) -> dict:
     """One closed-loop wrk run (needs ``wrk``); its counts, latency percentiles and wrk's own CPU use (cores).
 
     ``header``: one more request header, ``"Name: value"``. ``per_s`` > 0 paces the load: each connection pauses
     before each request so that, while answers are quick, the run sends about ``per_s`` requests per second.
-    ``nice`` > 0 runs wrk at that lower CPU priority: on a machine it shares with the server, a client that stands
-    for traffic from elsewhere then takes only the CPU that the server and the measuring client leave.
     """
     env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BOUNDARY": boundary, "WRK_HEADER": header,
            "WRK_DELAY_MS": f"{connections * 1000 / per_s:g}" if per_s > 0 else ""}
@@ -256,8 +254,7 @@ def run_wrk(url: str, connections: int, seconds: float, body_file: Path, boundar
         env["WRK_CONTENT_TYPE"] = content_type
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
-        [*(["nice", "-n", str(nice)] if nice > 0 else []), "wrk", f"-t{threads}", f"-c{connections}",
-         f"-d{max(1, round(seconds))}s", "--timeout", f"{timeout:g}s",
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", f"{timeout:g}s",
          "-s", str(LUA), url],
         capture_output=True, text=True, env=env, check=True,
     )

@@ -131,11 +131,10 @@ def measure_isolation(url: str, calm: str, flood: str, body_file: Path,
                 if condition == "paced flood":
                     flooding = pool.submit(run_wrk, f"{url}/classify", args.flood_connections, args.seconds + 2,
                                            body_file, boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}",
-                                           per_s=args.flood_per_s, nice=args.flood_nice)
+                                           per_s=args.flood_per_s)
                 elif condition == "line-rate flood":
                     flooding = pool.submit(run_wrk, f"{url}/classify", args.flood_connections, args.seconds + 2,
-                                           body_file, boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}",
-                                           nice=args.flood_nice)
+                                           body_file, boundary=peers.BOUNDARY, header=f"Authorization: Bearer {flood}")
                 stats = run_wrk(f"{url}/classify", 1, args.seconds, body_file, boundary=peers.BOUNDARY,
                                 header=f"Authorization: Bearer {calm}")
                 flood_stats = flooding.result() if flooding else None
@@ -166,7 +165,7 @@ def run_isolation(args: argparse.Namespace) -> dict:
                 header=f"Authorization: Bearer {calm_key}")  # warm-up
         rows = measure_isolation(server.url, calm_key, flood_key, body_file, args)
     p99 = {c: statistics.median(r["calm_p99_ms"] for r in rows if r["condition"] == c) for c in CONDITIONS}
-    return {"flood_rate": args.flood_rate, "flood_per_s": args.flood_per_s, "flood_nice": args.flood_nice,
+    return {"flood_rate": args.flood_rate, "flood_per_s": args.flood_per_s,
             "flood_connections": args.flood_connections, "rows": rows, "calm_p99_ms": p99,
             "ratios": {c: p99[c] / p99["alone"] for c in CONDITIONS[1:]}}
 
@@ -180,7 +179,7 @@ def render_isolation(report: dict) -> str:
              f"{report['flood_per_s']:g} requests/s (wrk, {report['flood_connections']} connections, each pausing "
              f"between requests); and while it floods at line rate (wrk, "
              f"{report['flood_connections']} connections, no pause). {report['reps']} repetitions, the conditions in "
-             f"alternating order. {nice_line(report.get('flood_nice', 0))}{report['note']}", "",
+             f"alternating order. {report['note']}", "",
              f"Calm key's p99, median over repetitions: {p99['alone']:.2f} ms alone; "
              f"{p99['paced flood']:.2f} ms during the paced flood (**{ratios['paced flood']:.2f}x**); "
              f"{p99['line-rate flood']:.2f} ms during the line-rate flood (**{ratios['line-rate flood']:.2f}x**).", "",
@@ -192,14 +191,6 @@ def render_isolation(report: dict) -> str:
         lines.append(f"| {r['rep']} | {r['condition']} | {r['calm_rps']:,.0f} | {r['calm_p50_ms']:.2f} | "
                      f"{r['calm_p99_ms']:.2f} | {r['calm_statuses']} | {flood}")
     return "\n".join(lines) + "\n"
-
-
-def nice_line(nice: int) -> str:
-    """How the flooding client was scheduled, in words."""
-    if not nice:
-        return "All three processes (server, calm wrk, flooding wrk) at the same CPU priority. "
-    return (f"The flooding wrk at CPU priority nice {nice}: on this machine it stands for a client elsewhere, and "
-            f"takes only the CPU the server and the calm client leave (its achieved rate is in the table). ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="isolation: the paced flood's requests per second (default: 1000)")
     parser.add_argument("--flood-connections", type=int, default=16,
                         help="isolation: each flood's wrk connections (default: 16)")
-    parser.add_argument("--flood-nice", type=int, default=0,
-                        help="isolation: run the flooding wrk at this lower CPU priority (nice, 0-19; default: 0)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. that the machine was busy")
     args = parser.parse_args(argv)
     args.cache = peers.CACHE
