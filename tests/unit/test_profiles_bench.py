@@ -63,4 +63,4 @@ def test_the_floor_is_reported_beside_the_profiles_and_not_as_one():
     text = render({"machine": "m", "argv": [], "when": "now", "reps": 3, "cores": 2, "seconds": 0,
                    "profiles": profiles})
     assert "ready in 1.60 s (1.50-1.70)" in text and "ready 0.50 s after the floor" in text
-    assert "the floor alone is 0.262 of the full" in text
+    assert "the floor alone is 0.262 of the full" in text and "leaves 0.43 s above the floor" in text
