@@ -49,6 +49,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def answers_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 now; a process still starting refuses the connection, which is a no."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def store_models() -> Path:
     """The models folder of the current BentoML store (``$BENTOML_HOME``, else ``~/bentoml``)."""
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"

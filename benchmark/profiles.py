@@ -28,9 +28,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
-from benchmark.harness import RESULTS, free_port, machine_name, run_wrk, write_results
+from benchmark.harness import RESULTS, answers_ok, free_port, machine_name, run_wrk, write_results
 from benchmark.peers import LEVELS, MULTIPART, medians, one_image, our_routes, venv_size_mb
 from fashion.env import environment_stamp
 from tests.bento_check import PROFILES, READY_TIMEOUT_S, build_bento, make_venv, profile_backends, serve, wait_ready
@@ -114,7 +112,7 @@ def start_once(built: dict, home: Path, work: Path, rep: int, seconds: float, bo
     started = time.monotonic()
     proc = serve(built["python"], built["path"], home, outside, port)
     try:
-        while not ready(url):
+        while not answers_ok(f"{url}/readyz"):
             if proc.poll() is not None or time.monotonic() - started > READY_TIMEOUT_S:
                 wait_ready(url, proc, outside / "serve.log")  # raises with the server's log
             time.sleep(READY_POLL_S)
@@ -129,14 +127,6 @@ def start_once(built: dict, home: Path, work: Path, rep: int, seconds: float, bo
     print(f"{built['profile']} rep {rep}: ready in {row['ready_s']:.1f} s, worker {row['rss_ready_mb']:.0f} MB "
           f"resident once ready, {row['rss_after_load_mb']:.0f} MB after the load", flush=True)
     return row
-
-
-def ready(url: str) -> bool:
-    """Whether ``/readyz`` answers 200 now."""
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def drive_default_route(url: str, body: Path, seconds: float, rep: int) -> list[dict]:

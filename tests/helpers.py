@@ -44,16 +44,6 @@ def wait_until(probe: Callable[[], T], what: str, timeout: float, interval: floa
     return result
 
 
-def answers_ok(url: str) -> bool:
-    """Whether ``url`` answers 200 now; a process still starting refuses the connection, which is a no."""
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def error_body(reply) -> dict:
     """A JSON error answer without its ``request_id`` (each request's own, service.telemetry)."""
     return {key: value for key, value in reply.json().items() if key != "request_id"}

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmark.harness import free_port, start
+from benchmark.harness import answers_ok, free_port, start
 from fashion.imaging import encode_png
-from tests.helpers import answers_ok, store_with, wait_until
+from tests.helpers import store_with, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ALERT = "FashionClassMixDrift"  # the quick test models' detector flags too few digits for the "not clothing" one

@@ -17,7 +17,7 @@ import bentoml
 import httpx
 import pytest
 
-from benchmark.harness import Server, start
+from benchmark.harness import Server, answers_ok, start
 from clients.client import FashionClient, ServiceError
 from fashion.samples import sample_paths
 from service.auth import new_key
@@ -83,10 +83,7 @@ def probed_ready(server: Server) -> bool:
     """Ready, as the probe port says (it speaks plain HTTP: it is for the kubelet, inside the pod's network)."""
     if server.proc.poll() is not None:
         raise RuntimeError(f"the TLS server exited: {server.log.read_text()[-2000:]}")
-    try:
-        return httpx.get(f"{server.health_url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+    return answers_ok(f"{server.health_url}/readyz")
 
 
 def test_a_client_trusting_the_ca_classifies_over_https_with_its_key(tls_server):
