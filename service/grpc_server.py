@@ -6,7 +6,9 @@ so tritonclient's gRPC client and perf_analyzer work unchanged; and gRPC's healt
 (``grpc.health.v1.Health``) for probes.
 The service starts it on the worker's own event loop (service.service) and hands it the same :class:`Serving` as the
 REST routes: one batcher, one registry, one in-flight count, the same API keys. The models, versions, metadata and
-outputs (the "not clothing" ones included) are service.v2's, so the two protocols cannot drift.
+outputs (the "not clothing" ones included) are service.v2's, so the two protocols cannot drift. An answered
+inference is one request to service.telemetry as an HTTP one is (its stages, the drift window, the prediction log,
+traces), under the call's ``id``.
 
 Tensors: the one input ``images``, ``UINT8[N, 28, 28]``, as ``raw_input_contents`` (little-endian bytes) or typed
 ``contents.uint_contents``, never both (the specification forbids mixing); every output is answered in
