@@ -164,7 +164,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     many.add_argument("--concurrency", type=int, default=None,
                       help="chunks classified at once (default: 4 requests in flight; with --local, one "
                            "single-threaded model call per core)")
-    many.add_argument("--retries", type=int, default=5, help="attempts per request on 429/503/504/connection errors")
+    many.add_argument("--retries", type=int, default=5,
+                      help="attempts per request on 429/502/503/504/connection errors")
     many.add_argument("--max-errors", type=int, default=None, help="stop after this many bad inputs (default: never)")
     many.add_argument("--fail-fast", action="store_true", help="stop at the first bad input")
     many.add_argument("--resume", action="store_true", help="finish an interrupted job from its journal")

@@ -5,8 +5,10 @@
         client.wait_ready()
         print(client.classify("shoe.png").label)
 
-Retries (exponential backoff with full jitter) happen only on 429, 503, 504 and
-connection errors; every other 4xx is raised at once as :class:`ServiceError`.
+Retries (exponential backoff with full jitter) happen only on 429, 502, 503, 504 and
+connection errors; every other 4xx is raised at once as :class:`ServiceError`. A 502 is how a load balancer
+reports a connection its replica closed unanswered (a replica stopping as the request arrived), which this
+client retries as a connection error when it talks to the service directly.
 
 A service with API keys (service.auth) needs one: ``FashionClient(url, api_key=...)``, else the
 ``FASHION_API_KEY`` environment variable; it is sent as ``Authorization: Bearer <key>``.
@@ -27,7 +29,7 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
-RETRY_STATUSES = frozenset({429, 503, 504})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 API_KEY_ENV = "FASHION_API_KEY"
 # The compact answer (service.answers): ``fashion.contract.ANSWER_DTYPE`` rows as a .npy body.
 NPY_ANSWER = "application/x-npy"

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from benchmark.harness import Server, free_port, start
 
-# Statuses a client may see through the balancer: answers, and the two its retry policy resends.
-RETRIED = (429, 503)
+# Statuses a client may see through the balancer besides answers: those its retry policy resends.
+RETRIED = (429, 502, 503)
+# haproxy resends only a request it holds whole: room for a single image and for 100 as .npy, with their headers.
+RETRY_BUFFER_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,12 @@ def haproxy_config(port: int, replicas: Sequence[Replica], folder: Path) -> str:
     Each replica is checked on its probe port every 0.5 s (down after 2 failures, up after 2 passes).
     A request refused by a replica that is stopping is sent to another (``retries``, ``redispatch``);
     ``http-server-close`` opens a new connection to a replica per request, so a stopping replica never
-    closes an idle connection the balancer has just chosen (a 502 the client would not retry).
+    closes an idle connection the balancer has just chosen (a 502 the client would not retry). A connection
+    the replica's kernel had accepted but the stopping server never read is closed unanswered: classification
+    is idempotent, so the ``replicas`` backend resends such a request to another replica too (``retry-on
+    empty-response``), which needs the whole request held in haproxy's buffer (``option http-buffer-request``,
+    ``tune.bufsize``); a larger one still gets the 502, which the batch client retries. Dataset tasks are not
+    resent: a submit sent twice would start two tasks.
     """
     from service.task_routes import TASK_ROUTE
 
@@ -67,6 +74,7 @@ def haproxy_config(port: int, replicas: Sequence[Replica], folder: Path) -> str:
         "global",
         "    log stdout format raw local0",
         f"    stats socket {folder / 'haproxy.sock'} level admin",
+        f"    tune.bufsize {RETRY_BUFFER_BYTES}",
         "defaults",
         "    mode http",
         "    log global",
@@ -85,6 +93,8 @@ def haproxy_config(port: int, replicas: Sequence[Replica], folder: Path) -> str:
         "    default_backend replicas",
         "backend replicas",
         "    balance roundrobin",
+        "    option http-buffer-request",
+        "    retry-on conn-failure empty-response",
         "    option httpchk GET /readyz",
         "    http-check expect status 200",
         *servers(None),

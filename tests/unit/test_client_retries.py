@@ -29,7 +29,7 @@ def scripted(statuses: list[int]):
     return httpx.MockTransport(handle), calls
 
 
-@pytest.mark.parametrize("status", [429, 503, 504])
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
 def test_retries_only_retryable_statuses(status):
     transport, calls = scripted([status, status])
     client = FashionClient("http://test", transport=transport, retry=RetryPolicy(base_delay=0.001))

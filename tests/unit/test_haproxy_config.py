@@ -17,6 +17,8 @@ def test_haproxy_accepts_the_config_and_tasks_stick_to_one_replica(tmp_path):
     text = haproxy_config(8080, replicas, tmp_path)
     backends = {block.split("\n", 1)[0]: block for block in text.split("\nbackend ")[1:]}
     assert "balance source" in backends["tasks"] and "balance roundrobin" in backends["replicas"]
+    # A classification closed unanswered is resent (idempotent); a task submit is not.
+    assert "retry-on conn-failure empty-response" in backends["replicas"] and "retry-on" not in backends["tasks"]
     # Checked once, on the probe port; the tasks backend follows those checks.
     assert "server r1 127.0.0.1:3010 check port 3011" in backends["replicas"]
     assert "server r1 127.0.0.1:3010 track replicas/r1" in backends["tasks"]
