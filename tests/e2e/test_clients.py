@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,23 +34,21 @@ def _batch_process(server, source, out, *extra):
 
 
 class Proxy:
-    """Forwards to the real service, with a fault injected: every POST (a classify call) after the first
-    ``hold_after`` held unanswered until the proxy closes.
+    """Forwards to the real service, with a fault injected: once ``hold`` is true, every POST (a classify call)
+    not yet forwarded is held unanswered until the proxy closes.
 
     It forwards no ``Accept`` header, as some proxies do: the batch CLI then gets JSON answers, and copes.
     """
 
-    def __init__(self, target: str, hold_after: int) -> None:
+    def __init__(self, target: str, hold: Callable[[], bool]) -> None:
         from starlette.applications import Starlette
         from starlette.responses import Response
         from starlette.routing import Route
 
-        self.posts = 0
         self.closing = threading.Event()
 
         async def forward(request):
-            self.posts += request.method == "POST"
-            while self.posts > hold_after and not self.closing.is_set():
+            while request.method == "POST" and hold() and not self.closing.is_set():
                 await asyncio.sleep(0.01)
             async with httpx.AsyncClient(base_url=target, timeout=60) as client:
                 upstream = await client.request(request.method, request.url.path, params=request.query_params,
@@ -91,9 +90,10 @@ def test_sigkill_halfway_then_resume_equals_an_uninterrupted_run(server, dataset
     assert _batch_process(server, source, reference).wait(300) == 0
     out = tmp_path / "resumed.csv"
     journal = tmp_path / "resumed.csv.journal"
-    # 6,000 images in chunks of 64 make 94 journal lines. The proxy answers 30 requests, then holds the rest:
-    # the job is killed part-way, every time, however fast or slow the machine.
-    with Proxy(server, hold_after=30) as url:
+    # 6,000 images in chunks of 64 make 94 journal lines. The proxy forwards requests until the journal holds 30
+    # answered chunks, then holds the rest: the job is killed part-way, every time, however fast or slow the machine
+    # and however many requests the client had to resend (a count of requests would include those).
+    with Proxy(server, hold=lambda: journal_lines(journal) >= 30) as url:
         proc = _batch_process(url, source, out)
         try:
             wait_until(lambda: journal_lines(journal) >= 30, "30 journal lines (30 answered chunks)", 300)
