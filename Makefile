@@ -16,7 +16,7 @@ WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys telemetry-cost reliability \
 	bento-check bento-profiles reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs \
-	robustness tilt-choice calibration ood scale-out wheelhouse protos grpc-vs-rest costs
+	robustness tilt-choice calibration ood scale-out wheelhouse protos grpc-vs-rest costs route-profile
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -141,6 +141,9 @@ clean: ## Remove the venv and caches (keeps runs/ and data/)
 
 protos: ## Regenerate the gRPC stubs (service/protocol/*_pb2*.py) from open_inference.proto with grpcio-tools
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. service/protocol/open_inference.proto
+
+route-profile: export ## Where a v2 request's time goes in the worker (py-spy under wrk), before and after the inference lane -> results/route-profile-<machine>.md (needs wrk)
+	$(PY) -m benchmark.route_profile
 
 grpc-vs-rest: export ## gRPC beside REST on one worker, perf_analyzer for both -> results/grpc-vs-rest-<machine>.md
 	$(PY) -m benchmark.grpc_vs_rest

@@ -49,11 +49,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 @dataclass(frozen=True)
 class Outputs:
-    """What one model call answers: ``float32[n, 10]`` logits, and the "not clothing" scores (``float32[n]``,
-    fashion.ood) when the batch was scored and the model has a detector. Rows slice together."""
+    """What one model call answers: ``float32[n, 10]`` logits, the calibrated probabilities computed in the same
+    thread (``None`` from a stand-in model), and the "not clothing" scores (``float32[n]``, fashion.ood) when the
+    batch was scored and the model has a detector. Rows slice together."""
 
     logits: np.ndarray
     scores: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
     # Seconds the job waited for its model call, and the call's own seconds (the statistics of service.stats).
     queue_s: float = 0.0
     compute_s: float = 0.0
@@ -64,7 +66,8 @@ class Outputs:
         return len(self.logits)
 
     def __getitem__(self, rows: slice) -> Outputs:
-        return Outputs(self.logits[rows], None if self.scores is None else self.scores[rows], self.queue_s,
+        return Outputs(self.logits[rows], None if self.scores is None else self.scores[rows],
+                       None if self.probabilities is None else self.probabilities[rows], self.queue_s,
                        self.compute_s, self.execution)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import DType, Shape
 from pydantic import Field, PlainSerializer, SerializationInfo
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from fashion.arrays import read_npy, sniff
 from fashion.backends import BACKENDS
@@ -141,16 +142,41 @@ def _content_type(request: Request) -> str:
 
 async def read_body(request: Request, limit: int, allow_empty: bool = False) -> bytes:
     """The whole body, refusing (413) as soon as it grows past ``limit`` bytes (and an empty one, unless allowed)."""
-    declared = request.headers.get("content-length")
+    return await gather_body(request.stream(), request.headers.get("content-length"), limit, allow_empty)
+
+
+async def receive_body(receive: Callable[[], Awaitable[dict[str, Any]]], declared: str | None, limit: int,
+                       allow_empty: bool = False) -> bytes:
+    """:func:`read_body` for a plain ASGI app: the body from ``receive``, ``declared`` its Content-Length.
+
+    Raises:
+        starlette.requests.ClientDisconnect: the client went away before the body was whole.
+    """
+    return await gather_body(asgi_chunks(receive), declared, limit, allow_empty)
+
+
+async def asgi_chunks(receive: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    """The body's chunks as ASGI delivers them, as Starlette's ``Request.stream`` yields them."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def gather_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int, allow_empty: bool) -> bytes:
+    """The body of ``chunks`` within ``limit`` bytes (413 past it, as soon as ``declared`` or the bytes say so)."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {int(declared):,} bytes is over the limit of {limit:,}", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    pieces, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise RequestError(f"request body is over the limit of {limit:,} bytes", 413)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        pieces.append(chunk)
+    body = b"".join(pieces)
     if not body and not allow_empty:
         raise RequestError("empty request body", 400)
     return body

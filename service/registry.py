@@ -267,10 +267,12 @@ class ModelRegistry:
         return self.get(name).logits(pixels)
 
     def run_batch(self, name: str, pixels: np.ndarray, score: bool = False) -> Outputs:
-        """One batch through the model; with ``score`` (and a detector), its "not clothing" scores as well, in
-        the same thread and in one vectorised pass (service.batcher.RunBatch)."""
-        logits = self.logits(name, pixels)
-        return Outputs(logits, self.ood_scores(name, logits, pixels) if score else None)
+        """One batch through the model, and its calibrated probabilities; with ``score`` (and a detector), its
+        "not clothing" scores as well; all in the same thread, each in one vectorised pass over the batch rather than
+        one per request on the event loop (service.batcher.RunBatch)."""
+        backend = self.get(name)
+        logits = backend.logits(pixels)
+        return Outputs(logits, backend.ood_scores(logits, pixels) if score else None, backend.probabilities(logits))
 
     def ood_scores(self, name: str | None, logits: np.ndarray, images: np.ndarray) -> np.ndarray | None:
         """Per image, how clothing-like it is (fashion.ood); ``None`` when the model has no detector."""

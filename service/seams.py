@@ -16,16 +16,22 @@ version, so an upgrade has one module to read and one test file to run. The seam
    :func:`choose_event_loop` points uvicorn's ``auto`` at the chosen loop before BentoML builds uvicorn's config.
 3. **The task routes.** ``@bentoml.task`` serves ``submit``, ``status``, ``get``, ``retry`` and ``cancel``;
    service.task_routes.TaskMiddleware answers some of them itself (limits, progress, a cancel that cancels).
-4. **The v2 shortcut.** :class:`V2Shortcut` hands ``/v2`` requests to the v2 app before BentoML's router and
-   context middleware, which the v2 app never uses; the mount at ``/`` stays for everything else.
+4. **The inference lane.** :class:`InferenceLane` hands a v2 inference request straight to the v2 inference
+   endpoint, a plain ASGI app, right behind admission control, and other ``/v2`` requests to the v2 app: BentoML's
+   tracing layer, router and context middleware, which the v2 routes never use, are skipped; the mount at ``/``
+   stays for everything else.
 5. **The JSON answer.** :class:`JSONAnswer` subclasses BentoML's private ``IORootModel`` to fix its media type:
    BentoML would otherwise build the answer's JSON schema on every response.
 6. **The key gate first.** BentoML puts the service's own middleware inside its traffic metrics, tracing and
    timeout layers. :func:`put_first` moves service.admission.KeyGate in front of them, so a request with a wrong
    key, or one over its key's rate, costs the server only the gate: one key's flood takes little from the others
-   (SECURITY.md). BentoML's request metrics then never count those refusals.
+   (SECURITY.md). BentoML's request metrics then never count those refusals. :func:`put_first` also sets the order
+   the inference lane needs: BentoML's metrics, the deadline, admission, the lane, then BentoML's tracing layer.
 7. **Request telemetry outermost.** service.telemetry.RequestTelemetry goes in front of the key gate, so every
    answer, a refused key's included, carries the request id and is counted (docs/observability.md).
+8. **BentoML's request metrics, looked up once.** :class:`TrafficMetrics` counts the same series as BentoML's
+   ``RunnerTrafficMetricsMiddleware``, which looks up each labelled child by keyword on every request;
+   :func:`use_lean_traffic_metrics` makes BentoML build it in its place.
 
 Admission control (service.admission) and the web page (service.web) use BentoML's public API only; they are
 added here so that the order of everything in front of BentoML's router is written in one place.
@@ -36,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,6 +53,8 @@ from service.admission import AdmissionMiddleware, KeyGate
 from service.serving import Serving
 from service.task_routes import TaskMiddleware
 from service.telemetry import RequestTelemetry
+from service.v2 import infer as v2_infer
+from service.v2 import infer_params
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -54,6 +63,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_LOOP = "asyncio"
+# Labelled children TrafficMetrics keeps per kind: BentoML's routes and ours are far fewer; past this, a path's
+# children are looked up on each request, as BentoML does.
+MAX_CACHED_SERIES = 256
 LOOPS = {"asyncio": "uvicorn.loops.asyncio:asyncio_loop_factory", "uvloop": "uvicorn.loops.uvloop:uvloop_loop_factory"}
 
 
@@ -66,26 +78,30 @@ def install(service: Any, current: Callable[[], Serving | None], v2_app: ASGIApp
         current: the running worker's :class:`Serving` (``None`` before BentoML has created the service), which
             admission control puts on each request.
         v2_app: the Open Inference Protocol app (service.v2), mounted at ``/`` and reached through
-            :class:`V2Shortcut`.
+            :class:`InferenceLane`, which hands inference to service.v2.infer itself.
         web_app: the web page's app (service.web), mounted at ``/ui``.
         event_loop: ``asyncio`` (``None``: the default), ``uvloop`` or ``auto`` (:func:`choose_event_loop`).
 
     Raises:
-        RuntimeError: this BentoML has no ``TimeoutMiddleware`` to replace (an upgrade moved it).
+        RuntimeError: this BentoML has no ``TimeoutMiddleware`` or ``RunnerTrafficMetricsMiddleware`` to replace
+            (an upgrade moved it).
         ValueError: an unknown event loop.
     """
     if not use_deadline_middleware():
         raise RuntimeError("BentoML's TimeoutMiddleware was not found: check service.seams against this BentoML")
+    if not use_lean_traffic_metrics():
+        raise RuntimeError("BentoML's RunnerTrafficMetricsMiddleware was not found: check service.seams against "
+                           "this BentoML")
     choose_event_loop(event_loop)
     service.mount_asgi_app(v2_app, path="/", name="v2")
-    # Request telemetry, then the key gate, in front of every layer (put_first); then, outermost first, all inside
-    # BentoML's metrics and the deadline: admission, the task routes, v2.
     service.add_asgi_middleware(RequestTelemetry)
     service.add_asgi_middleware(KeyGate, current=current)
-    put_first(RequestTelemetry, KeyGate)
     service.add_asgi_middleware(AdmissionMiddleware, current=current)
+    service.add_asgi_middleware(InferenceLane, v2=v2_app, infer=v2_infer)
     service.add_asgi_middleware(TaskMiddleware, current=current)
-    service.add_asgi_middleware(V2Shortcut, v2=v2_app)
+    # Outermost first: request telemetry, the key gate, BentoML's request metrics, the deadline, admission and the
+    # inference lane; then BentoML's tracing layer, the task routes and BentoML's router, which inference skips.
+    put_first(*FRONT)
     service.mount_asgi_app(web_app, path="/ui", name="web")
 
 
@@ -192,28 +208,133 @@ def choose_event_loop(choice: str | None = None) -> str:
     return choice
 
 
-class V2Shortcut:
-    """ASGI middleware that hands ``/v2`` requests straight to the v2 app.
+class InferenceLane:
+    """ASGI middleware: the inference lane. v2 inference requests go straight to the v2 inference endpoint, other
+    ``/v2`` requests to the v2 app, the rest on to BentoML's app.
 
-    Mounted at "/", the v2 app was reached only after BentoML's router had tried each of its other routes and its
-    context middleware had built a request object the v2 app never reads (docs/kserve-v2.md). :func:`install`
-    adds this inside admission control, the deadline and BentoML's metrics, which all still apply; every other
-    path goes on to BentoML's app, and the mount stays for them.
+    :func:`install` puts it right behind admission control, so an inference request passes the request telemetry,
+    the key gate, BentoML's request metrics, the deadline and admission, and nothing else: not BentoML's tracing
+    layer (off for every URL, service.tracing), the task routes, BentoML's router and context, nor the v2 app's own
+    router (docs/serving.md, "The inference lane").
     """
 
-    def __init__(self, app: ASGIApp, v2: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, v2: ASGIApp, infer: ASGIApp) -> None:
         """
         Args:
             app: BentoML's app, which BentoML passes to every middleware it adds.
-            v2: the v2 app, which :func:`install` passes as an option of ``add_asgi_middleware``.
+            v2: the v2 app (service.v2.app); :func:`install` passes it and ``infer`` as options of
+                ``add_asgi_middleware``.
+            infer: the v2 inference endpoint (service.v2.infer), a plain ASGI app.
         """
         self.app = app
         self.v2 = v2
+        self.infer = infer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        target = self.v2 if path == "/v2" or path.startswith("/v2/") else self.app
-        await target(scope, receive, send)
+        if path == "/v2" or path.startswith("/v2/"):
+            params = infer_params(path) if scope["method"] == "POST" else None
+            if params is None:
+                return await self.v2(scope, receive, send)
+            scope["path_params"] = params
+            return await self.infer(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class TrafficMetrics:
+    """BentoML's request metrics (``request_total``, ``request_duration_seconds``, ``request_in_progress``,
+    ``last_request_timestamp_seconds``): the same series, each labelled child looked up once.
+
+    BentoML's ``RunnerTrafficMetricsMiddleware`` looks up every child by keyword labels on every request, and wraps
+    ``receive`` for websocket counts; :func:`use_lean_traffic_metrics` makes BentoML build this in its place. HTTP
+    requests are counted here; websockets and ``/metrics`` go to BentoML's own middleware, which also registers the
+    series (a second registration would fail).
+    """
+
+    bentoml_class: Any = None  # BentoML's middleware, set by use_lean_traffic_metrics
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        self.app = app
+        self.bentoml = self.bentoml_class(app, **options)
+        self.skip_paths = tuple(self.bentoml.skip_paths)
+        self.children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self.in_progress: dict[str, Any] = {}
+        self.last_request: Any = None
+
+    def labels(self) -> dict[str, str]:
+        from bentoml._internal.context import server_context
+
+        return {"service_name": server_context.bento_name, "service_version": server_context.bento_version,
+                "runner_name": server_context.service_name}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/metrics":
+            return await self.bentoml(scope, receive, send)
+        if not self.bentoml._is_setup:
+            self.bentoml._setup()
+        endpoint = scope["path"]
+        if not endpoint.startswith(self.skip_paths):
+            if self.last_request is None:
+                self.last_request = self.bentoml.metrics_last_request_timestamp.labels(**self.labels())
+            self.last_request.set_to_current_time()
+        start = time.perf_counter()
+        status = 0
+
+        async def counted_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                total, duration = self.series(endpoint, status)
+                total.inc()
+                duration.observe(max(time.perf_counter() - start, 0.0))
+            await send(message)
+
+        with self.progress(endpoint).track_inprogress():
+            await self.app(scope, receive, counted_send)
+
+    def series(self, endpoint: str, status: int) -> tuple[Any, Any]:
+        """The request count and duration children of ``endpoint`` and ``status``, cached unless the path was not
+        found (a client can make up any number of those) and up to :data:`MAX_CACHED_SERIES` pairs."""
+        found = self.children.get((endpoint, status))
+        if found is None:
+            labels = {"endpoint": endpoint, "http_response_code": status, **self.labels()}
+            found = (self.bentoml.metrics_request_total.labels(**labels),
+                     self.bentoml.metrics_request_duration.labels(**labels))
+            if status != 404 and len(self.children) < MAX_CACHED_SERIES:
+                self.children[(endpoint, status)] = found
+        return found
+
+    def progress(self, endpoint: str) -> Any:
+        """The in-progress gauge child of ``endpoint``, cached for up to :data:`MAX_CACHED_SERIES` paths."""
+        found = self.in_progress.get(endpoint)
+        if found is None:
+            found = self.bentoml.metrics_request_in_progress.labels(endpoint=endpoint, **self.labels())
+            if len(self.in_progress) < MAX_CACHED_SERIES:
+                self.in_progress[endpoint] = found
+        return found
+
+
+def use_lean_traffic_metrics() -> bool:
+    """Make BentoML build :class:`TrafficMetrics` where it would build its ``RunnerTrafficMetricsMiddleware``.
+
+    BentoML imports the class from its module each time it builds a worker's app. Returns False (and changes
+    nothing) if this BentoML has no such class.
+    """
+    try:
+        from bentoml._internal.server.http import instruments
+    except ImportError:
+        return False
+    if not hasattr(instruments, "RunnerTrafficMetricsMiddleware") or not hasattr(instruments, "server_context"):
+        return False
+    if instruments.RunnerTrafficMetricsMiddleware is not TrafficMetrics:
+        TrafficMetrics.bentoml_class = instruments.RunnerTrafficMetricsMiddleware
+        instruments.RunnerTrafficMetricsMiddleware = TrafficMetrics
+    return True
+
+
+# The layers in front of every other, outermost first (service.seams.install).
+FRONT = (RequestTelemetry, KeyGate, TrafficMetrics, DeadlineMiddleware, AdmissionMiddleware, InferenceLane)
 
 
 class JSONAnswer(IORootModel[Any]):

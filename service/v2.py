@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -60,7 +61,7 @@ from fashion.contract import (
 )
 from service import repository, telemetry
 from service.batcher import Outputs, OverloadedError
-from service.inputs import RequestError, read_body
+from service.inputs import RequestError, receive_body
 from service.lifecycle import mirror
 from service.registry import LoadedBackend, ModelRegistry, lineage, version_key
 from service.serving import Serving, serving_of
@@ -82,6 +83,14 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # Platform names follow the specification's "<project>_<format>"; a state dict has no listed name.
 PLATFORMS = {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel", "torch": "pytorch_statedict"}
 CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# An answer of the plain ASGI route: status, headers, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class V2Error(Exception):
@@ -114,7 +123,7 @@ def answers_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callabl
             return error_response(exc.message, exc.status)
         except ContractError as exc:
             return error_response(exc.message, 413 if exc.reason == TOO_MANY else 400)
-        except RequestError as exc:  # body limits from service.inputs.read_body
+        except RequestError as exc:  # body limits (service.inputs)
             return error_response(exc.message, int(exc.error_code))
 
     return handle
@@ -257,15 +266,42 @@ def describe_model(backend: LoadedBackend) -> dict[str, Any]:
     }
 
 
-@answers_errors
-async def infer(request: Request) -> Response:
+async def infer(scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /v2/models/{model}[/versions/{version}]/infer``, a plain ASGI app (:class:`AsgiRoute`).
+
+    The route nearly every request takes: no request or response objects, no router in front of it when the
+    service's inference lane reaches it (service.seams.InferenceLane). Its errors are the protocol's JSON, as
+    :func:`answers_errors` answers the other routes; a client gone before its body arrived gets no answer.
+    """
+    try:
+        status, headers, body = await answer_inference(scope, receive)
+    except ClientDisconnect:
+        return
+    except V2Error as exc:
+        status, headers, body = error_answer(exc.message, exc.status)
+    except ContractError as exc:
+        status, headers, body = error_answer(exc.message, 413 if exc.reason == TOO_MANY else 400)
+    except RequestError as exc:  # body limits from service.inputs.receive_body
+        status, headers, body = error_answer(exc.message, int(exc.error_code))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def answer_inference(scope: Scope, receive: Receive) -> Answer:
     """Run the batch through the shared batcher and answer the outputs asked for, on the version resolved when the
-    request started (a promotion meanwhile does not change it); its times go to the statistics (service.stats)."""
+    request started (a promotion meanwhile does not change it); its times go to the statistics (service.stats).
+    Returns the status, headers and body."""
     started = time.perf_counter()
-    backend = resolve_model(request)
-    found = serving(request)
+    found = serving_of(scope)
+    if found is None:
+        raise V2Error("the service is starting", 503)
+    params = scope["path_params"]
+    backend = find_model(found.registry, params["model"], params.get("version"))
     config = found.config
-    header, binary = split_body(await read_request(request, config.max_body_bytes), request.headers.get(HEADER_LENGTH))
+    headers = dict(scope["headers"])  # names are lower case in ASGI; a repeated one keeps its last value
+    body = await receive_body(receive, latin1(headers.get(b"content-length")), config.max_body_bytes)
+    body = inflate(body, latin1(headers.get(b"content-encoding")), config.max_body_bytes)
+    header, binary = split_body(body, latin1(headers.get(HEADER_LENGTH.lower().encode())))
     payload = parse_header(header)
     pixels = read_input(payload["inputs"], binary, config.max_images)
     outputs = requested_outputs(payload)
@@ -290,7 +326,7 @@ async def infer(request: Request) -> Response:
     answer = {"model_name": backend.name, "model_version": backend.manifest["version"]}
     if "id" in payload:
         answer["id"] = payload["id"]
-    response = encode_response(answer, [output_tensor(output, result, backend) for output in outputs])
+    response = encode_answer(answer, [output_tensor(output, result, backend) for output in outputs])
     done = time.perf_counter()
     stats.record_success(backend.name, backend.version, RequestTiming(
         len(pixels), done - started, parsed - started, result.queue_s, result.compute_s, done - answered,
@@ -298,10 +334,14 @@ async def infer(request: Request) -> Response:
     return response
 
 
-async def read_request(request: Request, limit: int) -> bytes:
-    """The body within the size limit, inflated when the client compressed it (tritonclient can)."""
-    body = await read_body(request, limit)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+def latin1(value: bytes | None) -> str | None:
+    """A raw header value as text (HTTP header bytes are Latin-1, as Starlette reads them)."""
+    return None if value is None else value.decode("latin-1")
+
+
+def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body inflated when the client compressed it (tritonclient can), within the size limit."""
+    encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding not in CONTENT_ENCODINGS:
@@ -452,8 +492,9 @@ def output_values(name: str, result: Outputs, backend: LoadedBackend) -> np.ndar
     the scores the batch computed (:func:`infer` asks for them when an output needs them)."""
     if name == OUTPUT_NAME:
         return result.logits
-    if name == PROBABILITIES:
-        return softmax(result.logits, backend.temperature)
+    if name == PROBABILITIES:  # computed with the batch; a stand-in model's answer has none
+        return result.probabilities if result.probabilities is not None else softmax(result.logits,
+                                                                                     backend.temperature)
     if backend.detector is None or result.scores is None:
         raise V2Error(f"output {name!r}: model {backend.manifest['version']} was exported without a detector", 400)
     scores = result.scores[:, None]
@@ -498,15 +539,58 @@ def pack_bytes(strings: list[str]) -> bytes:
     return b"".join(struct.pack("<I", len(s)) + s for s in (s.encode() for s in strings))
 
 
-def encode_response(answer: dict[str, Any], tensors: list[tuple[dict[str, Any], bytes | None]]) -> Response:
+def encode_answer(answer: dict[str, Any], tensors: list[tuple[dict[str, Any], bytes | None]]) -> Answer:
     """JSON, or the JSON header followed by the binary outputs in order (binary data extension)."""
     answer = {**answer, "outputs": [tensor for tensor, _ in tensors]}
     raw = [data for _, data in tensors if data is not None]
     if not raw:
-        return JSONResponse(answer)
-    header = json.dumps(answer, separators=(",", ":")).encode()
-    return Response(header + b"".join(raw), media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(header))})
+        return plain_answer(200, json_bytes(answer))
+    header = json_bytes(answer)
+    body = header + b"".join(raw)
+    return 200, [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode()),
+                 (HEADER_LENGTH.lower().encode(), str(len(header)).encode())], body
+
+
+def error_answer(message: str, status: int) -> Answer:
+    """:func:`error_response` for the plain ASGI route: the same body and headers."""
+    return plain_answer(status, json_bytes({"error": message}), status in (429, 503))
+
+
+def plain_answer(status: int, body: bytes, retry: bool = False) -> Answer:
+    """A JSON answer's status, headers (``Retry-After: 1`` when ``retry``) and body."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return status, [*headers, (b"retry-after", b"1")] if retry else headers, body
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON, the text Starlette's JSONResponse renders for the same value: orjson writes
+    the same shortest round-trip floats as ``json`` at a fraction of its time, which the answer's floats made the
+    largest single cost of the route (docs/serving.md, "The inference lane")."""
+    return orjson.dumps(value)
+
+
+def infer_params(path: str) -> dict[str, str] | None:
+    """The path parameters of an inference path (``/v2/models/{model}[/versions/{version}]/infer``), else
+    ``None``; what the router of :data:`app` would match."""
+    parts = path.split("/")
+    if parts[-1] != "infer" or parts[:3] != ["", "v2", "models"] or not parts[3]:
+        return None
+    if len(parts) == 5:
+        return {"model": parts[3]}
+    if len(parts) == 7 and parts[4] == "versions" and parts[5]:
+        return {"model": parts[3], "version": parts[5]}
+    return None
+
+
+class AsgiRoute:
+    """A plain ASGI app as a Starlette route's endpoint: Starlette wraps a function in its request and response
+    objects, an object it calls as it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 MODEL = "/v2/models/{model}"
@@ -516,7 +600,7 @@ VERSION = "/v2/models/{model}/versions/{version}"
 # when the app is mounted at "/v2" (it would redirect to "/v2/", which v2 clients do not follow).
 # Inference first: the router tries the routes in order, and nearly every request is an inference.
 app = Starlette(routes=[
-    *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (MODEL, VERSION)),
+    *(Route(f"{base}/infer", AsgiRoute(infer), methods=["POST"]) for base in (MODEL, VERSION)),
     # Before the model routes: "/v2/models/stats" would otherwise name a model called "stats".
     *repository.ROUTES,
     Route("/v2", server_metadata),

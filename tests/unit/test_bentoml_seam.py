@@ -20,10 +20,12 @@ import yaml
 from service.seams import (
     DEFAULT_LOOP,
     DeadlineMiddleware,
+    InferenceLane,
     JSONAnswer,
-    V2Shortcut,
+    TrafficMetrics,
     choose_event_loop,
     use_deadline_middleware,
+    use_lean_traffic_metrics,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +66,8 @@ def test_installing_the_seams_leaves_the_app_builder_unimported():
     code = ("import sys, service.service\nfrom _bentoml_sdk.service.factory import Service\n"
             "print(*(cls.__name__ for cls in Service.to_asgi.first), '_bentoml_impl.server.app' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.stdout.split()[-3:] == ["RequestTelemetry", "KeyGate", "False"], out.stderr[-2000:]
+    assert out.stdout.split()[-7:] == ["RequestTelemetry", "KeyGate", "TrafficMetrics", "DeadlineMiddleware",
+                                       "AdmissionMiddleware", "InferenceLane", "False"], out.stderr[-2000:]
 
 
 # 1. The deadline.
@@ -85,24 +88,20 @@ def test_bentoml_builds_the_deadline_with_the_traffic_timeout(app):
 
 
 def test_the_front_of_the_app_is_in_order(app):
-    """Request telemetry (seam 7), then the key gate (seam 6) first of all; metrics and the deadline outside, then
-    admission, the task routes and the v2 shortcut, then BentoML's context middleware and router: the order
-    service.seams.install writes."""
+    """Request telemetry (seam 7), then the key gate (seam 6) first of all; then BentoML's metrics (seam 8), the
+    deadline, admission and the inference lane (seam 4); BentoML's tracing layer, the task routes, its context
+    middleware and router behind them, where inference never goes: the order service.seams.install writes."""
     names = front(app)
-    assert names[:2] == ["RequestTelemetry", "KeyGate"] and names.count("KeyGate") == 1
-    start = names.index("DeadlineMiddleware")
-    assert names[start:start + 5] == ["DeadlineMiddleware", "AdmissionMiddleware", "TaskMiddleware", "V2Shortcut",
-                                      "ContextMiddleware"]
-    assert names.index("RunnerTrafficMetricsMiddleware") < start
+    assert names[:6] == ["RequestTelemetry", "KeyGate", "TrafficMetrics", "DeadlineMiddleware",
+                         "AdmissionMiddleware", "InferenceLane"]
+    assert names[6:] == ["OpenTelemetryMiddleware", "TaskMiddleware", "ContextMiddleware"]
 
 
-def test_putting_the_key_gate_first_twice_changes_nothing(app):
-    from service.admission import KeyGate
-    from service.seams import put_first
+def test_putting_the_front_in_order_twice_changes_nothing(app):
+    from service.seams import FRONT, put_first
     from service.service import FashionClassifier
-    from service.telemetry import RequestTelemetry
 
-    put_first(RequestTelemetry, KeyGate)
+    put_first(*FRONT)
     assert front(FashionClassifier.to_asgi()) == front(app)
 
 
@@ -161,20 +160,82 @@ def test_the_v2_app_stays_mounted_for_what_the_shortcut_passes_on(app):
     assert mounts[""] is v2_app and "/ui" in mounts
 
 
-def test_the_shortcut_hands_v2_paths_to_the_v2_app_and_every_other_path_to_bentomls():
+def test_the_lane_hands_inference_to_the_endpoint_other_v2_paths_to_the_v2_app_and_the_rest_to_bentomls():
     reached = []
 
     def recorder(name):
         async def app(scope, receive, send):
-            reached.append((name, scope.get("path")))
+            reached.append((name, scope.get("path"), scope.get("path_params")))
         return app
 
-    shortcut = V2Shortcut(recorder("bentoml"), v2=recorder("v2"))
-    for path in ["/v2", "/v2/models/onnx-torch/infer", "/v2x", "/classify", "/"]:
-        asyncio.run(shortcut({"type": "http", "path": path}, None, None))
-    asyncio.run(shortcut({"type": "lifespan"}, None, None))
-    assert reached == [("v2", "/v2"), ("v2", "/v2/models/onnx-torch/infer"), ("bentoml", "/v2x"),
-                       ("bentoml", "/classify"), ("bentoml", "/"), ("bentoml", None)]
+    lane = InferenceLane(recorder("bentoml"), v2=recorder("v2"), infer=recorder("infer"))
+    for method, path in [("POST", "/v2/models/onnx-torch/infer"), ("POST", "/v2/models/onnx-tf/versions/abc/infer"),
+                         ("GET", "/v2/models/onnx-torch/infer"), ("POST", "/v2/models/onnx-torch/versions//infer"),
+                         ("POST", "/v2/models//infer"), ("POST", "/v2/models/onnx-torch/x/infer"), ("GET", "/v2"),
+                         ("POST", "/v2/repository/index"), ("POST", "/v2x"), ("POST", "/classify"), ("GET", "/")]:
+        asyncio.run(lane({"type": "http", "method": method, "path": path}, None, None))
+    asyncio.run(lane({"type": "lifespan"}, None, None))
+    assert reached == [
+        ("infer", "/v2/models/onnx-torch/infer", {"model": "onnx-torch"}),
+        ("infer", "/v2/models/onnx-tf/versions/abc/infer", {"model": "onnx-tf", "version": "abc"}),
+        ("v2", "/v2/models/onnx-torch/infer", None), ("v2", "/v2/models/onnx-torch/versions//infer", None),
+        ("v2", "/v2/models//infer", None), ("v2", "/v2/models/onnx-torch/x/infer", None), ("v2", "/v2", None),
+        ("v2", "/v2/repository/index", None), ("bentoml", "/v2x", None), ("bentoml", "/classify", None),
+        ("bentoml", "/", None), ("bentoml", None, None)]
+
+
+# 8. BentoML's request metrics, looked up once.
+
+def test_bentoml_builds_the_lean_traffic_metrics(app, monkeypatch):
+    from bentoml._internal.server.http import instruments
+
+    assert instruments.RunnerTrafficMetricsMiddleware is TrafficMetrics
+    assert TrafficMetrics.bentoml_class.__name__ == "RunnerTrafficMetricsMiddleware"
+    assert TrafficMetrics.bentoml_class.__module__ == instruments.__name__
+    monkeypatch.setattr(instruments, "RunnerTrafficMetricsMiddleware", TrafficMetrics)
+    assert use_lean_traffic_metrics() and TrafficMetrics.bentoml_class is not TrafficMetrics
+
+
+def test_the_lean_traffic_metrics_count_what_bentomls_count(app):
+    """The same requests through BentoML's middleware and through TrafficMetrics move the same series by the same
+    amounts (each on a registry and namespace of its own: the tests' Prometheus values may live in shared files;
+    durations compared by count)."""
+    from bentoml._internal.context import server_context
+    from prometheus_client import CollectorRegistry
+
+    server_context.service_routes = []
+
+    async def answer(scope, receive, send):
+        status = 404 if scope["path"] == "/missing" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b"y"})
+
+    def samples(middleware_class, namespace):
+        registry = CollectorRegistry()
+        layer = middleware_class(answer, namespace=namespace, skip_paths=["/livez"])
+        bentoml = layer.bentoml if isinstance(layer, TrafficMetrics) else layer
+        client = type("Client", (), {"Histogram": lambda self, **kw: prom.Histogram(registry=registry, **kw),
+                                     "Counter": lambda self, **kw: prom.Counter(registry=registry, **kw),
+                                     "Gauge": lambda self, **kw: prom.Gauge(registry=registry, **kw),
+                                     "Summary": lambda self, **kw: prom.Summary(registry=registry, **kw)})()
+        bentoml._setup(metrics_client=client, duration_buckets=(0.1, 1.0))
+
+        async def sent(message):
+            pass
+
+        for path in ["/classify", "/classify", "/missing", "/livez", "/metrics"]:
+            asyncio.run(layer({"type": "http", "path": path}, None, sent))
+        return {(s.name.removeprefix(namespace), tuple(sorted(s.labels.items()))): s.value
+                for metric in registry.collect() for s in metric.samples
+                if not s.name.endswith(("_sum", "_created", "_timestamp_seconds"))}
+
+    import prometheus_client as prom
+
+    ours, theirs = samples(TrafficMetrics, "ours"), samples(TrafficMetrics.bentoml_class, "theirs")
+    assert ours == theirs
+    assert ours[("_request_total", (("endpoint", "/classify"), ("http_response_code", "200"), ("runner_name", "None"),
+                                    ("service_name", ""), ("service_version", "not available")))] == 2
 
 
 # 5. The JSON answer.

@@ -38,3 +38,20 @@ def test_a_not_clothing_output_of_an_unscored_batch_is_a_clear_400():
     with pytest.raises(V2Error, match="without a detector") as refused:
         output_tensor(RequestedOutput("ood_score", binary=False), Outputs(np.zeros((1, 10), np.float32)), backend)
     assert refused.value.status == 400
+
+
+def test_a_json_answer_is_the_text_starlette_would_render():
+    """orjson writes what Starlette's JSONResponse wrote before (service.v2.json_bytes): the same shortest floats,
+    the same UTF-8, the same compact separators."""
+    import json
+
+    from service.v2 import json_bytes
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 10)).astype(np.float32) * 1e3
+    answer = {"model_name": "onnx-torch", "model_version": "0123abcd", "id": "grüße ✓ \"quoted\"\n",
+              "outputs": [{"name": "logits", "datatype": "FP32", "shape": [3, 10], "data": logits.ravel().tolist()},
+                          {"name": "in_distribution", "datatype": "BOOL", "shape": [3, 1], "data": [True, False, True]},
+                          {"name": "tiny", "data": [1e-45, 5e-324, 0.1, -0.0, 1.0, 123456789012345]}]}
+    starlette = json.dumps(answer, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+    assert json_bytes(answer) == starlette
