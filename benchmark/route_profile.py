@@ -1,12 +1,14 @@
-"""Where a v2 inference request's time goes in the worker: ``python -m benchmark.route_profile``
-(``make route-profile``).
+"""Where a request's time goes in the worker: ``python -m benchmark.route_profile`` (``make route-profile``).
 
 Serves this checkout and a baseline revision (default: the last commit before the inference lane,
-service.seams.InferenceLane), one at a time, drives ``POST /v2/models/onnx-torch/infer`` with one image as binary
-data and the default outputs (benchmark.peers' "v2 binary" route) with wrk at 16 connections, samples the BentoML
-worker with py-spy meanwhile, and sorts the samples of the worker's event loop by the code they were in
-(:data:`GROUPS`). Time per request in a group is its samples over the sampling rate, over the requests answered
-while sampling. Writes ``results/route-profile-<machine>.{md,json}``; docs/serving.md quotes it.
+service.seams.InferenceLane), one at a time, drives one of benchmark.peers' routes (``--route``, default "v2 binary":
+``POST /v2/models/onnx-torch/infer`` with one image as binary data and the default outputs) with wrk at
+16 connections, samples the BentoML worker with py-spy meanwhile, and sorts the samples of the worker's event loop
+by the code they were in (:data:`GROUPS`). Time per request in a group is its samples over the sampling rate, over
+the requests answered while sampling. The sampler takes CPU from the cores the server and wrk share, so the
+requests/s while sampling are not the servers' speed: the same route is then driven without it, both servers in
+alternating order over ``--reps`` repetitions at 1, 16 and 64 connections (benchmark.peers.run_all). Writes
+``results/<stem>-<machine>.{md,json}`` (default stem ``route-profile``); docs/serving.md quotes them.
 """
 
 from __future__ import annotations
@@ -39,21 +41,22 @@ from fashion.env import environment_stamp
 # The last commit before the inference lane (service.seams.InferenceLane).
 BEFORE_LANE = "839cbfb5211d3e122332348f8d2a45c1c4b5bade"
 CONNECTIONS = 16
-RATE_HZ = 200
+RATE_HZ = 100
 # (group, the leaf frame's file path starts with one of these, after site-packages), first match wins.
 GROUPS = (
     ("HTTP server and event loop (uvicorn, asyncio, the socket)", ("uvicorn/", "asyncio/", "selectors.py",
                                                                   "httptools/", "socket.py")),
     ("Starlette (apps, routers, request and response objects)", ("starlette/",)),
-    ("BentoML's layers (context, tracing, metrics)", ("bentoml/", "_bentoml_impl/", "_bentoml_sdk/",
-                                                     "opentelemetry/")),
+    ("BentoML's layers (context, tracing, metrics, input and output models)", (
+        "bentoml/", "_bentoml_impl/", "_bentoml_sdk/", "opentelemetry/", "pydantic/", "pydantic_core/")),
     ("Prometheus series", ("prometheus_client/",)),
     ("our layers (telemetry, keys, admission, deadline, lane, tasks)", (
         "service/telemetry.py", "service/admission.py", "service/seams.py", "service/task_routes.py",
         "service/serving.py", "service/service.py", "service/auth.py")),
-    ("the v2 endpoint (read, parse, answer, statistics)", ("service/v2.py", "service/inputs.py", "service/stats.py",
-                                                           "service/lifecycle.py", "service/shadow.py",
-                                                           "service/registry.py")),
+    ("the endpoint (read, parse, answer, statistics)", ("service/v2.py", "service/inputs.py", "service/stats.py",
+                                                        "service/lifecycle.py", "service/shadow.py",
+                                                        "service/registry.py", "service/answers.py")),
+    ("decoding images (Pillow, fashion.imaging)", ("PIL/", "fashion/imaging.py")),
     ("JSON encoding and decoding", ("json/",)),
     ("numpy and the contract (softmax, checks)", ("numpy/", "fashion/")),
     ("the batcher and the hop to the model thread", ("service/batcher.py", "concurrent/", "threading.py")),
@@ -123,7 +126,7 @@ def per_request_us(row: dict[str, Any]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    route = next(r for r in peers.our_routes(*peers.one_image()) if r.label == "v2 binary")
+    route = next(r for r in peers.our_routes(*peers.one_image()) if r.label == args.route)
     rows = []
     with tempfile.TemporaryDirectory(prefix="route-profile-") as tmp:
         base, commit = extract(args.baseline, Path(tmp) / "baseline")
@@ -138,9 +141,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
             rows.append({"name": name, "code": "this checkout" if code == REPO else f"commit {commit[:12]}", **row})
+        plan = argparse.Namespace(seconds=args.load_seconds, reps=args.reps, cache=peers.CACHE, no_perf_analyzer=True)
+        load = peers.run_all([peers.Peer(row["name"], row["code"], serve_command(code), "/readyz", (route,),
+                                         env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+                              for row, code in zip(rows, (base, REPO), strict=True)], plan, Path(tmp))
     return {"command": command_line("benchmark.route_profile", args.argv), "env": environment_stamp(),
             "route": route.label, "connections": CONNECTIONS, "rate_hz": RATE_HZ, "seconds": args.seconds,
-            "baseline": commit, "rows": rows}
+            "baseline": commit, "rows": rows, "load_seconds": args.load_seconds, "reps": args.reps,
+            "load": load["medians"], "failures": load["failures"]}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -148,13 +156,12 @@ def render(report: dict[str, Any]) -> str:
     us = {row["name"]: per_request_us(row) for row in rows}
     names = [name for name, _ in GROUPS if any(name in u for u in us.values())] + \
         ([OTHER] if any(OTHER in u for u in us.values()) else [])
-    lines = [f"# Where a v2 request's time goes, {machine_name(report['env'])}", "",
-             f"Written by `{report['command']}` on {report['env'].get('cpu', '?')}: "
-             f"{report['route']} (one image, default outputs) with wrk at {report['connections']} connections for "
-             f"{report['seconds']:g} s while py-spy sampled the worker at {report['rate_hz']} Hz. Microseconds of "
-             "the event loop per answered request, by the code its samples were in (benchmark/route_profile.py: "
-             "GROUPS); the loop's idle wait in epoll is left out. Before: "
-             f"commit {report['baseline'][:12]}; after: this checkout.", "",
+    intro = (f"Written by `{report['command']}` on {report['env'].get('cpu', '?')}: the route {report['route']} "
+             f"(one image) with wrk at {report['connections']} connections for {report['seconds']:g} s while py-spy "
+             f"sampled the worker at {report['rate_hz']} Hz. Microseconds of the event loop per answered request, by "
+             "the code its samples were in (benchmark/route_profile.py: GROUPS); the loop's idle wait in epoll is "
+             f"left out. Before: commit {report['baseline'][:12]}; after: this checkout.")
+    lines = [f"# Where a request's time goes, {report['route']}, {machine_name(report['env'])}", "", intro, "",
              "| event loop, µs per request | " + " | ".join(f"{r['name']} ({r['code']})" for r in rows) + " |",
              "| --- | " + " | ".join("---:" for _ in rows) + " |"]
     for name in names:
@@ -162,6 +169,12 @@ def render(report: dict[str, Any]) -> str:
     lines.append("| **total** | " + " | ".join(f"**{sum(us[r['name']].values()):,.0f}**" for r in rows) + " |")
     lines.append("| requests/s while sampled | " + " | ".join(f"{r['rps']:,.0f}" for r in rows) + " |")
     lines.append("| p99 while sampled (ms) | " + " | ".join(f"{r['p99_ms']:.1f}" for r in rows) + " |")
+    if report.get("load"):
+        lines += ["", f"Without the sampler: wrk for {report['load_seconds']:g} s per level, {report['reps']} "
+                  "repetitions, medians, one server at a time in alternating order.", "",
+                  *peers.render_table(report["load"], report["env"]["cores"])]
+    if report.get("failures"):
+        lines += ["", f"Failures: {report['failures']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -170,11 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds sampled per server (default: 12)")
     parser.add_argument("--baseline", default=BEFORE_LANE, help="the revision to compare with (default: the last "
                         "commit before the inference lane)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the run without the sampler (default: 3)")
+    parser.add_argument("--load-seconds", type=float, default=5.0, help="seconds per wrk run without the sampler "
+                        "(default: 5)")
+    parser.add_argument("--route", default="v2 binary", choices=[r.label for r in peers.our_routes(*peers.one_image())],
+                        help="the route driven, as benchmark.peers names it (default: v2 binary)")
+    parser.add_argument("--stem", default="route-profile", help="the results' file name before the machine's")
     parser.add_argument("--out", type=Path, default=None, help="folder for the results (default: results/)")
     args = parser.parse_args(argv)
     args.argv = argv
     report = run(args)
-    name = f"route-profile-{machine_name(report['env'])}"
+    name = f"{args.stem}-{machine_name(report['env'])}"
     print(write_results(name, render(report), report, args.out))
     return 0
 
