@@ -298,7 +298,7 @@ async def answer_inference(scope: Scope, receive: Receive) -> Answer:
     params = scope["path_params"]
     backend = find_model(found.registry, params["model"], params.get("version"))
     config = found.config
-    headers = dict(scope["headers"])  # names are lower case in ASGI; a repeated one keeps its last value
+    headers = first_values(scope["headers"])
     body = await receive_body(receive, latin1(headers.get(b"content-length")), config.max_body_bytes)
     body = inflate(body, latin1(headers.get(b"content-encoding")), config.max_body_bytes)
     header, binary = split_body(body, latin1(headers.get(HEADER_LENGTH.lower().encode())))
@@ -332,6 +332,15 @@ async def answer_inference(scope: Scope, receive: Receive) -> Answer:
         len(pixels), done - started, parsed - started, result.queue_s, result.compute_s, done - answered,
         result.execution))
     return response
+
+
+def first_values(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """An ASGI request's headers by name (lower case in ASGI); a repeated one keeps its first value, as Starlette's
+    ``Headers.get`` reads it."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        found.setdefault(name, value)
+    return found
 
 
 def latin1(value: bytes | None) -> str | None:

@@ -257,6 +257,16 @@ def test_bad_request_gets_the_specification_error(http, case):
     assert http.get("/v2/health/ready").status_code == 200
 
 
+def test_a_repeated_header_is_read_by_its_first_value(http):
+    """As Starlette reads headers (the inference endpoint reads the ASGI scope itself, service.v2.first_values)."""
+    request = binary_request(ONE)
+    good = request["headers"][HEADER_LENGTH]
+    assert http.post(INFER, content=request["content"], headers=[(HEADER_LENGTH, good), (HEADER_LENGTH, "99999")]
+                     ).status_code == 200
+    assert http.post(INFER, content=request["content"], headers=[(HEADER_LENGTH, "99999"), (HEADER_LENGTH, good)]
+                     ).status_code == 400
+
+
 @pytest.mark.parametrize("path", ["/v2/models/resnet50", "/v2/models/resnet50/ready",
                                   "/v2/models/onnx-torch/versions/0", "/v2/models/onnx-torch/versions/0/ready"])
 def test_unknown_model_or_version_is_404(http, path):
