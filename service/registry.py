@@ -279,7 +279,8 @@ class ModelRegistry:
         return self.get(name).ood_scores(logits, images)
 
     def describe(self, name: str | None, logits: np.ndarray, top_k: int | None = None,
-                 pixels: np.ndarray | None = None, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
+                 pixels: np.ndarray | None = None, scores: np.ndarray | None = None,
+                 probabilities: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Label, confidence and top-k per row of ``logits``, in input order.
 
         Args:
@@ -290,9 +291,13 @@ class ModelRegistry:
                 ``pixels`` (28 lists of 28 ints), so a client can see what the model received.
             scores: the "not clothing" scores of the batch (service.batcher.Outputs), for the fields
                 ``ood_score`` and ``in_distribution``; without them (no detector), answers carry neither.
+            probabilities: the calibrated probabilities the batch computed (service.batcher.Outputs); ``None``:
+                computed here from ``logits``.
         """
         backend = self.get(name)
-        answers = describe_predictions(backend.probabilities(logits), backend.name, backend.version,
+        if probabilities is None:
+            probabilities = backend.probabilities(logits)
+        answers = describe_predictions(probabilities, backend.name, backend.version,
                                        top_k or self.config.top_k, scores,
                                        backend.detector.threshold if backend.detector else None)
         if pixels is not None:

@@ -209,7 +209,7 @@ class FashionClassifier:
             return records_response(outputs.logits, loaded.name, loaded.manifest["version"],
                                     temperature=loaded.temperature)
         return self.registry.describe(backend, outputs.logits, top_k, pixels if return_input else None,
-                                      outputs.scores)
+                                      outputs.scores, outputs.probabilities)
 
     @bentoml.api(route="/classify", input_spec=ImageUpload, output_spec=JSONAnswer)
     async def classify(self, images: np.ndarray, backend: str, ctx: bentoml.Context, top_k: int | None = None,
