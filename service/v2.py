@@ -60,6 +60,7 @@ from fashion.contract import (
     softmax,
 )
 from service import repository, telemetry
+from service.admission import RETRY_STATUSES
 from service.batcher import Outputs, OverloadedError
 from service.inputs import RequestError, receive_body
 from service.lifecycle import mirror
@@ -102,6 +103,10 @@ class V2Error(Exception):
         self.status = status
 
 
+# What a v2 route refuses with the protocol's JSON error (refusal_of).
+REFUSED = (V2Error, ContractError, RequestError)
+
+
 @dataclass(frozen=True)
 class RequestedOutput:
     """One output the client asked for, and how to send it."""
@@ -119,19 +124,24 @@ def answers_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callabl
     async def handle(request: Request) -> Response:
         try:
             return await handler(request)
-        except V2Error as exc:
-            return error_response(exc.message, exc.status)
-        except ContractError as exc:
-            return error_response(exc.message, 413 if exc.reason == TOO_MANY else 400)
-        except RequestError as exc:  # body limits (service.inputs)
-            return error_response(exc.message, int(exc.error_code))
+        except REFUSED as exc:
+            return error_response(*refusal_of(exc))
 
     return handle
 
 
+def refusal_of(exc: V2Error | ContractError | RequestError) -> tuple[str, int]:
+    """The message and status the protocol answers for a refused request (:data:`REFUSED`), on every v2 route."""
+    if isinstance(exc, V2Error):
+        return exc.message, exc.status
+    if isinstance(exc, ContractError):
+        return exc.message, 413 if exc.reason == TOO_MANY else 400
+    return exc.message, int(exc.error_code)  # body limits (service.inputs)
+
+
 def error_response(message: str, status: int) -> JSONResponse:
     """The protocol's error object; tritonclient raises it as ``InferenceServerException(message)``."""
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    headers = {"Retry-After": "1"} if status in RETRY_STATUSES else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -277,12 +287,8 @@ async def infer(scope: Scope, receive: Receive, send: Send) -> None:
         status, headers, body = await answer_inference(scope, receive)
     except ClientDisconnect:
         return
-    except V2Error as exc:
-        status, headers, body = error_answer(exc.message, exc.status)
-    except ContractError as exc:
-        status, headers, body = error_answer(exc.message, 413 if exc.reason == TOO_MANY else 400)
-    except RequestError as exc:  # body limits from service.inputs.receive_body
-        status, headers, body = error_answer(exc.message, int(exc.error_code))
+    except REFUSED as exc:
+        status, headers, body = error_answer(*refusal_of(exc))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -562,7 +568,7 @@ def encode_answer(answer: dict[str, Any], tensors: list[tuple[dict[str, Any], by
 
 def error_answer(message: str, status: int) -> Answer:
     """:func:`error_response` for the plain ASGI route: the same body and headers."""
-    return plain_answer(status, json_bytes({"error": message}), status in (429, 503))
+    return plain_answer(status, json_bytes({"error": message}), status in RETRY_STATUSES)
 
 
 def plain_answer(status: int, body: bytes, retry: bool = False) -> Answer:
