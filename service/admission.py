@@ -20,16 +20,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from service import telemetry
-from service.serving import InFlight, Serving, attach
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from service.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from service.serving import InFlight, Serving, attach, serving_of
 
 EXEMPT_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # Only work that needs the models waits for readiness: POST routes (inference, tasks), except the
@@ -57,7 +51,8 @@ class AdmissionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
-        serving = self.current() if scope["type"] == "http" else None
+        # The key gate in front has put the service's parts on the request already, where it runs.
+        serving = (serving_of(scope) or self.current()) if scope["type"] == "http" else None
         if serving is not None:
             attach(scope, serving)
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
@@ -120,7 +115,10 @@ class KeyGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         serving = self.current() if scope["type"] == "http" else None
-        if serving is not None and serving.keys is not None:
+        if serving is None:
+            return await self.app(scope, receive, send)
+        attach(scope, serving)  # for the layers behind, admission first: one lookup of the service per request
+        if serving.keys is not None:
             refused = serving.keys.check(scope)
             if refused is not None:
                 telemetry.refused("key_rate" if refused.status == 429 else "key")

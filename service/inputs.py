@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -29,6 +29,7 @@ from fashion.arrays import read_npy, sniff
 from fashion.backends import BACKENDS
 from fashion.contract import EMPTY, IMAGE_SIZE, NOT_ARRAYS, NUM_CLASSES, TOO_MANY, ContractError, check_pixels
 from fashion.imaging import FRAMINGS, ImageError, decode_image
+from service.asgi_types import Receive
 from service.config import ServiceConfig
 from service.registry import ModelRegistry
 from service.serving import Serving, serving_of
@@ -145,7 +146,7 @@ async def read_body(request: Request, limit: int, allow_empty: bool = False) -> 
     return await gather_body(request.stream(), request.headers.get("content-length"), limit, allow_empty)
 
 
-async def receive_body(receive: Callable[[], Awaitable[dict[str, Any]]], declared: str | None, limit: int,
+async def receive_body(receive: Receive, declared: str | None, limit: int,
                        allow_empty: bool = False) -> bytes:
     """:func:`read_body` for a plain ASGI app: the body from ``receive``, ``declared`` its Content-Length.
 
@@ -155,7 +156,7 @@ async def receive_body(receive: Callable[[], Awaitable[dict[str, Any]]], declare
     return await gather_body(asgi_chunks(receive), declared, limit, allow_empty)
 
 
-async def asgi_chunks(receive: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[bytes]:
+async def asgi_chunks(receive: Receive) -> AsyncIterator[bytes]:
     """The body's chunks as ASGI delivers them, as Starlette's ``Request.stream`` yields them."""
     while True:
         message = await receive()

@@ -43,24 +43,19 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 # The one private BentoML module imported (not re-exported by bentoml); see JSONAnswer.
 from _bentoml_sdk.io_models import IORootModel
 
 from service.admission import AdmissionMiddleware, KeyGate
+from service.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from service.serving import Serving
 from service.task_routes import TaskMiddleware
 from service.telemetry import RequestTelemetry
 from service.v2 import infer as v2_infer
 from service.v2 import infer_params
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_LOOP = "asyncio"
 # Labelled children TrafficMetrics keeps per kind: BentoML's routes and ours are far fewer; past this, a path's

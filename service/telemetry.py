@@ -26,15 +26,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from service.asgi_types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
 # An id sent in is echoed into headers, JSON and log lines: only short tokens of safe characters are taken (no

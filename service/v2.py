@@ -61,6 +61,7 @@ from fashion.contract import (
 )
 from service import repository, telemetry
 from service.admission import RETRY_STATUSES
+from service.asgi_types import ASGIApp, Receive, Scope, Send
 from service.batcher import Outputs, OverloadedError
 from service.inputs import RequestError, receive_body
 from service.lifecycle import mirror
@@ -85,11 +86,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORMS = {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel", "torch": "pytorch_statedict"}
 CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # An answer of the plain ASGI route: status, headers, body.
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -139,10 +135,13 @@ def refusal_of(exc: V2Error | ContractError | RequestError) -> tuple[str, int]:
     return exc.message, int(exc.error_code)  # body limits (service.inputs)
 
 
-def error_response(message: str, status: int) -> JSONResponse:
-    """The protocol's error object; tritonclient raises it as ``InferenceServerException(message)``."""
-    headers = {"Retry-After": "1"} if status in RETRY_STATUSES else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def error_response(message: str, status: int) -> Response:
+    """:func:`error_answer` as a Starlette response, for the v2 app's routes: one encoding of the error, wherever
+    a v2 request is refused."""
+    status, headers, body = error_answer(message, status)
+    response = Response(body, status_code=status)
+    response.raw_headers = headers
+    return response
 
 
 def serving(request: Request) -> Serving:
@@ -567,7 +566,8 @@ def encode_answer(answer: dict[str, Any], tensors: list[tuple[dict[str, Any], by
 
 
 def error_answer(message: str, status: int) -> Answer:
-    """:func:`error_response` for the plain ASGI route: the same body and headers."""
+    """The protocol's error object, ``Retry-After`` where a retry may succeed; tritonclient raises it as
+    ``InferenceServerException(message)``."""
     return plain_answer(status, json_bytes({"error": message}), status in RETRY_STATUSES)
 
 
