@@ -19,7 +19,7 @@ from the others. The probes stay open. Without keys the gate is one attribute te
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from service import telemetry
 from service.asgi_types import ASGIApp, Message, Receive, Scope, Send
@@ -49,8 +49,7 @@ class AdmissionMiddleware:
         self.retry_after = str(retry_after_s).encode()
         self.before_start = InFlight()
 
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
-                       send: Callable[[Message], Awaitable[None]]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The key gate in front has put the service's parts on the request already, where it runs.
         serving = (serving_of(scope) or self.current()) if scope["type"] == "http" else None
         if serving is not None:
