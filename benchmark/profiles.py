@@ -215,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=Path("~/bentoml/models"),
                         help="the BentoML model store holding the exported models (default: ~/bentoml/models)")
-    parser.add_argument("--reps", type=int, default=3, help="starts per profile (default: 3)")
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="wrk seconds per level on every start; 0: no load (default: 10)")
+    # A start's time varies from one start to the next more than the profiles' medians differ from a third.
+    parser.add_argument("--reps", type=int, default=5, help="starts per profile (default: 5)")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="wrk seconds per level on every start; 0: no load (default: 5)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="work here and keep it, venvs included (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=None,
