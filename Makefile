@@ -16,7 +16,7 @@ WHEELHOUSE ?= wheelhouse
 
 .PHONY: help setup data train export serve test lint bench bench-load bench-batch peers keys telemetry-cost reliability \
 	bento-check bento-profiles reliability-tests soak fuzz clean test-fast test-lab test-bench test-timing inputs \
-	robustness tilt-choice calibration ood scale-out wheelhouse protos grpc-vs-rest costs route-profile
+	robustness tilt-choice tilt-choice-full calibration ood scale-out wheelhouse protos grpc-vs-rest costs route-profile
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,9 @@ robustness: export ## MNIST-C corruptions, delivery and capture variants via HTT
 
 tilt-choice: data ## Tilt: deskew against training both frameworks on turned images (short runs) -> results/tilt-choice.md
 	OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 $(PY) -m benchmark.quality.tilt_choice --epochs 6 --train-limit 12000 --turns 25:25:0.5 10:10:0.5
+
+tilt-choice-full: data ## The same study at the preset's own length (all epochs, all training images) -> results/tilt-choice-full.md
+	$(PY) -m benchmark.quality.tilt_choice --epochs 50 --turns 25:25:0.5 25:25:0.2 25:25:0.5:10 --name tilt-choice-full
 
 ood: export ## "Not clothing": AUROC/FPR on packaged OOD images via HTTP -> results/ood.md
 	$(PY) -m benchmark.quality.ood

@@ -15,17 +15,19 @@ from pathlib import Path
 from export.pipeline import DEFAULT_ARTIFACTS_DIR, ExportConfig, ExportError, export_run, find_export
 from fashion.data import DataError, load_fashion_mnist
 from fashion.manifest import read_manifest
-from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, Run, find_runs, load_run
+from training.config import get_preset
+from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, Run, full_runs, load_run
 
 
 def pick_runs(args: argparse.Namespace) -> list[Run]:
-    """The runs to export: ``--run`` folders, or the latest full-data run per framework."""
+    """The runs to export: ``--run`` folders, or per framework the latest full-data run of the preset as it is now
+    (seed 0; a run of an older version of the preset is not picked)."""
     if args.run:
         return [load_run(path) for path in args.run]
     frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
     picked = []
     for framework in frameworks:
-        runs = [r for r in find_runs(args.runs_dir, framework, args.preset) if r.config.limit is None]
+        runs = full_runs(args.runs_dir, framework, args.preset, get_preset(args.preset))
         if not runs:
             raise FileNotFoundError(
                 f"no finished full-data {framework}/{args.preset} run under {args.runs_dir}; "

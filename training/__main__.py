@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fashion.data import DataError, load_fashion_mnist
 from training.config import ConfigError, get_preset
-from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, find_runs, train_run
+from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, full_runs, train_run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
     for framework in frameworks:
         if args.if_missing:
-            done = [r for r in find_runs(args.out, framework, preset) if r.config.limit is None]
+            done = full_runs(args.out, framework, preset, config)
             if done:
                 print(f"{framework}/{preset}: trained run exists ({done[-1].path}), skipping")
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,6 +149,14 @@ def turn_images(images: np.ndarray, rotate: np.ndarray, shear: np.ndarray) -> np
     return (top * (1 - fy) + bottom * fy).reshape(images.shape).astype(images.dtype)
 
 
+def augment_for_epoch(config: TrainConfig, epoch: int) -> AugmentConfig:
+    """The augmentation of 1-based ``epoch``: the config's, without the turn in its last ``plain_epochs`` epochs."""
+    augment = config.augment
+    if epoch > config.epochs - augment.plain_epochs:
+        return replace(augment, max_rotate=0.0, max_shear=0.0)
+    return augment
+
+
 def iterate_batches(
     images: np.ndarray, labels: np.ndarray, batch_size: int, rng: np.random.Generator,
     augment: AugmentConfig,
@@ -205,7 +213,8 @@ def fit(trainer: Trainer, data: TrainData, config: TrainConfig, progress: bool =
         start = time.perf_counter()
         loss_sum = correct = seen = 0
         bar = tqdm(
-            iterate_batches(data.train_images, data.train_labels, config.batch_size, rng, config.augment),
+            iterate_batches(data.train_images, data.train_labels, config.batch_size, rng,
+                            augment_for_epoch(config, epoch)),
             total=steps_per_epoch, desc=f"{trainer.framework} epoch {epoch}/{config.epochs}",
             disable=not progress, leave=False, unit="batch",
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 from fashion.data import load_fashion_mnist
 from fashion.env import environment_stamp
 from training.config import get_preset
-from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, Run, find_runs, train_run
+from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, Run, full_runs, train_run
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 SEED_PRESETS = ("seed-adam", "seed-adam-native-init", "seed-sgd", "seed-rmsprop")
@@ -27,9 +27,9 @@ PUBLISHED = {("tf", "seed-adam"): (0.8946, 0.8867), ("torch", "seed-adam"): (0.8
 FRAMEWORK_NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
 
 
-def full_runs(runs_dir: Path, framework: str, preset: str, seed: int) -> list[Run]:
-    """Finished full-data runs of one framework, preset and seed."""
-    return [r for r in find_runs(runs_dir, framework, preset) if r.config.limit is None and r.config.seed == seed]
+def runs_of(runs_dir: Path, framework: str, preset: str, seed: int) -> list[Run]:
+    """Finished full-data runs of one framework, preset (as it is now) and seed."""
+    return full_runs(runs_dir, framework, preset, get_preset(preset, seed=seed))
 
 
 def train_missing(runs_dir: Path, plan: list[tuple[str, int]]) -> None:
@@ -37,7 +37,7 @@ def train_missing(runs_dir: Path, plan: list[tuple[str, int]]) -> None:
     data = None
     for preset, seed in plan:
         for framework in FRAMEWORKS:
-            if full_runs(runs_dir, framework, preset, seed):
+            if runs_of(runs_dir, framework, preset, seed):
                 continue
             data = data if data is not None else load_fashion_mnist()
             run = train_run(framework, preset, get_preset(preset, seed=seed), out=runs_dir, data=data)
@@ -73,8 +73,7 @@ def render(runs_dir: Path, plan: list[tuple[str, int]]) -> str:
     for preset in presets:
         seeds = [s for p, s in plan if p == preset]
         for framework in FRAMEWORKS:
-            runs = [full_runs(runs_dir, framework, preset, s)[-1] for s in seeds if full_runs(runs_dir, framework,
-                                                                                              preset, s)]
+            runs = [found[-1] for found in (runs_of(runs_dir, framework, preset, s) for s in seeds) if found]
             if not runs:
                 continue
             published = PUBLISHED.get((framework, preset))
@@ -94,7 +93,7 @@ def copy_plots(runs_dir: Path, out_dir: Path) -> list[str]:
     """Training curves and confusion matrix of each framework's ``best`` seed-0 run."""
     names = []
     for framework in FRAMEWORKS:
-        runs = full_runs(runs_dir, framework, "best", 0)
+        runs = runs_of(runs_dir, framework, "best", 0)
         if not runs:
             continue
         for plot in ("curves", "confusion"):

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -156,3 +156,16 @@ def find_runs(out: Path = DEFAULT_RUNS_DIR, framework: str | None = None, preset
         if (framework is None or run.framework == framework) and (preset is None or run.preset == preset):
             runs.append(run)
     return sorted(runs, key=lambda r: r.info["finished"])
+
+
+def same_recipe(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configs train the same model (their descriptions aside)."""
+    return replace(a, description="") == replace(b, description="")
+
+
+def full_runs(out: Path, framework: str, preset: str, config: TrainConfig) -> list[Run]:
+    """Finished full-data runs of ``preset`` trained with ``config``, oldest first.
+
+    A run of an older version of the preset does not count, so a changed preset is trained afresh.
+    """
+    return [r for r in find_runs(out, framework, preset) if r.config.limit is None and same_recipe(r.config, config)]

@@ -4,8 +4,9 @@
 (``training.loop.fit`` on ``training.run.make_train_data``), from the ``best`` preset with ``--epochs`` epochs:
 
 * ``plain``: the preset as it is;
-* ``turned R:S:P``, one per ``--turns``: the same, plus the loop's turn augmentation (a rotation of up to R and a
-  shear of up to S degrees, on a share P of the images), so both frameworks still see the same augmented batches.
+* ``turned R:S:P[:T]``, one per ``--turns``: the same, plus the loop's turn augmentation (a rotation of up to R and
+  a shear of up to S degrees, on a share P of the images, left out of the last T epochs), so both frameworks still
+  see the same augmented batches.
 
 Each model is then scored on the clean test set, on MNIST-C's rotate and shear families (:mod:`benchmark.quality.
 corruptions`, five severities) and on the robustness benchmark's tilted product photos (8 and 15 degrees), every
@@ -75,14 +76,15 @@ def accuracy(trainer, pixels: np.ndarray, labels: np.ndarray) -> float:
 
 
 def arms(args) -> dict[str, object]:
-    """``plain`` (the preset) and one ``turned`` arm per ``ROTATE:SHEAR:SHARE`` in ``args.turns``."""
+    """``plain`` (the preset) and one ``turned`` arm per ``ROTATE:SHEAR:SHARE[:PLAIN_EPOCHS]`` in ``args.turns``."""
     from training.config import get_preset
 
     plain = get_preset("best", epochs=args.epochs, seed=args.seed, limit=args.train_limit)
     out = {"plain": plain}
     for spec in args.turns:
-        rotate, shear, share = (float(part) for part in spec.split(":"))
-        turn = dataclasses.replace(plain.augment, max_rotate=rotate, max_shear=shear, affine_share=share)
+        rotate, shear, share, *tail = spec.split(":")
+        turn = dataclasses.replace(plain.augment, max_rotate=float(rotate), max_shear=float(shear),
+                                   affine_share=float(share), plain_epochs=int(tail[0]) if tail else 0)
         out[f"turned {spec}"] = dataclasses.replace(plain, augment=turn)
     return out
 
@@ -94,8 +96,9 @@ def markdown(data: dict) -> str:
              f"Written by `{data['command']}` (benchmark/quality/tilt_choice.py) on {data['machine']}. Each framework "
              f"is trained from the `best` preset for {data['epochs']} epochs on "
              f"{data['train_limit'] or 48000} images of the shared training split, through the one shared loader: "
-             "`plain` (the preset) and `turned R:S:P` (plus the loop's turn augmentation: a rotation of up to R "
-             "degrees and a horizontal shear of up to S degrees on a share P of the images). Clean accuracy is on "
+             "`plain` (the preset) and `turned R:S:P[:T]` (plus the loop's turn augmentation: a rotation of up to "
+             "R degrees and a horizontal shear of up to S degrees on a share P of the images, left out of the "
+             "last T epochs). Clean accuracy is on "
              "the 10,000 test images; the other columns on the first "
              f"{data['n']} test images, each file decoded by `fashion.imaging.decode_image` as the service decodes "
              "it. Rotate and shear are MNIST-C's families (severity 3 is MNIST-C's parameter); tilt-8 and "
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frameworks", nargs="+", default=["torch", "tf"], help="default: torch tf")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run (default 15)")
     parser.add_argument("--turns", nargs="+", default=["25:25:0.5", "10:10:0.5"],
-                        help="one turned arm per ROTATE:SHEAR:SHARE (degrees, degrees, share of images turned; "
+                        help="one turned arm per ROTATE:SHEAR:SHARE[:PLAIN_EPOCHS] (degrees, degrees, share of "
+                             "images turned, last epochs without the turn; "
                              "default 25:25:0.5 10:10:0.5)")
     parser.add_argument("--train-limit", type=int, default=None,
                         help="train on this many images of the shared training split (default: all 48,000)")

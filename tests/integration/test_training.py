@@ -123,3 +123,16 @@ def test_cli_smoke(tmp_path):
     assert "torch/seed-sgd seed 0: test accuracy" in result.stdout
     bad = subprocess.run([sys.executable, "-m", "training", "--preset", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown preset" in bad.stderr
+
+
+def test_a_run_of_an_older_recipe_is_not_a_run_of_the_preset(monkeypatch, tmp_path):
+    import training.run as run_module
+
+    now = get_preset("best")
+    changed = dataclasses.replace(now, augment=dataclasses.replace(now.augment, max_rotate=20.0, plain_epochs=5))
+    runs = [run_module.Run(tmp_path / name, "torch", "best", config, {}, {}) for name, config in (
+        ("as-now", now), ("reworded", dataclasses.replace(now, description="other words")),
+        ("smoke", dataclasses.replace(now, limit=1000)), ("seed-1", dataclasses.replace(now, seed=1)))]
+    monkeypatch.setattr(run_module, "find_runs", lambda out, framework, preset: runs)
+    assert [r.path.name for r in run_module.full_runs(tmp_path, "torch", "best", now)] == ["as-now", "reworded"]
+    assert run_module.full_runs(tmp_path, "torch", "best", changed) == []  # a changed preset is trained afresh

@@ -1,11 +1,13 @@
 """The training augmentation's turn (rotation and shear), shared by both frameworks through training.loop."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from training.config import AugmentConfig
-from training.loop import augment_batch, iterate_batches, turn_images
+from training.config import AugmentConfig, get_preset
+from training.loop import augment_batch, augment_for_epoch, iterate_batches, turn_images
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +68,10 @@ def test_the_same_seed_gives_the_same_turned_batches():
     second = list(iterate_batches(images, labels, 16, np.random.default_rng(5), config))
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, second, strict=True))
     assert not np.array_equal(first[0][0], images[:16])
+
+
+def test_the_last_plain_epochs_leave_the_turn_out_and_keep_the_rest():
+    turned = AugmentConfig(max_shift=1, flip=True, max_rotate=25.0, max_shear=25.0, plain_epochs=2)
+    config = dataclasses.replace(get_preset("best", epochs=5), augment=turned)
+    assert [augment_for_epoch(config, e).max_rotate for e in range(1, 6)] == [25.0, 25.0, 25.0, 0.0, 0.0]
+    assert augment_for_epoch(config, 5) == AugmentConfig(max_shift=1, flip=True, plain_epochs=2)

@@ -16,11 +16,13 @@ pytestmark = pytest.mark.lab  # tests of the lab (benchmark/) or of the docs, no
 
 
 def test_the_arms_differ_only_in_the_turn():
-    args = argparse.Namespace(epochs=3, seed=1, train_limit=500, turns=["20:10:0.5"])
-    assert list(arms(args)) == ["plain", "turned 20:10:0.5"]
-    plain, turned = arms(args).values()
+    args = argparse.Namespace(epochs=3, seed=1, train_limit=500, turns=["20:10:0.5", "20:10:0.5:2"])
+    assert list(arms(args)) == ["plain", "turned 20:10:0.5", "turned 20:10:0.5:2"]
+    plain, turned, tailed = arms(args).values()
     assert dataclasses.replace(turned, augment=plain.augment) == plain
     assert (turned.augment.max_rotate, turned.augment.max_shear, turned.augment.affine_share) == (20.0, 10.0, 0.5)
+    assert turned.augment.plain_epochs == 0 and dataclasses.replace(tailed.augment, plain_epochs=0) == turned.augment
+    assert tailed.augment.plain_epochs == 2
     assert plain.augment.max_rotate == plain.augment.max_shear == 0 and plain.epochs == 3 and plain.limit == 500
 
 
