@@ -55,8 +55,8 @@ class AugmentConfig:
     ``max_rotate`` and ``max_shear`` (degrees) draw a rotation and a horizontal shear uniformly within
     +-the bound, about the image centre, for a share ``affine_share`` of the images; zero leaves the turn out
     (and the batches exactly as they were without these fields). The last ``plain_epochs`` epochs leave the turn
-    out too, so the weights settle on images as they are mostly sent (the turn's cost in clean accuracy shrinks
-    while most of what it taught is kept: docs/inputs.md, "Tilt").
+    out too, so the weights settle on unturned images (what that buys back is measured in docs/inputs.md,
+    "Tilt").
     """
 
     max_shift: int = 0
