@@ -21,17 +21,18 @@ from training.run import DEFAULT_RUNS_DIR, FRAMEWORKS, Run, full_runs, load_run
 
 def pick_runs(args: argparse.Namespace) -> list[Run]:
     """The runs to export: ``--run`` folders, or per framework the latest full-data run of the preset as it is now
-    (seed 0; a run of an older version of the preset is not picked)."""
+    and ``--seed`` (a run of an older version of the preset is not picked)."""
     if args.run:
         return [load_run(path) for path in args.run]
     frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
     picked = []
     for framework in frameworks:
-        runs = full_runs(args.runs_dir, framework, args.preset, get_preset(args.preset))
+        runs = full_runs(args.runs_dir, framework, args.preset, get_preset(args.preset, seed=args.seed))
         if not runs:
             raise FileNotFoundError(
-                f"no finished full-data {framework}/{args.preset} run under {args.runs_dir}; "
-                f"train one with: python -m training --framework {framework} --preset {args.preset}"
+                f"no finished full-data {framework}/{args.preset} run of seed {args.seed} under {args.runs_dir} "
+                f"(runs of an older version of the preset do not count); train one with: "
+                f"python -m training --framework {framework} --preset {args.preset} --seed {args.seed}"
             )
         picked.append(runs[-1])
     return picked
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--framework", choices=[*FRAMEWORKS, "both"], default="both")
     parser.add_argument("--preset", default="best", help="which preset's latest run to export")
+    parser.add_argument("--seed", type=int, default=0, help="which seed's run of the preset")
     parser.add_argument("--run", type=Path, action="append", help="export this run folder (repeatable)")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
     parser.add_argument("--out", type=Path, default=DEFAULT_ARTIFACTS_DIR, help="where model folders go")
